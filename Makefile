@@ -1,0 +1,34 @@
+# The two commands a new user needs are `make run` and `make test` (see README.md).
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+export PYTHONDONTWRITEBYTECODE := 1
+
+.PHONY: run test test-unit venv mariadb bench-edge demo-traffic clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check --upgrade pip
+	$(BIN)/pip install -q --disable-pip-version-check -e '.[test]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+mariadb:
+	bash scripts/ensure-mariadb.sh
+
+run: $(STAMP)
+	$(BIN)/python scripts/stack.py
+
+test: $(STAMP) mariadb
+	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+test-unit: $(STAMP)
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests/unit
+
+bench-edge: $(STAMP)
+	bash bench/edge.sh
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .hypothesis

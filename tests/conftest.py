@@ -1,0 +1,32 @@
+"""Shared fixtures: real MariaDB (127.0.0.1:3306, root, db `test`) and SQLite files.
+
+`make test` starts MariaDB (scripts/ensure-mariadb.sh) before pytest runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+MARIADB_URL = "mysql+aiomysql://root@127.0.0.1:3306/test"
+
+
+@pytest.fixture
+def mariadb_url() -> str:
+    return MARIADB_URL
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite+aiosqlite:///{tmp_path / 'shop.db'}"
+
+
+@pytest.fixture(params=["sqlite", "mariadb"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """Both databases the project supports; MariaDB tests share the `test` schema, so they recreate tables."""
+    if request.param == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path / 'shop.db'}"
+    else:
+        yield MARIADB_URL
