@@ -1,0 +1,46 @@
+"""The one place domain exceptions become HTTP answers in the legacy envelope."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+
+import structlog
+from aiohttp import web
+
+from shop.errors import ShopError, envelope
+
+log = structlog.get_logger("handlers")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def error_response(status: int, code: int, msg: str, data: object = None) -> web.Response:
+    return web.Response(
+        status=status,
+        body=json.dumps(envelope(code, msg, data), default=str).encode(),
+        content_type="application/json",
+    )
+
+
+def shop_error_response(exc: ShopError) -> web.Response:
+    return error_response(exc.status, exc.code, exc.msg, exc.data)
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except ShopError as exc:
+        return shop_error_response(exc)
+    except web.HTTPException as exc:
+        if exc.status == 413:
+            return error_response(413, 41301, "body_too_large")
+        if exc.status < 400:
+            raise
+        # aiohttp's own 404/405s still answer in the envelope the apps parse.
+        return error_response(exc.status, exc.status * 100 + 1, exc.reason.lower().replace(" ", "_"))
+    except Exception:
+        # Never a stack trace to the client; the log has it, keyed by request id.
+        log.exception("unhandled_error", path=request.path)
+        return error_response(500, 50000, "internal_error")

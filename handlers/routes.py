@@ -1,0 +1,53 @@
+"""The new side's migrated routes: name → new-side path and handler.
+
+The edge calls ``NEW_ROUTES[name].handler(request, params)`` in-process when routing.yaml
+sends a request to new; the same handlers answer direct calls under ``/order2`` through
+the sub-app of handlers/app.py. Route names are the ones routing.yaml and the metrics use.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+
+from aiohttp import web
+
+from shop.errors import NotMigrated
+
+NewHandler = Callable[[web.Request, Mapping[str, str]], Awaitable[web.StreamResponse]]
+
+
+@dataclass(frozen=True, slots=True)
+class NewRoute:
+    name: str
+    method: str
+    path: str  # under /order2
+    handler: NewHandler
+
+
+def not_migrated(name: str) -> NewHandler:
+    async def handler(request: web.Request, params: Mapping[str, str]) -> web.StreamResponse:
+        raise NotMigrated(data={"route": name})
+
+    handler.__name__ = f"{name}_not_migrated"
+    return handler
+
+
+def _routes(*routes: NewRoute) -> Mapping[str, NewRoute]:
+    return MappingProxyType({r.name: r for r in routes})
+
+
+NEW_ROUTES: Mapping[str, NewRoute] = _routes(
+    NewRoute("calc_price", "POST", "/calc_price", not_migrated("calc_price")),
+    NewRoute("coupons", "POST", "/coupons", not_migrated("coupons")),
+    NewRoute("place_order", "POST", "/place_order", not_migrated("place_order")),
+    NewRoute("detail", "GET", "/detail/{order_id}", not_migrated("detail")),
+    NewRoute("paypal_pay", "POST", "/paypal/pay/{ptype}/{order_id}", not_migrated("paypal_pay")),
+    NewRoute("paypal_finished", "POST", "/Paypal/{order_id}/{pay_id}", not_migrated("paypal_finished")),
+    NewRoute("adyen_pay", "POST", "/adyen/any/{order_id}", not_migrated("adyen_pay")),
+    NewRoute("payment_methods", "GET", "/payment_methods/{order_id}", not_migrated("payment_methods")),
+    NewRoute("paid_from_client", "POST", "/paid_from_client/{order_id}", not_migrated("paid_from_client")),
+    NewRoute("refund", "POST", "/refund", not_migrated("refund")),
+    NewRoute("events", "POST", "/event/{name}", not_migrated("events")),
+)

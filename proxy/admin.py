@@ -1,0 +1,88 @@
+"""The admin port (127.0.0.1:8081 by default): metrics, health, the routing table, reload."""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import os
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import multiprocess
+
+from handlers.errors import error_response
+from proxy.metrics import EdgeMetrics
+from proxy.reloader import RoutingState
+from shop.settings import Settings
+
+ReadinessCheck = Callable[[], Awaitable[str | None]]  # None = ready, else why not
+
+
+def _is_loopback(remote: str | None) -> bool:
+    if not remote:
+        return False
+    try:
+        return ipaddress.ip_address(remote).is_loopback
+    except ValueError:
+        return False
+
+
+def _authorised(request: web.Request, token: str | None) -> web.Response | None:
+    """None when the caller may write; else the refusal. With no token set, only loopback may write."""
+    if token is None:
+        return None if _is_loopback(request.remote) else error_response(403, 40301, "admin_loopback_only")
+    given = request.headers.get("Authorization", "")
+    scheme, _, value = given.partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), token.encode()):
+        return error_response(401, 40102, "admin_token_required")
+    return None
+
+
+def metrics_payload(registry: CollectorRegistry, multiproc_dir: str | None) -> bytes:
+    if multiproc_dir:
+        # gunicorn workers each write their own files; this adds them all up.
+        combined = CollectorRegistry()
+        multiprocess.MultiProcessCollector(combined, path=multiproc_dir)
+        return generate_latest(combined)
+    return generate_latest(registry)
+
+
+def create_admin_app(
+    routing: RoutingState,
+    metrics: EdgeMetrics,
+    settings: Settings,
+    readiness: list[ReadinessCheck],
+) -> web.Application:
+    multiproc_dir = settings.interpolation_env.get("PROMETHEUS_MULTIPROC_DIR") or None
+
+    async def get_metrics(request: web.Request) -> web.Response:
+        body = metrics_payload(metrics.registry, multiproc_dir)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def healthz(request: web.Request) -> web.Response:
+        return web.json_response({"ok": True, "pid": os.getpid()})
+
+    async def readyz(request: web.Request) -> web.Response:
+        problems = [p for p in [await check() for check in readiness] if p]
+        body = {"ready": not problems, "routing_hash": routing.table.source_hash, "problems": problems}
+        return web.json_response(body, status=200 if not problems else 503)
+
+    async def routes(request: web.Request) -> web.Response:
+        return web.json_response(routing.describe())
+
+    async def reload(request: web.Request) -> web.Response:
+        refusal = _authorised(request, settings.admin_token)
+        if refusal is not None:
+            return refusal
+        result = routing.reload("admin_api")
+        body = {"ok": result.ok, "changed": result.changed, "error": result.error, "hash": routing.table.source_hash}
+        return web.json_response(body, status=200 if result.ok else 422)
+
+    app = web.Application()
+    app.router.add_get("/metrics", get_metrics)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/_edge/routes", routes)
+    app.router.add_post("/_edge/reload", reload)
+    return app

@@ -1,0 +1,105 @@
+"""`shopping-edge`: run the edge, in one process or as gunicorn workers."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+from typing import Any
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="shopping-edge", description="The shopping strangler-fig edge.")
+    p.add_argument("--routing", help="routing.yaml path (default: $EDGE_ROUTING_FILE or routing.yaml)")
+    p.add_argument("--host", help="listen address (default 0.0.0.0)")
+    p.add_argument("--port", type=int, help="listen port (default 8080)")
+    p.add_argument("--admin-port", type=int, help="admin port on 127.0.0.1 (default 8081)")
+    p.add_argument("--workers", type=int, default=1, help="processes; >1 runs gunicorn with aiohttp's uvloop worker")
+    p.add_argument("--no-access-log", action="store_true", help="drop the per-request log line")
+    p.add_argument("--log-level", default="info")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = _parse(argv)
+    if args.workers > 1:
+        # Must be set before prometheus_client is imported anywhere: it picks its value class at import.
+        multiproc = tempfile.mkdtemp(prefix="edge-prom-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = multiproc
+    from shop.settings import Settings, SettingsError
+
+    overrides: dict[str, Any] = {}
+    if args.routing:
+        overrides["routing_file"] = args.routing
+    if args.host:
+        overrides["host"] = args.host
+    if args.port:
+        overrides["port"] = args.port
+    if args.admin_port:
+        overrides["admin_port"] = args.admin_port
+    if args.no_access_log:
+        overrides["access_log"] = False
+    try:
+        settings = Settings.from_env(**overrides)
+    except SettingsError as exc:
+        sys.exit(f"shopping-edge: bad setting: {exc}")
+
+    from proxy.logs import configure_logging
+    from proxy.routing import RoutingError
+
+    configure_logging(args.log_level)
+    if args.workers > 1:
+        try:
+            _run_gunicorn(settings, args.workers, args.log_level)
+        finally:
+            shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)
+        return
+
+    import uvloop
+    from aiohttp import web
+
+    from proxy.app import create_app
+
+    try:
+        app = create_app(settings)
+    except (RoutingError, OSError) as exc:
+        sys.exit(f"shopping-edge: cannot load routing: {exc}")
+    uvloop.install()
+    web.run_app(app, host=settings.host, port=settings.port, access_log=None, print=None, backlog=2048)
+
+
+def _run_gunicorn(settings: Any, workers: int, log_level: str) -> None:
+    from gunicorn.app.base import BaseApplication
+    from prometheus_client import multiprocess
+
+    from handlers.routes import NEW_ROUTES
+    from proxy.app import create_app
+    from proxy.routing import RoutingError, parse_routing
+
+    try:  # fail in the master with a clear message rather than in every worker
+        with open(settings.routing_file, encoding="utf-8") as f:
+            parse_routing(f.read(), settings.interpolation_env, new_routes=NEW_ROUTES.keys(), default_legacy_url=settings.legacy_url)
+    except (RoutingError, OSError) as exc:
+        sys.exit(f"shopping-edge: cannot load routing: {exc}")
+
+    class EdgeGunicorn(BaseApplication):  # type: ignore[misc]
+        def load_config(self) -> None:
+            self.cfg.set("bind", f"{settings.host}:{settings.port}")
+            self.cfg.set("workers", workers)
+            self.cfg.set("worker_class", "aiohttp.GunicornUVLoopWebWorker")
+            self.cfg.set("loglevel", log_level)
+            self.cfg.set("accesslog", None)
+            self.cfg.set("backlog", 2048)
+            self.cfg.set("graceful_timeout", 10)
+            self.cfg.set("child_exit", lambda server, worker: multiprocess.mark_process_dead(worker.pid))
+
+        def load(self) -> Any:
+            return create_app(settings)
+
+    EdgeGunicorn().run()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,132 @@
+"""Forwards a request to old shopping unchanged and brings its answer back.
+
+Method, raw path and query (never re-normalised), body and headers minus hop-by-hop go
+up; status, headers and body come back. Connection failures answer 502 and timeouts
+504, in the legacy envelope, and are counted.
+"""
+
+from __future__ import annotations
+
+
+import aiohttp
+import structlog
+from aiohttp import web
+from multidict import CIMultiDict
+from yarl import URL
+
+from handlers.errors import error_response
+from proxy.metrics import EdgeMetrics
+
+log = structlog.get_logger("edge.forward")
+
+# RFC 9110 §7.6.1 hop-by-hop headers, plus ones aiohttp recomputes for the new hop.
+_HOP = frozenset(
+    h.lower()
+    for h in (
+        "Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization", "Proxy-Connection",
+        "TE", "Trailer", "Transfer-Encoding", "Upgrade", "Host", "Content-Length",
+    )
+)
+_RESPONSE_DROP = _HOP | {"date", "server"}
+# Bodies up to this size are read whole; larger or unsized ones are streamed through.
+_BUFFER_LIMIT = 1024 * 1024
+_IDEMPOTENT = frozenset(("GET", "HEAD", "OPTIONS"))
+
+
+def upstream_headers(request: web.Request, request_id: str) -> CIMultiDict[str]:
+    named_in_connection = {
+        token.strip().lower() for token in request.headers.get("Connection", "").split(",") if token.strip()
+    }
+    out: CIMultiDict[str] = CIMultiDict()
+    for name, value in request.headers.items():
+        low = name.lower()
+        # A client must not be able to spoof what the edge tells upstream about routing.
+        if low in _HOP or low in named_in_connection or low.startswith("x-edge-"):
+            continue
+        out.add(name, value)
+    out["X-Request-Id"] = request_id
+    peer = request.remote
+    if peer:
+        prior = request.headers.get("X-Forwarded-For")
+        out["X-Forwarded-For"] = f"{prior}, {peer}" if prior else peer
+    return out
+
+
+def make_session(pool_size: int) -> aiohttp.ClientSession:
+    connector = aiohttp.TCPConnector(limit=pool_size, limit_per_host=pool_size, keepalive_timeout=30, ttl_dns_cache=300)
+    return aiohttp.ClientSession(
+        connector=connector,
+        # Never keep one user's cookies for another: the edge is many users' proxy.
+        cookie_jar=aiohttp.DummyCookieJar(),
+        auto_decompress=False,
+        skip_auto_headers=("User-Agent", "Accept-Encoding", "Content-Type"),
+    )
+
+
+class Forwarder:
+    def __init__(self, session: aiohttp.ClientSession, metrics: EdgeMetrics) -> None:
+        self._session = session
+        self._metrics = metrics
+
+    async def forward(
+        self,
+        request: web.Request,
+        body: bytes,
+        *,
+        base_url: str,
+        route: str,
+        timeout_ms: int,
+        request_id: str,
+    ) -> web.StreamResponse:
+        url = URL(base_url + request.raw_path, encoded=True)
+        headers = upstream_headers(request, request_id)
+        timeout = aiohttp.ClientTimeout(total=timeout_ms / 1000)
+        attempts = 2 if request.method in _IDEMPOTENT else 1
+        for attempt in range(attempts):
+            try:
+                async with self._session.request(
+                    request.method, url, headers=headers, data=body or None,
+                    timeout=timeout, allow_redirects=False,
+                ) as upstream:
+                    if upstream.status >= 500:
+                        self._metrics.upstream_error(route, "legacy", "5xx")
+                    return await self._relay(request, upstream)
+            except TimeoutError:
+                self._metrics.upstream_error(route, "legacy", "timeout")
+                log.warning("upstream_timeout", route=route, timeout_ms=timeout_ms, request_id=request_id)
+                return error_response(504, 50401, "upstream_timeout", {"route": route})
+            except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
+                # A pooled keep-alive connection the peer already closed: safe to retry reads once.
+                if attempt + 1 < attempts and not isinstance(exc, aiohttp.ClientConnectorError):
+                    continue
+                return self._unavailable(route, request_id, exc)
+            except aiohttp.ClientError as exc:
+                return self._unavailable(route, request_id, exc)
+        raise AssertionError("unreachable")
+
+    def _unavailable(self, route: str, request_id: str, exc: Exception) -> web.Response:
+        self._metrics.upstream_error(route, "legacy", "connect")
+        log.warning("upstream_unavailable", route=route, error=exc.__class__.__name__, request_id=request_id)
+        return error_response(502, 50201, "upstream_unavailable", {"route": route})
+
+    async def _relay(self, request: web.Request, upstream: aiohttp.ClientResponse) -> web.StreamResponse:
+        headers: CIMultiDict[str] = CIMultiDict()
+        for name, value in upstream.headers.items():
+            if name.lower() not in _RESPONSE_DROP:
+                headers.add(name, value)
+        length = upstream.content_length
+        if request.method == "HEAD" or upstream.status in (204, 304):
+            return web.Response(status=upstream.status, reason=upstream.reason, headers=headers)
+        if length is not None and length <= _BUFFER_LIMIT:
+            body = await upstream.read()
+            return web.Response(status=upstream.status, reason=upstream.reason, headers=headers, body=body)
+        response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
+        if length is not None:
+            response.content_length = length
+        await response.prepare(request)
+        async for chunk in upstream.content.iter_chunked(64 * 1024):
+            await response.write(chunk)
+        await response.write_eof()
+        return response
+
+

@@ -1,0 +1,75 @@
+"""The edge's Prometheus metrics. Names and labels are a contract (shared/spec/edge.md).
+
+Label values stay bounded: routes come from routing.yaml, unmatched paths are
+``passthrough``, methods outside the known set are ``OTHER``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from proxy.routing import HTTP_METHODS
+
+_METHODS = frozenset(HTTP_METHODS)
+# Latency buckets tuned for an edge: sub-millisecond passthrough up to route timeouts.
+_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+class EdgeMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.requests = Counter(
+            "edge_requests_total", "Requests served by the edge",
+            ("route", "backend", "method", "status_class"), registry=registry,
+        )
+        self.duration = Histogram(
+            "edge_request_duration_seconds", "Time from request to response at the edge",
+            ("route", "backend"), buckets=_BUCKETS, registry=registry,
+        )
+        self.upstream_errors = Counter(
+            "edge_upstream_errors_total", "Failed upstream calls (timeout, connect, 5xx)",
+            ("route", "backend", "kind"), registry=registry,
+        )
+        self.new_percent = Gauge(
+            "edge_route_new_percent", "Share of a route's callers served by the new side",
+            ("route",), registry=registry, multiprocess_mode="livemostrecent",
+        )
+        self.reloads = Counter(
+            "edge_routing_reload_total", "routing.yaml loads by result", ("result",), registry=registry,
+        )
+        self.body_too_large = Counter(
+            "edge_body_too_large_total", "Requests refused with 413 before any upstream call", registry=registry,
+        )
+        # Children cached per label tuple: .labels() takes a lock and builds a key every call.
+        self._req_children: dict[tuple[str, str, str, str], Counter] = {}
+        self._dur_children: dict[tuple[str, str], Histogram] = {}
+
+    def observe(self, route: str, backend: str, method: str, status: int, seconds: float) -> None:
+        key = (route, backend, method if method in _METHODS else "OTHER", f"{status // 100}xx")
+        child = self._req_children.get(key)
+        if child is None:
+            child = self._req_children[key] = self.requests.labels(*key)
+        child.inc()
+        dkey = (route, backend)
+        dchild = self._dur_children.get(dkey)
+        if dchild is None:
+            dchild = self._dur_children[dkey] = self.duration.labels(*dkey)
+        dchild.observe(seconds)
+
+    def upstream_error(self, route: str, backend: str, kind: str) -> None:
+        self.upstream_errors.labels(route, backend, kind).inc()
+
+    def set_percentages(self, percentages: Iterable[tuple[str, float]]) -> None:
+        current = dict(percentages)
+        for labels in list(self._gauge_routes()):
+            if labels not in current:
+                self.new_percent.remove(labels)
+        for route, percent in current.items():
+            self.new_percent.labels(route).set(percent)
+
+    def _gauge_routes(self) -> Iterable[str]:
+        for metric in self.new_percent.collect():
+            for sample in metric.samples:
+                yield sample.labels["route"]

@@ -1,0 +1,392 @@
+"""routing.yaml: parsed and validated once into frozen specs; the hot path only matches.
+
+Every error names the key path and the line, e.g. ``routes.calc_price.new_percent (line 7): …``,
+so ops can fix a rejected file without guessing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
+from types import MappingProxyType
+from typing import Any
+from urllib.parse import unquote
+
+import yaml
+
+CONSUMER_EVENTS = ("payment_notified", "payment_failed", "purchased", "refund_notified", "group_update")
+CONSUMER_OWNERS = ("legacy", "new")
+HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+DEFAULT_STICKY_KEY = ("header:X-User-Id", "header:X-Device-Id", "client_ip")
+DEFAULT_TIMEOUT_MS = 3000
+PASSTHROUGH = "passthrough"
+
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_PARAM = re.compile(r"^\{([A-Za-z_][A-Za-z0-9_]*)\}$")
+_ROUTE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+_HEADER_NAME = re.compile(r"^[A-Za-z0-9-]{1,64}$")
+
+
+class RoutingError(ValueError):
+    """routing.yaml was rejected; the message names the key and the line."""
+
+
+@dataclass(frozen=True, slots=True)
+class ShadowSpec:
+    percent: Decimal
+    ignore: tuple[str, ...] = ()
+    tolerance: Decimal | None = None
+
+    @property
+    def basis_points(self) -> int:
+        return int(self.percent * 100)
+
+
+@dataclass(frozen=True, slots=True)
+class RouteSpec:
+    name: str
+    methods: tuple[str, ...]
+    path: str
+    new_percent: Decimal
+    timeout_ms: int
+    writes: bool = False
+    shadow: ShadowSpec | None = None
+    allow_new: frozenset[str] = frozenset()
+    deny_new: frozenset[str] = frozenset()
+    # Path split into segments; None stands for a {param} segment.
+    segments: tuple[str | None, ...] = ()
+    param_names: tuple[str, ...] = ()
+
+    @property
+    def new_basis_points(self) -> int:
+        # bucket < new_percent * 100 goes new; a Decimal keeps 0.5 % exact (50 of 10000 buckets).
+        return int(self.new_percent * 100)
+
+
+@dataclass(frozen=True, slots=True)
+class RoutingTable:
+    version: int
+    legacy_url: str
+    timeout_ms: int
+    sticky_key: tuple[str, ...]
+    routes: Mapping[str, RouteSpec]
+    consumers: Mapping[str, str]
+    source_hash: str
+    _static: Mapping[tuple[str, str], RouteSpec] = field(repr=False, default_factory=dict)
+    _templated: Mapping[tuple[str, int], tuple[RouteSpec, ...]] = field(repr=False, default_factory=dict)
+
+    def match(self, method: str, raw_path: str) -> tuple[RouteSpec, dict[str, str]] | None:
+        """The route for a request, on its raw (still percent-encoded) path, or None for passthrough.
+
+        Matching is literal on the raw path: ``..``, ``.`` or an encoded slash never make a
+        path match a route it does not spell out; such requests go to old shopping as they are.
+        """
+        route = self._static.get((method, raw_path))
+        if route is not None:
+            return route, {}
+        parts = raw_path.split("/")
+        candidates = self._templated.get((method, len(parts)))
+        if not candidates:
+            return None
+        for route in candidates:
+            params: dict[str, str] = {}
+            names = iter(route.param_names)
+            for want, got in zip(route.segments, parts):
+                if want is None:
+                    if not _safe_param(got):
+                        break
+                    params[next(names)] = unquote(got)
+                elif want != got:
+                    break
+            else:
+                return route, params
+        return None
+
+
+def _safe_param(raw: str) -> bool:
+    if raw in ("", ".", "..") or "%2f" in raw.lower() or "%5c" in raw.lower():
+        return False
+    return unquote(raw) not in (".", "..")
+
+
+# --- loading -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Node:
+    value: Any
+    line: int
+
+
+def _fail(where: str, node: _Node | yaml.Node | None, message: str) -> RoutingError:
+    line = node.line if isinstance(node, _Node) else (node.start_mark.line + 1 if node is not None else 0)
+    return RoutingError(f"{where} (line {line}): {message}" if line else f"{where}: {message}")
+
+
+def _to_nodes(node: yaml.Node, where: str) -> _Node:
+    """YAML node tree → plain values wrapped with their line, rejecting duplicate keys."""
+    line = node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode):
+        out: dict[str, _Node] = {}
+        for key_node, value_node in node.value:
+            if not isinstance(key_node, yaml.ScalarNode):
+                raise _fail(where, key_node, "keys must be plain strings")
+            key = str(key_node.value)
+            sub = f"{where}.{key}" if where else key
+            if key in out:
+                raise _fail(sub, key_node, "duplicate key")
+            out[key] = _to_nodes(value_node, sub)
+        return _Node(out, line)
+    if isinstance(node, yaml.SequenceNode):
+        return _Node([_to_nodes(item, f"{where}[{i}]") for i, item in enumerate(node.value)], line)
+    value = yaml.SafeLoader.construct_scalar(yaml.SafeLoader(""), node)  # type: ignore[arg-type]
+    tag = node.tag
+    if tag.endswith(":int"):
+        return _Node(int(str(value).replace("_", ""), 0), line)
+    if tag.endswith(":float"):
+        return _Node(Decimal(str(value)), line)
+    if tag.endswith(":bool"):
+        return _Node(str(value).lower() in ("true", "yes", "on"), line)
+    if tag.endswith(":null"):
+        return _Node(None, line)
+    return _Node(str(value), line)
+
+
+def _keys(where: str, node: _Node, allowed: Collection[str], required: Collection[str] = ()) -> dict[str, _Node]:
+    if not isinstance(node.value, dict):
+        raise _fail(where, node, "must be a mapping")
+    for key, child in node.value.items():
+        if key not in allowed:
+            raise _fail(f"{where}.{key}" if where else key, child, f"unknown key (allowed: {', '.join(sorted(allowed))})")
+    for key in required:
+        if key not in node.value:
+            raise _fail(f"{where}.{key}" if where else key, node, "is required")
+    return node.value
+
+
+def _percent(where: str, node: _Node) -> Decimal:
+    raw = node.value
+    if isinstance(raw, bool) or not isinstance(raw, int | Decimal | str):
+        raise _fail(where, node, "must be a number from 0 to 100")
+    try:
+        value = Decimal(str(raw))
+    except InvalidOperation:
+        raise _fail(where, node, f"{raw!r} is not a number from 0 to 100") from None
+    if not value.is_finite() or not Decimal(0) <= value <= Decimal(100):
+        raise _fail(where, node, f"{raw} is outside 0..100")
+    if value != value.quantize(Decimal("0.01")):
+        raise _fail(where, node, f"{raw} has more than two decimals (the bucket resolution is 0.01 %)")
+    return value
+
+
+def _timeout(where: str, node: _Node) -> int:
+    raw = node.value
+    if isinstance(raw, bool) or not isinstance(raw, int) or not 1 <= raw <= 600_000:
+        raise _fail(where, node, "must be a whole number of milliseconds from 1 to 600000")
+    return raw
+
+
+def _str_list(where: str, node: _Node) -> tuple[str, ...]:
+    if not isinstance(node.value, list):
+        raise _fail(where, node, "must be a list")
+    out = []
+    for i, item in enumerate(node.value):
+        if isinstance(item.value, bool) or not isinstance(item.value, str | int):
+            raise _fail(f"{where}[{i}]", item, "must be a string")
+        out.append(str(item.value))
+    return tuple(out)
+
+
+def _interpolate(where: str, node: _Node, env: Mapping[str, str]) -> str:
+    if not isinstance(node.value, str):
+        raise _fail(where, node, "must be a string")
+
+    def sub(m: re.Match[str]) -> str:
+        value = env.get(m.group(1))
+        if value:
+            return value
+        if m.group(2) is not None:
+            return m.group(2)
+        raise _fail(where, node, f"${{{m.group(1)}}} is not set and has no default")
+
+    return _ENV_REF.sub(sub, node.value)
+
+
+def _template(where: str, node: _Node) -> tuple[tuple[str | None, ...], tuple[str, ...]]:
+    path = node.value
+    if not isinstance(path, str) or not path.startswith("/"):
+        raise _fail(where, node, "must be a path starting with /")
+    if "?" in path or "#" in path or "//" in path:
+        raise _fail(where, node, "must be a plain path without query, fragment or empty segments")
+    segments: list[str | None] = []
+    names: list[str] = []
+    for seg in path.split("/"):
+        m = _PARAM.match(seg)
+        if m:
+            if m.group(1) in names:
+                raise _fail(where, node, f"parameter {{{m.group(1)}}} appears twice")
+            names.append(m.group(1))
+            segments.append(None)
+        elif "{" in seg or "}" in seg:
+            raise _fail(where, node, f"bad template segment {seg!r}: a parameter must be a whole segment like {{order_id}}")
+        elif seg in (".", ".."):
+            raise _fail(where, node, "must not contain . or .. segments")
+        else:
+            segments.append(seg)
+    return tuple(segments), tuple(names)
+
+
+def _route(name: str, node: _Node, default_timeout: int, new_routes: Collection[str] | None) -> RouteSpec:
+    where = f"routes.{name}"
+    if not _ROUTE_NAME.match(name):
+        raise _fail(where, node, "route names are letters, digits and _ (at most 64)")
+    if name == PASSTHROUGH:
+        raise _fail(where, node, f"{PASSTHROUGH!r} is reserved for unmatched paths")
+    keys = _keys(where, node, ("match", "new_percent", "shadow", "allow_new", "deny_new", "writes", "timeout_ms"), ("match",))
+    match = _keys(f"{where}.match", keys["match"], ("methods", "path"), ("methods", "path"))
+    methods = tuple(m.upper() for m in _str_list(f"{where}.match.methods", match["methods"]))
+    if not methods:
+        raise _fail(f"{where}.match.methods", match["methods"], "must name at least one method")
+    for m in methods:
+        if m not in HTTP_METHODS:
+            raise _fail(f"{where}.match.methods", match["methods"], f"unknown method {m!r}")
+    segments, names = _template(f"{where}.match.path", match["path"])
+    new_percent = _percent(f"{where}.new_percent", keys["new_percent"]) if "new_percent" in keys else Decimal(0)
+    writes = False
+    if "writes" in keys:
+        if not isinstance(keys["writes"].value, bool):
+            raise _fail(f"{where}.writes", keys["writes"], "must be true or false")
+        writes = keys["writes"].value
+    shadow = None
+    if "shadow" in keys:
+        if writes:
+            raise _fail(f"{where}.shadow", keys["shadow"], "a route with writes: true is never shadowed")
+        shadow = _shadow(f"{where}.shadow", keys["shadow"])
+    allow = frozenset(_str_list(f"{where}.allow_new", keys["allow_new"])) if "allow_new" in keys else frozenset()
+    deny = frozenset(_str_list(f"{where}.deny_new", keys["deny_new"])) if "deny_new" in keys else frozenset()
+    if allow & deny:
+        raise _fail(f"{where}.allow_new", keys["allow_new"], f"user ids both allowed and denied: {sorted(allow & deny)}")
+    if new_routes is not None and name not in new_routes and (new_percent > 0 or allow or shadow):
+        raise _fail(where, node, f"no new-side handler is named {name!r}, so it can only have new_percent: 0 and no shadow")
+    timeout = _timeout(f"{where}.timeout_ms", keys["timeout_ms"]) if "timeout_ms" in keys else default_timeout
+    return RouteSpec(
+        name=name,
+        methods=methods,
+        path=match["path"].value,
+        new_percent=new_percent,
+        timeout_ms=timeout,
+        writes=writes,
+        shadow=shadow,
+        allow_new=allow,
+        deny_new=deny,
+        segments=segments,
+        param_names=names,
+    )
+
+
+def _shadow(where: str, node: _Node) -> ShadowSpec:
+    keys = _keys(where, node, ("percent", "ignore", "tolerance"), ("percent",))
+    tolerance = None
+    if "tolerance" in keys:
+        raw = keys["tolerance"].value
+        try:
+            tolerance = Decimal(str(raw))
+        except InvalidOperation:
+            raise _fail(f"{where}.tolerance", keys["tolerance"], "must be a number") from None
+        if isinstance(raw, bool) or not tolerance.is_finite() or tolerance < 0:
+            raise _fail(f"{where}.tolerance", keys["tolerance"], "must be a number ≥ 0")
+    ignore = _str_list(f"{where}.ignore", keys["ignore"]) if "ignore" in keys else ()
+    return ShadowSpec(percent=_percent(f"{where}.percent", keys["percent"]), ignore=ignore, tolerance=tolerance)
+
+
+def parse_routing(
+    text: str,
+    env: Mapping[str, str] | None = None,
+    *,
+    new_routes: Collection[str] | None = None,
+    default_legacy_url: str = "http://127.0.0.1:8090",
+) -> RoutingTable:
+    """Validate a whole routing.yaml text into a RoutingTable, or raise RoutingError.
+
+    ``new_routes`` are the route names the new side has handlers for; routes outside it may
+    exist (for their own metrics label and timeout) but can never send traffic to new.
+    """
+    env = env or {}
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f" (line {mark.line + 1})" if mark is not None else ""
+        lines = text.splitlines()
+        hint = ""
+        if mark is not None and mark.line < len(lines) and "path:" in lines[mark.line]:
+            hint = ' (a path with {params} inside {...} flow style must be quoted: path: "/a/{id}")'
+        raise RoutingError(f"routing.yaml{line}: not valid YAML: {getattr(exc, 'problem', exc)}{hint}") from None
+    if root is None:
+        raise RoutingError("routing.yaml: the file is empty")
+    top = _keys("", _to_nodes(root, ""), ("version", "legacy_url", "defaults", "routes", "consumers"), ("version", "routes"))
+    if top["version"].value != 1 or isinstance(top["version"].value, bool):
+        raise _fail("version", top["version"], "only version 1 is understood")
+    legacy_url = _interpolate("legacy_url", top["legacy_url"], env) if "legacy_url" in top else default_legacy_url
+    if not re.match(r"^https?://[^/\s]+", legacy_url):
+        raise _fail("legacy_url", top.get("legacy_url"), f"{legacy_url!r} is not an http(s) URL")
+
+    timeout = DEFAULT_TIMEOUT_MS
+    sticky = DEFAULT_STICKY_KEY
+    if "defaults" in top:
+        defaults = _keys("defaults", top["defaults"], ("timeout_ms", "sticky_key"))
+        if "timeout_ms" in defaults:
+            timeout = _timeout("defaults.timeout_ms", defaults["timeout_ms"])
+        if "sticky_key" in defaults:
+            sticky = _str_list("defaults.sticky_key", defaults["sticky_key"])
+            for i, key in enumerate(sticky):
+                kind, _, arg = key.partition(":")
+                if not (key == "client_ip" or (kind in ("header", "cookie") and _HEADER_NAME.match(arg))):
+                    raise _fail(f"defaults.sticky_key[{i}]", defaults["sticky_key"], f"{key!r} is not header:NAME, cookie:NAME or client_ip")
+            if not sticky:
+                raise _fail("defaults.sticky_key", defaults["sticky_key"], "must name at least one key")
+
+    routes_node = top["routes"]
+    if routes_node.value is None:
+        routes_node = _Node({}, routes_node.line)
+    route_nodes = _keys("routes", routes_node, routes_node.value.keys() if isinstance(routes_node.value, dict) else ())
+    routes: dict[str, RouteSpec] = {}
+    seen: dict[tuple[str, tuple[str | None, ...]], str] = {}
+    for name, node in route_nodes.items():
+        route = _route(name, node, timeout, new_routes)
+        for method in route.methods:
+            other = seen.get((method, route.segments))
+            if other is not None:
+                raise _fail(f"routes.{name}.match.path", node.value["match"], f"{method} {route.path} is already matched by route {other!r}")
+            seen[(method, route.segments)] = name
+        routes[name] = route
+
+    consumers: dict[str, str] = {}
+    if "consumers" in top and top["consumers"].value is not None:
+        for event, owner in _keys("consumers", top["consumers"], CONSUMER_EVENTS).items():
+            if owner.value not in CONSUMER_OWNERS:
+                raise _fail(f"consumers.{event}", owner, f"must be one of {', '.join(CONSUMER_OWNERS)}")
+            consumers[event] = owner.value
+
+    static: dict[tuple[str, str], RouteSpec] = {}
+    templated: dict[tuple[str, int], list[RouteSpec]] = {}
+    for route in routes.values():
+        for method in route.methods:
+            if route.param_names:
+                templated.setdefault((method, len(route.segments)), []).append(route)
+            else:
+                static[(method, route.path)] = route
+    return RoutingTable(
+        version=1,
+        legacy_url=legacy_url.rstrip("/"),
+        timeout_ms=timeout,
+        sticky_key=sticky,
+        routes=MappingProxyType(routes),
+        consumers=MappingProxyType(consumers),
+        source_hash=hashlib.sha256(text.encode()).hexdigest(),
+        _static=MappingProxyType(static),
+        _templated=MappingProxyType({k: tuple(v) for k, v in templated.items()}),
+    )

@@ -1,0 +1,68 @@
+"""The few domain exceptions; one middleware (handlers/errors.py) turns them into HTTP answers.
+
+Each carries the legacy envelope's numeric code and reason string (shared/spec/legacy-api.md).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class ShopError(Exception):
+    status = 400
+    code = 40001
+    msg = "bad_request"
+
+    def __init__(self, msg: str | None = None, data: Any = None) -> None:
+        super().__init__(msg or self.msg)
+        if msg is not None:
+            self.msg = msg
+        self.data = data
+
+
+class BadRequest(ShopError):
+    status, code, msg = 400, 40001, "bad_request"
+
+
+class LoginRequired(ShopError):
+    status, code, msg = 401, 40101, "login_required"
+
+
+class Forbidden(ShopError):
+    status, code, msg = 403, 40301, "forbidden"
+
+
+class NotFound(ShopError):
+    status, code, msg = 404, 40401, "not_found"
+
+
+class Conflict(ShopError):
+    status, code, msg = 409, 40901, "conflict"
+
+
+class Unprocessable(ShopError):
+    """422s: coupon_not_applicable, address_blocked, out_of_stock, sku_not_found, …"""
+
+    status, code, msg = 422, 42201, "unprocessable"
+
+    def __init__(self, msg: str, data: Any = None, code: int = 42201) -> None:
+        super().__init__(msg, data)
+        self.code = code
+
+
+class NotMigrated(ShopError):
+    """A migrated route whose new handler is not written yet."""
+
+    status, code, msg = 501, 50101, "not_migrated"
+
+
+class UpstreamError(ShopError):
+    status, code, msg = 502, 50201, "upstream_unavailable"
+
+
+class UpstreamTimeout(ShopError):
+    status, code, msg = 504, 50401, "upstream_timeout"
+
+
+def envelope(code: int, msg: str, data: Any = None) -> dict[str, Any]:
+    return {"code": code, "msg": msg, "data": data}
