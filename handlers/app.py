@@ -10,7 +10,7 @@ from handlers.routes import NEW_ROUTES, NewHandler, NewRoute
 
 PREFIX = "/order2"
 # Set on every request the new side serves, so the edge's access log and metrics name it.
-NEW_ROUTE_NAME = "edge.new_route"
+NEW_ROUTE_NAME = web.RequestKey("new_route", str)
 
 
 def _direct(route: NewRoute) -> Callable[[web.Request], object]:

@@ -30,7 +30,6 @@ _HOP = frozenset(
 _RESPONSE_DROP = _HOP | {"date", "server"}
 # Bodies up to this size are read whole; larger or unsized ones are streamed through.
 _BUFFER_LIMIT = 1024 * 1024
-_IDEMPOTENT = frozenset(("GET", "HEAD", "OPTIONS"))
 
 
 def upstream_headers(request: web.Request, request_id: str) -> CIMultiDict[str]:
@@ -81,33 +80,24 @@ class Forwarder:
         url = URL(base_url + request.raw_path, encoded=True)
         headers = upstream_headers(request, request_id)
         timeout = aiohttp.ClientTimeout(total=timeout_ms / 1000)
-        attempts = 2 if request.method in _IDEMPOTENT else 1
-        for attempt in range(attempts):
-            try:
-                async with self._session.request(
-                    request.method, url, headers=headers, data=body or None,
-                    timeout=timeout, allow_redirects=False,
-                ) as upstream:
-                    if upstream.status >= 500:
-                        self._metrics.upstream_error(route, "legacy", "5xx")
-                    return await self._relay(request, upstream)
-            except TimeoutError:
-                self._metrics.upstream_error(route, "legacy", "timeout")
-                log.warning("upstream_timeout", route=route, timeout_ms=timeout_ms, request_id=request_id)
-                return error_response(504, 50401, "upstream_timeout", {"route": route})
-            except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
-                # A pooled keep-alive connection the peer already closed: safe to retry reads once.
-                if attempt + 1 < attempts and not isinstance(exc, aiohttp.ClientConnectorError):
-                    continue
-                return self._unavailable(route, request_id, exc)
-            except aiohttp.ClientError as exc:
-                return self._unavailable(route, request_id, exc)
-        raise AssertionError("unreachable")
-
-    def _unavailable(self, route: str, request_id: str, exc: Exception) -> web.Response:
-        self._metrics.upstream_error(route, "legacy", "connect")
-        log.warning("upstream_unavailable", route=route, error=exc.__class__.__name__, request_id=request_id)
-        return error_response(502, 50201, "upstream_unavailable", {"route": route})
+        # No retry loop here: aiohttp itself retries an idempotent request once when a pooled
+        # keep-alive connection turns out closed, and a write must never be sent twice.
+        try:
+            async with self._session.request(
+                request.method, url, headers=headers, data=body or None,
+                timeout=timeout, allow_redirects=False,
+            ) as upstream:
+                if upstream.status >= 500:
+                    self._metrics.upstream_error(route, "legacy", "5xx")
+                return await self._relay(request, upstream)
+        except TimeoutError:
+            self._metrics.upstream_error(route, "legacy", "timeout")
+            log.warning("upstream_timeout", route=route, timeout_ms=timeout_ms, request_id=request_id)
+            return error_response(504, 50401, "upstream_timeout", {"route": route})
+        except aiohttp.ClientError as exc:
+            self._metrics.upstream_error(route, "legacy", "connect")
+            log.warning("upstream_unavailable", route=route, error=exc.__class__.__name__, request_id=request_id)
+            return error_response(502, 50201, "upstream_unavailable", {"route": route})
 
     async def _relay(self, request: web.Request, upstream: aiohttp.ClientResponse) -> web.StreamResponse:
         headers: CIMultiDict[str] = CIMultiDict()

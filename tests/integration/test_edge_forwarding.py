@@ -1,0 +1,268 @@
+"""The edge against a real upstream server: forwarding, gray dispatch, limits, faults, metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import socket
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+from prometheus_client import CollectorRegistry
+from yarl import URL
+
+from proxy.app import ADMIN_APP, create_app
+from tests.support.edge import calc_price_route, detail_route, edge_settings, routing_doc, write_routing
+from tests.support.upstream import CALLS, create_echo_app
+
+Client = TestClient
+
+
+@pytest.fixture
+async def upstream(aiohttp_server: Callable[..., Awaitable[TestServer]]) -> TestServer:
+    return await aiohttp_server(create_echo_app())
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def make_edge(aiohttp_client: Callable[..., Awaitable[TestClient]], tmp_path: Path):
+    async def make(legacy_url: str, routes: dict[str, Any] | None = None, **settings: Any) -> tuple[TestClient, CollectorRegistry]:
+        path = write_routing(tmp_path / "routing.yaml", routing_doc(legacy_url, **(routes or {})))
+        registry = CollectorRegistry()
+        app = create_app(edge_settings(path, legacy_url, **settings), registry=registry)
+        return await aiohttp_client(app), registry
+
+    return make
+
+
+def sample(registry: CollectorRegistry, name: str, **labels: str) -> float:
+    return registry.get_sample_value(name, labels) or 0.0
+
+
+def url_of(server: TestServer) -> str:
+    return str(server.make_url("")).rstrip("/")
+
+
+async def test_passthrough_forwards_everything_unchanged(upstream: TestServer, make_edge) -> None:
+    client, _ = await make_edge(url_of(upstream))
+    resp = await client.post(
+        "/shopping/some/thing?b=2&a=1&a=3",
+        data=b'{"x": 1}',
+        headers={"X-User-Id": "7", "Content-Type": "application/json", "Connection": "keep-alive, X-Secret-Hop",
+                 "X-Secret-Hop": "drop-me", "Keep-Alive": "timeout=5", "X-Edge-Backend": "new", "Cookie": "sid=1"},
+    )
+    assert resp.status == 200
+    data = (await resp.json())["data"]
+    assert data["method"] == "POST"
+    assert data["raw_path"] == "/shopping/some/thing?b=2&a=1&a=3"
+    assert base64.b64decode(data["body_b64"]) == b'{"x": 1}'
+    sent = {k.lower(): v for k, v in data["headers"]}
+    assert sent["x-user-id"] == "7" and sent["cookie"] == "sid=1" and sent["content-type"] == "application/json"
+    for hop in ("keep-alive", "x-secret-hop", "x-edge-backend"):
+        assert hop not in sent
+    assert sent["x-request-id"] == resp.headers["X-Request-Id"]
+    assert resp.headers.getall("Set-Cookie") == ["a=1; Path=/", "b=2; Path=/"]
+    assert resp.headers["X-Upstream"] == "echo"
+    assert resp.headers["X-Edge-Route"] == "passthrough" and resp.headers["X-Edge-Backend"] == "legacy"
+
+
+async def test_request_id_is_kept_when_well_formed_and_replaced_when_not(upstream: TestServer, make_edge) -> None:
+    client, _ = await make_edge(url_of(upstream))
+    kept = await client.get("/x", headers={"X-Request-Id": "abc-123"})
+    assert kept.headers["X-Request-Id"] == "abc-123"
+    replaced = await client.get("/x", headers={"X-Request-Id": "bad id\twith tabs"})
+    assert replaced.headers["X-Request-Id"] not in ("", "bad id\twith tabs")
+    assert len(replaced.headers["X-Request-Id"]) == 24
+
+
+async def test_raw_tricky_paths_are_forwarded_as_is_and_never_routed(upstream: TestServer, make_edge) -> None:
+    client, _ = await make_edge(url_of(upstream), {"detail": detail_route(100), "calc_price": calc_price_route(100)})
+    for raw in ("/shopping/orders_v43/..%2F..%2Fadmin", "/shopping/orders_v43/a%2Fb", "/shopping/x/../cal_price/v4_4"):
+        method = "GET" if "orders" in raw else "POST"
+        # The test client's URL join would normalise "..": send the raw URL through its session instead.
+        resp = await client.session.request(method, URL(url_of(client.server) + raw, encoded=True))
+        assert resp.headers["X-Edge-Route"] == "passthrough", raw
+        assert (await resp.json())["data"]["raw_path"] == raw
+
+
+async def test_route_at_zero_goes_legacy_even_when_client_asks_for_new(upstream: TestServer, make_edge) -> None:
+    client, registry = await make_edge(url_of(upstream), {"calc_price": calc_price_route(0)})
+    resp = await client.post("/shopping/cal_price/v4_4", json={}, headers={"X-Edge-Backend": "new", "X-User-Id": "1"})
+    assert resp.status == 200
+    assert resp.headers["X-Edge-Route"] == "calc_price" and resp.headers["X-Edge-Backend"] == "legacy"
+    assert sample(registry, "edge_requests_total", route="calc_price", backend="legacy", method="POST", status_class="2xx") == 1
+
+
+async def test_route_at_hundred_goes_to_the_new_side_in_process(upstream: TestServer, make_edge) -> None:
+    client, registry = await make_edge(url_of(upstream), {"calc_price": calc_price_route(100)})
+    resp = await client.post("/shopping/cal_price/v4_4", json={}, headers={"X-User-Id": "1"})
+    assert resp.status == 501
+    assert await resp.json() == {"code": 50101, "msg": "not_migrated", "data": {"route": "calc_price"}}
+    assert resp.headers["X-Edge-Backend"] == "new"
+    assert upstream.app[CALLS] == []
+    assert sample(registry, "edge_requests_total", route="calc_price", backend="new", method="POST", status_class="5xx") == 1
+
+
+async def test_allow_and_deny_lists(upstream: TestServer, make_edge) -> None:
+    routes = {"calc_price": calc_price_route(0, allow_new=["1001"]), "detail": detail_route(100, deny_new=["13"])}
+    client, _ = await make_edge(url_of(upstream), routes)
+    assert (await client.post("/shopping/cal_price/v4_4", headers={"X-User-Id": "1001"})).headers["X-Edge-Backend"] == "new"
+    assert (await client.post("/shopping/cal_price/v4_4", headers={"X-User-Id": "1002"})).headers["X-Edge-Backend"] == "legacy"
+    assert (await client.get("/shopping/orders_v43/A1", headers={"X-User-Id": "13"})).headers["X-Edge-Backend"] == "legacy"
+    assert (await client.get("/shopping/orders_v43/A1", headers={"X-User-Id": "14"})).headers["X-Edge-Backend"] == "new"
+
+
+async def test_gray_share_is_sticky_per_user_across_routes(upstream: TestServer, make_edge) -> None:
+    client, _ = await make_edge(url_of(upstream), {"calc_price": calc_price_route(30), "detail": detail_route(30)})
+    sides = {}
+    for user in range(200):
+        a = await client.post("/shopping/cal_price/v4_4", headers={"X-User-Id": str(user)})
+        b = await client.get(f"/shopping/orders_v43/O{user}", headers={"X-User-Id": str(user)})
+        again = await client.post("/shopping/cal_price/v4_4", headers={"X-User-Id": str(user)})
+        assert a.headers["X-Edge-Backend"] == b.headers["X-Edge-Backend"] == again.headers["X-Edge-Backend"]
+        sides[user] = a.headers["X-Edge-Backend"]
+    share = sum(v == "new" for v in sides.values()) / len(sides)
+    assert 0.15 < share < 0.45
+
+
+async def test_body_over_limit_is_413_and_upstream_never_called(upstream: TestServer, make_edge) -> None:
+    client, registry = await make_edge(url_of(upstream), max_body_bytes=1000)
+    resp = await client.post("/shopping/cart", data=b"x" * 1001)
+    assert resp.status == 413
+    assert (await resp.json())["code"] == 41301
+
+    async def chunks():
+        for _ in range(20):
+            yield b"y" * 100
+
+    chunked = await client.post("/shopping/cart", data=chunks())
+    assert chunked.status == 413 and (await chunked.json())["msg"] == "body_too_large"
+    assert upstream.app[CALLS] == []
+    assert sample(registry, "edge_body_too_large_total") == 2
+    ok = await client.post("/shopping/cart", data=b"x" * 1000)
+    assert ok.status == 200
+
+
+async def test_legacy_down_is_502_with_envelope_and_counted(make_edge) -> None:
+    client, registry = await make_edge(f"http://127.0.0.1:{free_port()}", {"calc_price": calc_price_route(0)})
+    resp = await client.post("/shopping/cal_price/v4_4", json={})
+    assert resp.status == 502
+    assert await resp.json() == {"code": 50201, "msg": "upstream_unavailable", "data": {"route": "calc_price"}}
+    assert sample(registry, "edge_upstream_errors_total", route="calc_price", backend="legacy", kind="connect") == 1
+    assert "Traceback" not in await resp.text()
+
+
+async def test_legacy_slow_is_504_after_the_route_timeout(upstream: TestServer, make_edge) -> None:
+    routes = {"detail": detail_route(0, timeout_ms=200)}
+    client, registry = await make_edge(url_of(upstream), routes)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    resp = await client.get("/shopping/orders_v43/A1?slow_ms=3000")
+    elapsed = loop.time() - started
+    assert resp.status == 504 and (await resp.json())["msg"] == "upstream_timeout"
+    assert 0.2 <= elapsed < 2.0
+    assert sample(registry, "edge_upstream_errors_total", route="detail", backend="legacy", kind="timeout") == 1
+
+
+async def test_legacy_resetting_connections_is_502(upstream: TestServer, make_edge) -> None:
+    client, registry = await make_edge(url_of(upstream))
+    for method in ("GET", "POST"):
+        resp = await client.request(method, "/shopping/cart?reset=1")
+        assert resp.status == 502
+        assert (await resp.json())["code"] == 50201
+    assert sample(registry, "edge_upstream_errors_total", route="passthrough", backend="legacy", kind="connect") == 2
+    # aiohttp may retry a GET once (a stale pooled connection); a POST never: a write must not run twice.
+    assert 1 <= len([c for c in upstream.app[CALLS] if c[0] == "GET"]) <= 2
+    assert [c for c in upstream.app[CALLS] if c[0] == "POST"] == [("POST", "/shopping/cart?reset=1")]
+
+
+async def test_legacy_5xx_passes_through_and_is_counted(upstream: TestServer, make_edge) -> None:
+    client, registry = await make_edge(url_of(upstream))
+    resp = await client.get("/shopping/cart?status=503")
+    assert resp.status == 503
+    assert sample(registry, "edge_upstream_errors_total", route="passthrough", backend="legacy", kind="5xx") == 1
+
+
+async def test_large_bodies_stream_through_both_ways(upstream: TestServer, make_edge) -> None:
+    client, _ = await make_edge(url_of(upstream), max_body_bytes=4 * 1024 * 1024)
+    resp = await client.get("/download?big=3000000")
+    assert resp.status == 200 and len(await resp.read()) == 3_000_000
+    up = await client.post("/upload", data=b"z" * 3_000_000)
+    assert base64.b64decode((await up.json())["data"]["body_b64"]) == b"z" * 3_000_000
+
+
+async def test_ten_thousand_unmatched_paths_keep_one_route_label(upstream: TestServer, make_edge) -> None:
+    client, registry = await make_edge(url_of(upstream), {"calc_price": calc_price_route(0)})
+    sem = asyncio.Semaphore(50)
+
+    async def hit(i: int) -> int:
+        async with sem:
+            async with client.get(f"/shopping/random/{i}/p{i * 7}") as resp:
+                return resp.status
+
+    statuses = await asyncio.gather(*(hit(i) for i in range(10_000)))
+    assert set(statuses) == {200}
+    routes = {s.labels["route"] for m in registry.collect() if m.name.startswith("edge_") for s in m.samples if "route" in s.labels}
+    assert routes == {"passthrough", "calc_price"}
+    assert sample(registry, "edge_requests_total", route="passthrough", backend="legacy", method="GET", status_class="2xx") == 10_000
+
+
+async def test_unknown_method_label_is_bounded(upstream: TestServer, make_edge) -> None:
+    client, registry = await make_edge(url_of(upstream))
+    resp = await client.request("PROPFIND", "/x")
+    assert resp.status == 200
+    assert sample(registry, "edge_requests_total", route="passthrough", backend="legacy", method="OTHER", status_class="2xx") == 1
+
+
+async def test_new_side_direct_path_is_served_with_headers_and_metrics(upstream: TestServer, make_edge) -> None:
+    client, registry = await make_edge(url_of(upstream))
+    resp = await client.get("/order2/detail/ORD1")
+    assert resp.status == 501
+    assert resp.headers["X-Edge-Route"] == "detail" and resp.headers["X-Edge-Backend"] == "new"
+    assert sample(registry, "edge_request_duration_seconds_count", route="detail", backend="new") == 1
+
+
+async def test_cors_preflight_and_simple_request(upstream: TestServer, make_edge) -> None:
+    client, _ = await make_edge(url_of(upstream), cors_origins=("https://web.example.com",))
+    pre = await client.options(
+        "/shopping/cal_price/v4_4",
+        headers={"Origin": "https://web.example.com", "Access-Control-Request-Method": "POST",
+                 "Access-Control-Request-Headers": "X-User-Id, Content-Type"},
+    )
+    assert pre.status == 200
+    assert pre.headers["Access-Control-Allow-Origin"] == "https://web.example.com"
+    assert upstream.app[CALLS] == []
+    resp = await client.get("/shopping/cart", headers={"Origin": "https://web.example.com"})
+    assert resp.headers["Access-Control-Allow-Origin"] == "https://web.example.com"
+    other = await client.get("/shopping/cart", headers={"Origin": "https://evil.example.com"})
+    assert "Access-Control-Allow-Origin" not in other.headers
+
+
+async def test_admin_endpoints(upstream: TestServer, make_edge) -> None:
+    client, _ = await make_edge(url_of(upstream), {"calc_price": calc_price_route(12.5)})
+    await client.get("/x")
+    admin = TestClient(TestServer(client.server.app[ADMIN_APP]))
+    await admin.start_server()
+    try:
+        metrics = await (await admin.get("/metrics")).text()
+        for name in ("edge_requests_total", "edge_request_duration_seconds", "edge_route_new_percent", "edge_routing_reload_total"):
+            assert name in metrics
+        assert 'edge_route_new_percent{route="calc_price"} 12.5' in metrics
+        assert (await admin.get("/healthz")).status == 200
+        ready = await admin.get("/readyz")
+        assert ready.status == 200 and (await ready.json())["ready"] is True
+        routes = await (await admin.get("/_edge/routes")).json()
+        assert routes["routes"]["calc_price"]["new_percent"] == 12.5
+        assert routes["last_reload"]["ok"] is True and len(routes["hash"]) == 64
+    finally:
+        await admin.close()
