@@ -153,41 +153,42 @@ async def test_concurrent_upserts_leave_one_row(client: TestClient, db: AsyncEng
     assert len(rows) == 1 and rows[0][0] == 3 and 1 <= rows[0][1] <= 8
 
 
-@pytest.mark.parametrize(
-    ("body", "status", "code", "field"),
-    [
-        (b"{not json", 400, 40001, "body"),
-        (b"[1, 2]", 400, 40001, "body"),
-        (b'{"sku_id": 1, "qty": -1}', 400, 40001, "qty"),
-        (b'{"sku_id": 1, "qty": "x"}', 400, 40001, "qty"),
-        (b'{"sku_id": 1, "qty": 1000}', 400, 40001, "qty"),
-        (b'{"sku_id": 1, "qty": 2.5}', 400, 40001, "qty"),
-        (b'{"sku_id": 1, "qty": true}', 400, 40001, "qty"),
-        (b'{"sku_id": 1}', 400, 40001, "qty"),
-        (b'{"qty": 1}', 400, 40001, "sku_id"),
-        (b'{"sku_id": "1", "qty": 1}', 400, 40001, "sku_id"),
-        (b'{"sku_id": 1, "qty": 1, "selected": "yes"}', 400, 40001, "selected"),
-        (b'{"sku_id": 999999, "qty": 1}', 422, 42204, None),
-        (b'{"sku_id": 999999, "qty": 0}', 422, 42204, None),
-    ],
-)
-async def test_cart_rejects_bad_input_and_changes_nothing(
-    client: TestClient, db: AsyncEngine, body: bytes, status: int, code: int, field: str | None
-) -> None:
+# (raw body, HTTP status, legacy code, field named in data; None = sku_not_found)
+BAD_CART_BODIES: list[tuple[bytes, int, int, str | None]] = [
+    (b"{not json", 400, 40001, "body"),
+    (b"", 400, 40001, "body"),
+    (b"[1, 2]", 400, 40001, "body"),
+    (b'{"sku_id": 1, "qty": -1}', 400, 40001, "qty"),
+    (b'{"sku_id": 1, "qty": "x"}', 400, 40001, "qty"),
+    (b'{"sku_id": 1, "qty": 1000}', 400, 40001, "qty"),
+    (b'{"sku_id": 1, "qty": 2.5}', 400, 40001, "qty"),
+    (b'{"sku_id": 1, "qty": true}', 400, 40001, "qty"),
+    (b'{"sku_id": 1}', 400, 40001, "qty"),
+    (b'{"qty": 1}', 400, 40001, "sku_id"),
+    (b'{"sku_id": "1", "qty": 1}', 400, 40001, "sku_id"),
+    (b'{"sku_id": 1, "qty": 1, "selected": "yes"}', 400, 40001, "selected"),
+    (b'{"sku_id": 1, "qty": 1, "extra": 1}', 400, 40001, "extra"),
+    (b'{"sku_id": 999999, "qty": 1}', 422, 42204, None),
+    (b'{"sku_id": 999999, "qty": 0}', 422, 42204, None),
+]
+
+
+async def test_cart_rejects_bad_input_and_changes_nothing(client: TestClient, db: AsyncEngine) -> None:
     resp = await client.post("/shopping/cart", json={"sku_id": 1, "qty": 1}, headers=AUTH)
     await envelope(resp, 200)
-    before = await cart_rows(db)
+    assert await cart_rows(db) == [(1, 1, True)]
 
-    resp = await client.post(
-        "/shopping/cart", data=body, headers={**AUTH, "Content-Type": "application/json"}
-    )
-    err = await envelope(resp, status)
-    assert err["code"] == code
-    if field is not None:
-        assert err["msg"] == "bad_request" and err["data"]["field"] == field
-    else:
-        assert err["msg"] == "sku_not_found" and err["data"] == {"sku_id": 999999}
-    assert await cart_rows(db) == before == [(1, 1, True)]
+    for body, status, code, field in BAD_CART_BODIES:
+        resp = await client.post(
+            "/shopping/cart", data=body, headers={**AUTH, "Content-Type": "application/json"}
+        )
+        err = await envelope(resp, status)
+        assert err["code"] == code, body
+        if field is not None:
+            assert err["msg"] == "bad_request" and err["data"]["field"] == field, (body, err)
+        else:
+            assert err["msg"] == "sku_not_found" and err["data"] == {"sku_id": 999999}, (body, err)
+        assert await cart_rows(db) == [(1, 1, True)], body
 
 
 async def test_inactive_sku_cannot_be_added(client: TestClient, db: AsyncEngine) -> None:
@@ -199,11 +200,14 @@ async def test_inactive_sku_cannot_be_added(client: TestClient, db: AsyncEngine)
     assert await cart_rows(db) == []
 
 
-@pytest.mark.parametrize(("method", "path"), [("GET", "/shopping/cart"), ("POST", "/shopping/cart"), ("GET", "/shopping/orders")])
-async def test_anonymous_caller_gets_login_required(client: TestClient, db: AsyncEngine, method: str, path: str) -> None:
-    resp = await client.request(method, path, json={"sku_id": 1, "qty": 1})
-    assert await envelope(resp, 401) == {"code": 40101, "msg": "login_required", "data": None}
+async def test_anonymous_caller_gets_login_required(client: TestClient, db: AsyncEngine) -> None:
+    for method, path in [("GET", "/shopping/cart"), ("POST", "/shopping/cart"), ("GET", "/shopping/orders")]:
+        for headers in ({}, {"X-User-Id": ""}):
+            resp = await client.request(method, path, json={"sku_id": 1, "qty": 1}, headers=headers)
+            assert await envelope(resp, 401) == {"code": 40101, "msg": "login_required", "data": None}
     assert await cart_rows(db) == []
+    async with db.connect() as conn:
+        assert (await conn.execute(select(cart_items.c.id).where(cart_items.c.user_id == 0))).first() is None
 
 
 # --- orders -----------------------------------------------------------------------------------
@@ -418,3 +422,10 @@ async def test_fractional_rates_are_reproducible_per_seed(sqlite_url: str, aioht
     first, second = await statuses(7), await statuses(7)
     assert first == second
     assert set(first) == {501, 502}
+
+
+async def test_oversized_body_is_413_envelope(bare_client: TestClient) -> None:
+    resp = await bare_client.post(
+        "/shopping/cart", data=b"x" * (2 * 1024 * 1024), headers={**AUTH, "Content-Type": "application/json"}
+    )
+    assert await envelope(resp, 413) == {"code": 41301, "msg": "body_too_large", "data": None}

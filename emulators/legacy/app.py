@@ -1,0 +1,64 @@
+"""Composition root of the old-shopping emulator: ``create_app(db_url)``.
+
+Middlewares, outermost first: request stats (counts every non-admin request),
+errors (legacy envelope, never a stack trace), faults (injected latency, errors,
+resets). The database engine lives in a cleanup context; nothing is created at
+import time.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import AsyncIterator, Callable
+
+from aiohttp import web
+
+from emulators.legacy import faults, routes, stats
+from emulators.legacy.errors import error_middleware
+from emulators.legacy.faults import ADMIN_PREFIX, FAULTS, FaultTable, fault_middleware
+from emulators.legacy.state import ENGINE
+from emulators.legacy.stats import STATS, RequestStats, stats_middleware
+from shop.db import create_all, make_engine
+
+log = logging.getLogger(__name__)
+
+
+def create_app(
+    db_url: str,
+    *,
+    create_schema: bool = False,
+    random_seed: int = 0,
+) -> web.Application:
+    """The emulator app on the shared database at ``db_url``.
+
+    ``create_schema`` creates missing tables at startup (demo data: ``shopping-db seed
+    --demo``); ``random_seed`` seeds the fault knobs' random source.
+    """
+    app = web.Application(middlewares=[stats_middleware, error_middleware, fault_middleware])
+    app[FAULTS] = FaultTable(random.Random(random_seed))
+    app[STATS] = RequestStats()
+    app.cleanup_ctx.append(_database(db_url, create_schema=create_schema))
+    routes.add_routes(app)
+    faults.add_routes(app)
+    stats.add_routes(app)
+    app.router.add_get(ADMIN_PREFIX + "/health", health, name="emulator_health")
+    return app
+
+
+def _database(db_url: str, *, create_schema: bool) -> Callable[[web.Application], AsyncIterator[None]]:
+    async def database(app: web.Application) -> AsyncIterator[None]:
+        engine = make_engine(db_url)
+        try:
+            if create_schema:
+                await create_all(engine)
+            app[ENGINE] = engine
+            yield
+        finally:
+            await engine.dispose()
+
+    return database
+
+
+async def health(request: web.Request) -> web.Response:
+    return web.json_response({"ok": True})
