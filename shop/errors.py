@@ -40,14 +40,26 @@ class Conflict(ShopError):
     status, code, msg = 409, 40901, "conflict"
 
 
+# One code per 422 reason, numbered in the order legacy-api.md lists them; old shopping's emulator uses the same.
+UNPROCESSABLE_CODES = {
+    "coupon_not_applicable": 42201,
+    "address_blocked": 42202,
+    "out_of_stock": 42203,
+    "sku_not_found": 42204,
+    "sku_unavailable": 42205,
+    "region_not_served": 42206,
+    "payment_method_unavailable": 42207,
+}
+
+
 class Unprocessable(ShopError):
-    """422s: coupon_not_applicable, address_blocked, out_of_stock, sku_not_found, …"""
+    """422s: the request is well-formed but the shop can't do it; msg is one of UNPROCESSABLE_CODES."""
 
-    status, code, msg = 422, 42201, "unprocessable"
+    status, code, msg = 422, 42299, "unprocessable"
 
-    def __init__(self, msg: str, data: Any = None, code: int = 42201) -> None:
+    def __init__(self, msg: str, data: Any = None) -> None:
         super().__init__(msg, data)
-        self.code = code
+        self.code = UNPROCESSABLE_CODES.get(msg, 42299)
 
 
 class NotMigrated(ShopError):

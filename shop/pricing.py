@@ -1,0 +1,290 @@
+"""The one pricing engine: calc_price, the coupon list and place_order all call `price()`.
+
+Pure: no I/O, no clock (the caller passes `now`), no globals. Rules and the worked example:
+shared/spec/domain.md § Pricing. Everything is computed in USD, rounded per line to cents,
+then each summary component is converted on its own so the displayed parts add up exactly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from types import MappingProxyType
+
+from shop.errors import Unprocessable
+from shop.money import HUNDRED, ZERO, in_currency, usd, usd_floor
+
+HALF = Decimal("0.5")
+
+# Reasons a coupon cannot be used (legacy-api.md); the loader decides the first three.
+NOT_FOUND = "not_found"
+NOT_OWNER = "not_owner"
+LOGIN_REQUIRED = "login_required"
+USED = "used"
+EXPIRED = "expired"
+REGION_NOT_ALLOWED = "region_not_allowed"
+CATEGORY_MISMATCH = "category_mismatch"
+MIN_SPEND_NOT_MET = "min_spend_not_met"
+
+
+@dataclass(frozen=True, slots=True)
+class PriceLine:
+    sku_id: int
+    name: str
+    category_id: int
+    unit_price: Decimal  # USD
+    qty: int
+
+
+@dataclass(frozen=True, slots=True)
+class MallDiscount:
+    scope: str  # "sku" | "category"
+    target_id: int
+    kind: str  # "percent" | "amount"
+    value: Decimal
+    starts_at: datetime | None = None
+    ends_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Coupon:
+    coupon_id: int
+    code: str | None
+    title: str
+    kind: str  # "amount" | "percent" | "free_shipping"
+    value: Decimal
+    min_spend: Decimal = ZERO
+    max_discount: Decimal | None = None
+    category_ids: frozenset[int] | None = None
+    regions: frozenset[str] | None = None
+    starts_at: datetime | None = None
+    ends_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CouponChoice:
+    """A coupon the caller asked for: one of their user_coupons, or a public code."""
+
+    coupon: Coupon
+    user_coupon_id: int | None = None
+    status: str = "unused"  # the user_coupon's status; a public code with no row is unused
+    expires_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ShippingRule:
+    fee: Decimal
+    free_threshold: Decimal | None
+
+
+@dataclass(frozen=True, slots=True)
+class TariffRule:
+    default_rate: Decimal  # percent
+    de_minimis: Decimal
+    by_category: Mapping[int, Decimal] = field(default_factory=lambda: MappingProxyType({}))
+
+
+@dataclass(frozen=True, slots=True)
+class PricingInput:
+    lines: Sequence[PriceLine]
+    region: str
+    currency: str
+    fx_rate: Decimal
+    exponent: int
+    shipping: ShippingRule | None
+    tariff: TariffRule | None
+    mall_discounts: Sequence[MallDiscount]
+    now: datetime
+    coupon: CouponChoice | None = None
+    # Set by the loader when the coupon could not even be resolved (not_found, not_owner, login_required).
+    coupon_error: str | None = None
+    wallet_balance: Decimal = ZERO  # USD
+    use_wallet: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Amounts:
+    subtotal: Decimal
+    mall_discount: Decimal
+    coupon_discount: Decimal
+    shipping_fee: Decimal
+    tariff: Decimal
+    wallet_deduction: Decimal
+    total: Decimal
+
+
+@dataclass(frozen=True, slots=True)
+class LineAmounts:
+    unit_price: Decimal
+    line_total: Decimal
+    mall_discount: Decimal
+    coupon_discount: Decimal
+    tariff: Decimal
+
+
+@dataclass(frozen=True, slots=True)
+class PricedLine:
+    sku_id: int
+    name: str
+    category_id: int
+    qty: int
+    usd: LineAmounts
+    shown: LineAmounts  # in the request currency
+
+
+@dataclass(frozen=True, slots=True)
+class PriceResult:
+    region: str
+    currency: str
+    exponent: int
+    fx_rate: Decimal
+    lines: tuple[PricedLine, ...]
+    usd: Amounts
+    shown: Amounts  # in the request currency; shown.total is what the user pays
+    coupon: CouponChoice | None  # applied
+    coupon_error: str | None
+    free_shipping_threshold: Decimal | None  # shown currency
+    wallet_balance: Decimal  # shown currency
+    free_shipping: bool = False
+
+
+def _active(starts: datetime | None, ends: datetime | None, now: datetime) -> bool:
+    return (starts is None or starts <= now) and (ends is None or now < ends)
+
+
+def _mall_discount(line: PriceLine, line_total: Decimal, discounts: Sequence[MallDiscount], now: datetime) -> Decimal:
+    best = ZERO
+    for d in discounts:
+        if not (
+            (d.scope == "sku" and d.target_id == line.sku_id)
+            or (d.scope == "category" and d.target_id == line.category_id)
+        ) or not _active(d.starts_at, d.ends_at, now):
+            continue
+        amount = line_total * d.value / HUNDRED if d.kind == "percent" else min(d.value * line.qty, line_total)
+        best = max(best, amount)
+    return usd(min(best, line_total))
+
+
+def coupon_problem(choice: CouponChoice, region: str, eligible_base: Decimal, has_eligible: bool, now: datetime) -> str | None:
+    """Why the coupon can't be used here, or None. Order matters: the first reason is the one shown."""
+    c = choice.coupon
+    if choice.status in ("used", "locked"):
+        return USED
+    if choice.status == "expired" or not _active(c.starts_at, c.ends_at, now):
+        return EXPIRED
+    if choice.expires_at is not None and now >= choice.expires_at:
+        return EXPIRED
+    if c.regions is not None and region not in c.regions:
+        return REGION_NOT_ALLOWED
+    if not has_eligible:
+        return CATEGORY_MISMATCH
+    if eligible_base < c.min_spend:
+        return MIN_SPEND_NOT_MET
+    return None
+
+
+def _allocate(total: Decimal, weights: Sequence[Decimal]) -> list[Decimal]:
+    """Split `total` over lines pro rata by weight, in cents; the last line takes the remainder."""
+    weight_sum = sum(weights, ZERO)
+    if total == 0 or weight_sum == 0:
+        return [ZERO] * len(weights)
+    shares = [usd(total * w / weight_sum) for w in weights[:-1]]
+    shares.append(total - sum(shares, ZERO))
+    return shares
+
+
+def price(inp: PricingInput) -> PriceResult:
+    """Every line and summary amount of a cart, or Unprocessable(region_not_served)."""
+    if inp.shipping is None:
+        raise Unprocessable("region_not_served", {"region": inp.region})
+    now = inp.now
+    totals = [usd(line.unit_price * line.qty) for line in inp.lines]
+    malls = [_mall_discount(line, t, inp.mall_discounts, now) for line, t in zip(inp.lines, totals)]
+    nets = [t - m for t, m in zip(totals, malls)]
+    subtotal = sum(totals, ZERO)
+    mall = sum(malls, ZERO)
+
+    # Coupon.
+    coupon_error = inp.coupon_error
+    applied: CouponChoice | None = None
+    coupon_shares = [ZERO] * len(inp.lines)
+    coupon_total = ZERO
+    free_shipping = False
+    if inp.coupon is not None and coupon_error is None:
+        c = inp.coupon.coupon
+        eligible = [i for i, line in enumerate(inp.lines) if c.category_ids is None or line.category_id in c.category_ids]
+        base = sum((nets[i] for i in eligible), ZERO)
+        coupon_error = coupon_problem(inp.coupon, inp.region, base, bool(eligible), now)
+        if coupon_error is None:
+            applied = inp.coupon
+            if c.kind == "amount":
+                coupon_total = usd(min(c.value, base))
+            elif c.kind == "percent":
+                coupon_total = usd(base * c.value / HUNDRED)
+                if c.max_discount is not None:
+                    coupon_total = min(coupon_total, usd(c.max_discount))
+            else:
+                free_shipping = True
+            for i, share in zip(eligible, _allocate(coupon_total, [nets[i] for i in eligible])):
+                coupon_shares[i] = share
+
+    goods_net = subtotal - mall - coupon_total
+    rule = inp.shipping
+    if not inp.lines or free_shipping or (rule.free_threshold is not None and goods_net >= rule.free_threshold):
+        shipping = ZERO
+    else:
+        shipping = usd(rule.fee)
+
+    tariffs = [ZERO] * len(inp.lines)
+    if inp.tariff is not None and goods_net > inp.tariff.de_minimis:
+        for i, line in enumerate(inp.lines):
+            rate = inp.tariff.by_category.get(line.category_id, inp.tariff.default_rate)
+            tariffs[i] = usd((nets[i] - coupon_shares[i]) * rate / HUNDRED)
+    tariff = sum(tariffs, ZERO)
+
+    before_wallet = goods_net + shipping + tariff
+    wallet = ZERO
+    if inp.use_wallet:
+        wallet = max(ZERO, min(usd_floor(inp.wallet_balance), usd_floor(before_wallet * HALF)))
+    usd_amounts = Amounts(subtotal, mall, coupon_total, shipping, tariff, wallet, before_wallet - wallet)
+
+    rate, exp = inp.fx_rate, inp.exponent
+
+    def conv(amount: Decimal) -> Decimal:
+        return in_currency(amount, rate, exp)
+
+    sub_c, mall_c = conv(subtotal), conv(mall)
+    # Converting parts one by one can round a fully discounted cart a unit below zero: clamp
+    # the discounts, never the total, so the displayed parts still add up.
+    coupon_c = min(conv(coupon_total), sub_c - mall_c)
+    ship_c, tariff_c = conv(shipping), conv(tariff)
+    wallet_c = min(conv(wallet), sub_c - mall_c - coupon_c + ship_c + tariff_c)
+    shown = Amounts(sub_c, mall_c, coupon_c, ship_c, tariff_c, wallet_c, sub_c - mall_c - coupon_c + ship_c + tariff_c - wallet_c)
+
+    lines = tuple(
+        PricedLine(
+            sku_id=line.sku_id,
+            name=line.name,
+            category_id=line.category_id,
+            qty=line.qty,
+            usd=LineAmounts(usd(line.unit_price), totals[i], malls[i], coupon_shares[i], tariffs[i]),
+            shown=LineAmounts(conv(line.unit_price), conv(totals[i]), conv(malls[i]), conv(coupon_shares[i]), conv(tariffs[i])),
+        )
+        for i, line in enumerate(inp.lines)
+    )
+    return PriceResult(
+        region=inp.region,
+        currency=inp.currency,
+        exponent=exp,
+        fx_rate=rate,
+        lines=lines,
+        usd=usd_amounts,
+        shown=shown,
+        coupon=applied,
+        coupon_error=coupon_error,
+        free_shipping_threshold=None if rule.free_threshold is None else conv(rule.free_threshold),
+        wallet_balance=conv(inp.wallet_balance),
+        free_shipping=free_shipping,
+    )

@@ -1,0 +1,38 @@
+"""Builders for domain inputs: the worked example of domain.md and variations on it."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import datetime
+from decimal import Decimal as D
+from types import MappingProxyType
+from typing import Any
+
+from shop.pricing import Coupon, CouponChoice, MallDiscount, PriceLine, PricingInput, ShippingRule, TariffRule
+
+NOW = datetime(2026, 6, 1, 12, 0, 0)
+
+SAVE15 = Coupon(coupon_id=1, code="SAVE15", title="15 off 100", kind="amount", value=D("15.00"), min_spend=D("100.00"))
+
+
+def worked_example(**changes: Any) -> PricingInput:
+    """Region DE, EUR at 0.92: the cart whose total is exactly 96.07 EUR."""
+    base = PricingInput(
+        lines=(
+            PriceLine(1, "T-shirt", 10, D("19.99"), 2),
+            PriceLine(2, "Mug", 20, D("8.50"), 3),
+            PriceLine(3, "Headphones", 30, D("59.00"), 1),
+        ),
+        region="DE",
+        currency="EUR",
+        fx_rate=D("0.92"),
+        exponent=2,
+        shipping=ShippingRule(fee=D("9.90"), free_threshold=D("200.00")),
+        tariff=TariffRule(default_rate=D("12"), de_minimis=D("22.00"), by_category=MappingProxyType({30: D("5")})),
+        mall_discounts=(MallDiscount("category", 10, "percent", D("10")),),
+        now=NOW,
+        coupon=CouponChoice(SAVE15, user_coupon_id=1),
+        wallet_balance=D("20.00"),
+        use_wallet=True,
+    )
+    return replace(base, **changes)
