@@ -22,7 +22,7 @@ from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap
 from ruamel.yaml.error import YAMLError
 
-from proxy.routing import RoutingError, _Node, _percent
+from proxy.routing import RoutingError, check_percent
 
 KEY = "new_percent"
 # One scalar token at a known column: double-quoted, single-quoted or plain (stops at flow punctuation).
@@ -51,7 +51,7 @@ def parse_percent(raw: str) -> Decimal:
     except InvalidOperation:
         raise EditError(f"{raw!r} is not a number from 0 to 100") from None
     try:
-        return _percent("PERCENT", _Node(value, 0))  # line 0: the message then carries no line
+        return check_percent(value, "PERCENT")
     except RoutingError as exc:
         raise EditError(str(exc).removeprefix("PERCENT: ")) from None
 
@@ -66,7 +66,9 @@ def _load_tree(text: str) -> CommentedMap:
     try:
         tree = YAML(typ="rt").load(text)
     except YAMLError as exc:
-        raise EditError(f"not valid YAML: {exc}") from None
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark is not None else ""
+        raise EditError(f"not valid YAML{where}: {getattr(exc, 'problem', None) or exc}") from None
     if not isinstance(tree, CommentedMap) or not isinstance(tree.get("routes"), CommentedMap):
         raise EditError("the file has no routes: mapping")
     return tree
@@ -95,6 +97,19 @@ def _requote(token: str, text: str) -> str:
     return f"{quote}{text}{quote}"
 
 
+# What may sit between the value and a trailing comment: closing flow brackets, then the gap.
+_GAP_BEFORE_COMMENT = re.compile(r"([\]}]*)( +)(?=#)")
+
+
+def _keep_comment_column(line: str, end: int, replacement: str, old_len: int) -> tuple[str, int]:
+    """Widen or narrow the gap before a trailing comment so aligned comments stay aligned."""
+    gap = _GAP_BEFORE_COMMENT.match(line, end)
+    if gap is None:
+        return replacement, end
+    width = max(1, len(gap.group(2)) - (len(replacement) - old_len))
+    return replacement + gap.group(1) + " " * width, gap.end()
+
+
 def _insert_anchor(route: CommentedMap) -> Any:
     # Right after `match` reads best; with match as the last key, in front of the first one.
     keys = list(route)
@@ -115,7 +130,8 @@ def _plan(lines: list[str], routes: CommentedMap, name: str, new: Decimal) -> tu
         token, old = _token_at(lines[line], col, f"{where} (line {line + 1})")
         if old == new:
             return Change(name, old, new), None
-        return Change(name, old, new), (line, col, col + len(token), _requote(token, format_percent(new)))
+        replacement, end = _keep_comment_column(lines[line], col + len(token), _requote(token, format_percent(new)), len(token))
+        return Change(name, old, new), (line, col, end, replacement)
     old = Decimal(0)  # an absent new_percent means 0 (proxy/routing.py)
     if new == old:
         return Change(name, old, new), None

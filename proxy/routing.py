@@ -182,6 +182,11 @@ def _percent(where: str, node: _Node) -> Decimal:
     return value
 
 
+def check_percent(value: object, where: str = "percent") -> Decimal:
+    """The routing.yaml percentage rule (0..100, at most two decimals) for callers outside this module."""
+    return _percent(where, _Node(value, 0))
+
+
 def _timeout(where: str, node: _Node) -> int:
     raw = node.value
     if isinstance(raw, bool) or not isinstance(raw, int) or not 1 <= raw <= 600_000:

@@ -186,12 +186,25 @@ def coupon_problem(choice: CouponChoice, region: str, eligible_base: Decimal, ha
 
 
 def _allocate(total: Decimal, weights: Sequence[Decimal]) -> list[Decimal]:
-    """Split `total` over lines pro rata by weight, in cents; the last line takes the remainder."""
+    """Split `total` over lines pro rata by weight, in cents; the last line takes the remainder.
+
+    With amounts of a few cents, half-up rounding can leave the last line a remainder below
+    zero or above its own weight; the difference then moves to lines with room, so no line's
+    share is negative or larger than the line.
+    """
     weight_sum = sum(weights, ZERO)
     if total == 0 or weight_sum == 0:
         return [ZERO] * len(weights)
     shares = [usd(total * w / weight_sum) for w in weights[:-1]]
     shares.append(total - sum(shares, ZERO))
+    carry = ZERO
+    for order in (range(len(shares) - 1, -1, -1), range(len(shares))):
+        for i in order:
+            wanted = shares[i] + carry
+            shares[i] = min(max(wanted, ZERO), weights[i])
+            carry = wanted - shares[i]
+        if carry == 0:
+            break
     return shares
 
 

@@ -186,3 +186,16 @@ def test_properties_hold_for_any_cart(inp: PricingInput) -> None:
     assert r.usd.wallet_deduction * 2 <= before
     if not inp.use_wallet:
         assert r.usd.wallet_deduction == 0
+
+
+def test_coupon_remainder_never_lands_on_a_line_with_no_room() -> None:
+    # Half-up rounding of the first shares would leave the last (fully mall-discounted) line 0.01.
+    lines = (
+        PriceLine(2, "a", 10, D("0.01"), 1), PriceLine(3, "b", 10, D("0.03"), 1),
+        PriceLine(4, "c", 10, D("0.30"), 20), PriceLine(1, "d", 10, D("0.01"), 1),
+    )
+    one_off = Coupon(9, None, "c", "amount", D("1.00"))
+    r = price(worked_example(lines=lines, coupon=CouponChoice(one_off), mall_discounts=(MallDiscount("sku", 1, "amount", D("0.01")),)))
+    assert r.usd.coupon_discount == D("1.00")
+    assert [l.usd.coupon_discount for l in r.lines][-1] == D("0.00")
+    assert sum(l.usd.coupon_discount for l in r.lines) == D("1.00")

@@ -1,0 +1,282 @@
+"""`edgectl`: the operator's tool for routing.yaml and a running edge.
+
+    edgectl validate [FILE]              check a routing file exactly as the edge would
+    edgectl set ROUTE PERCENT            change one route's new_percent, then ask the edge to reload
+    edgectl rollback ROUTE | --all       new_percent: 0 for one route / every route
+    edgectl status                       table in force, traffic, error and mismatch rates
+    edgectl shadow ROUTE                 top mismatching fields of a shadowed route
+
+Exit codes: 0 ok, 1 a user-facing error (one message on stderr, no traceback), 2 usage.
+Edits touch only the new_percent values (proxy/edgectl_yaml.py) and are validated with the
+edge's own parser before an atomic replace, so the edge never sees a half-written or invalid file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import sys
+from collections.abc import Callable, Mapping
+from decimal import Decimal
+from pathlib import Path
+
+from handlers.routes import NEW_ROUTES
+from proxy.edgectl_admin import (
+    DEFAULT_ADMIN_URL,
+    AdminClient,
+    AdminUnreachable,
+    ReportError,
+    render_shadow,
+    render_status,
+    summarise_metrics,
+)
+from proxy.edgectl_yaml import Change, EditError, format_percent, parse_percent, route_names, set_percents, write_atomic
+from proxy.routing import RoutingError, RoutingTable, parse_routing
+from shop.settings import Settings, SettingsError
+
+
+class CtlError(Exception):
+    """Printed as `edgectl: <message>` on stderr, exit 1."""
+
+
+def _say(message: str) -> None:
+    print(message, flush=True)
+
+
+def _warn(message: str) -> None:
+    print(f"edgectl: {message}", file=sys.stderr, flush=True)
+
+
+# --- routing file --------------------------------------------------------------------------------
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise CtlError(f"cannot read {path}: {exc.strerror or exc}") from None
+
+
+def _decode(path: Path, raw: bytes) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise CtlError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+
+
+def _parse(text: str, settings: Settings) -> RoutingTable:
+    """The edge's own parse (proxy/cli.py does the same), so edgectl accepts exactly what it accepts."""
+    return parse_routing(text, settings.interpolation_env, new_routes=NEW_ROUTES.keys(), default_legacy_url=settings.legacy_url)
+
+
+def _route_summary(table: RoutingTable) -> list[str]:
+    lines = []
+    for name, r in table.routes.items():
+        shadow = f"{format_percent(r.shadow.percent)}%" if r.shadow else "off"
+        lines.append(
+            f"{name}  {','.join(r.methods)}  {r.path}  new_percent={format_percent(r.new_percent)}"
+            f"  shadow={shadow}  writes={'yes' if r.writes else 'no'}"
+        )
+    return lines
+
+
+def cmd_validate(args: argparse.Namespace, settings: Settings) -> int:
+    path = Path(args.path or args.file or settings.routing_file)
+    text = _decode(path, _read(path))
+    try:
+        table = _parse(text, settings)
+    except RoutingError as exc:
+        raise CtlError(f"{path}: {exc}") from None
+    for line in _route_summary(table):
+        _say(line)
+    _say(f"{path}: valid, {len(table.routes)} routes, sha256 {table.source_hash}")
+    return 0
+
+
+def _edit(args: argparse.Namespace, settings: Settings, wanted_for: Callable[[str], Mapping[str, Decimal]]) -> tuple[list[Change], RoutingTable, str]:
+    """Compute, validate and atomically write the edit; returns the changes, the new table and text."""
+    path = Path(args.file or settings.routing_file)
+    original = _read(path)
+    text = _decode(path, original)
+    try:
+        new_text, changes = set_percents(text, wanted_for(text))
+    except EditError as exc:
+        raise CtlError(f"{path}: {exc}") from None
+    expect = getattr(args, "expect", None)
+    if expect is not None and changes[0].old != expect:
+        raise CtlError(
+            f"{changes[0].route} is at {format_percent(changes[0].old)}, not the expected {format_percent(expect)}"
+            " (someone else changed it?); nothing written"
+        )
+    try:
+        table = _parse(new_text, settings)
+    except RoutingError as exc:
+        raise CtlError(f"{path}: the edited file would be rejected, nothing written: {exc}") from None
+    if new_text != text:
+        try:
+            write_atomic(path, new_text.encode("utf-8"), original)
+        except EditError as exc:
+            raise CtlError(str(exc)) from None
+        except OSError as exc:
+            raise CtlError(f"cannot write {path}: {exc.strerror or exc}") from None
+    _report_changes(changes)
+    return changes, table, new_text
+
+
+def _report_changes(changes: list[Change]) -> None:
+    for c in changes:
+        if c.changed or len(changes) == 1:
+            _say(f"{c.route}: {format_percent(c.old)} → {format_percent(c.new)}" + ("" if c.changed else " (unchanged)"))
+    same = [c for c in changes if not c.changed]
+    if len(changes) > 1 and same:
+        _say(f"{len(same)} other route(s) already at {format_percent(same[0].new)}")
+
+
+def _reload(args: argparse.Namespace, settings: Settings, written: str) -> int:
+    """Ask the edge to load the file now; it would notice by itself within 1 s, so only a rejection fails."""
+    client = AdminClient(args.admin, settings.admin_token)
+    try:
+        resp = client.post("/_edge/reload")
+    except AdminUnreachable as exc:
+        _warn(f"{exc}; the edge picks the file change up by itself within 1 s")
+        return 0
+    if resp.status in (401, 403):
+        _warn(f"the edge refused the reload ({resp.status}; is EDGE_ADMIN_TOKEN set right?); it picks the file change up by itself within 1 s")
+        return 0
+    body = resp.json()
+    if resp.status != 200 or not body.get("ok"):
+        _warn(f"the edge rejected the file and keeps its previous table: {body.get('error') or resp.status}")
+        return 1
+    ours = hashlib.sha256(written.encode()).hexdigest()
+    served = str(body.get("hash"))
+    if served != ours:
+        # Another edit landed after ours, or --admin names an edge that reads another file.
+        _warn(f"the edge at {args.admin} serves hash {served[:12]}, not the file just written ({ours[:12]}): does it read {args.file or settings.routing_file}?")
+        return 0
+    _say(f"edge reloaded: {'new table in force' if body.get('changed') else 'already in force'} (hash {served[:12]})")
+    return 0
+
+
+def _finish_edit(args: argparse.Namespace, settings: Settings, changes: list[Change], text: str) -> int:
+    if not any(c.changed for c in changes) or args.no_reload:
+        return 0
+    return _reload(args, settings, text)
+
+
+def cmd_set(args: argparse.Namespace, settings: Settings) -> int:
+    changes, _, text = _edit(args, settings, lambda _text: {args.route: args.percent})
+    return _finish_edit(args, settings, changes, text)
+
+
+def cmd_rollback(args: argparse.Namespace, settings: Settings) -> int:
+    def wanted(text: str) -> Mapping[str, Decimal]:
+        names = route_names(text) if args.all else [args.route]
+        return {name: Decimal(0) for name in names}
+
+    changes, table, text = _edit(args, settings, wanted)
+    # Rollback only moves the percentage; internal testers listed in allow_new keep going to new.
+    for c in changes:
+        allow = table.routes[c.route].allow_new
+        if allow:
+            _warn(f"warning: {c.route} still sends allow_new users {', '.join(sorted(allow))} to new")
+    return _finish_edit(args, settings, changes, text)
+
+
+# --- live edge -----------------------------------------------------------------------------------
+
+
+def _get_json(client: AdminClient, path: str) -> object:
+    resp = client.get(path)
+    if resp.status != 200:
+        raise CtlError(f"GET {client.base_url}{path} answered {resp.status}")
+    return resp.json()
+
+
+def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
+    client = AdminClient(args.admin, settings.admin_token)
+    described = _get_json(client, "/_edge/routes")
+    metrics = client.get("/metrics")
+    if metrics.status != 200:
+        raise CtlError(f"GET {client.base_url}/metrics answered {metrics.status}")
+    if not isinstance(described, dict):
+        raise CtlError("GET /_edge/routes did not answer a JSON object")
+    _say(render_status(described, summarise_metrics(metrics.body.decode("utf-8", "replace"))))
+    return 0
+
+
+def cmd_shadow(args: argparse.Namespace, settings: Settings) -> int:
+    client = AdminClient(args.admin, settings.admin_token)
+    resp = client.get("/_edge/shadow", route=args.route)
+    if resp.status == 404:
+        raise CtlError("shadow report not available on this edge")
+    if resp.status != 200:
+        raise CtlError(f"GET {client.base_url}/_edge/shadow answered {resp.status}")
+    _say(render_shadow(resp.json(), args.route, top=args.top))
+    return 0
+
+
+# --- command line --------------------------------------------------------------------------------
+
+
+def _percent_arg(raw: str) -> Decimal:
+    try:
+        return parse_percent(raw)
+    except EditError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _parser() -> argparse.ArgumentParser:
+    file_opt = argparse.ArgumentParser(add_help=False)
+    file_opt.add_argument("--file", help="routing.yaml to edit (default: $EDGE_ROUTING_FILE or routing.yaml)")
+    admin_opt = argparse.ArgumentParser(add_help=False)
+    admin_opt.add_argument("--admin", default=DEFAULT_ADMIN_URL, metavar="URL", help=f"the edge's admin API (default {DEFAULT_ADMIN_URL})")
+    reload_opt = argparse.ArgumentParser(add_help=False, parents=[file_opt, admin_opt])
+    reload_opt.add_argument("--no-reload", action="store_true", help="only write the file (the edge still notices it within 1 s)")
+
+    p = argparse.ArgumentParser(prog="edgectl", description="Operate the shopping edge: routing.yaml edits and live status.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    v = sub.add_parser("validate", parents=[file_opt], help="check a routing file as the edge would")
+    v.add_argument("path", nargs="?", metavar="FILE", help="file to check (default: --file, $EDGE_ROUTING_FILE or routing.yaml)")
+    v.set_defaults(run=cmd_validate)
+
+    s = sub.add_parser("set", parents=[reload_opt], help="set a route's new_percent")
+    s.add_argument("route", metavar="ROUTE")
+    s.add_argument("percent", metavar="PERCENT", type=_percent_arg, help="0..100, at most two decimals (0.5, 12.25)")
+    s.add_argument("--expect", metavar="CURRENT", type=_percent_arg, help="refuse unless the current value is CURRENT")
+    s.set_defaults(run=cmd_set)
+
+    r = sub.add_parser("rollback", parents=[reload_opt], help="set new_percent to 0 for a route or every route")
+    r.add_argument("route", nargs="?", metavar="ROUTE")
+    r.add_argument("--all", action="store_true", help="every route in the file")
+    r.set_defaults(run=cmd_rollback)
+
+    st = sub.add_parser("status", parents=[admin_opt], help="routes, traffic, error and mismatch rates of a running edge")
+    st.set_defaults(run=cmd_status)
+
+    sh = sub.add_parser("shadow", parents=[admin_opt], help="top mismatching fields of a route, with an example each")
+    sh.add_argument("route", metavar="ROUTE")
+    sh.add_argument("--top", type=int, default=10, help="how many fields to show (default 10)")
+    sh.set_defaults(run=cmd_shadow)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command == "rollback" and args.all == bool(args.route):
+        parser.error("rollback takes either ROUTE or --all")
+    try:
+        settings = Settings.from_env()
+        return int(args.run(args, settings))
+    except SettingsError as exc:
+        _warn(f"bad setting: {exc}")
+    except (CtlError, ReportError, AdminUnreachable) as exc:
+        _warn(str(exc))
+    except KeyboardInterrupt:
+        return 130
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,250 @@
+"""edgectl's side of the admin API: a small blocking HTTP client and the status/shadow reports.
+
+Blocking urllib is enough for a command that makes two or three calls and exits; proxies are
+switched off because the admin port is loopback or an internal address, never via a proxy.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+from urllib.parse import urlencode
+
+from prometheus_client.parser import text_string_to_metric_families
+
+DEFAULT_ADMIN_URL = "http://127.0.0.1:8081"
+BACKENDS = ("legacy", "new")
+
+
+class AdminUnreachable(Exception):
+    """Nothing answered at the admin URL (refused, timed out, bad address)."""
+
+
+class ReportError(Exception):
+    """The admin API answered something edgectl cannot use; the message says what."""
+
+
+@dataclass(frozen=True, slots=True)
+class AdminResponse:
+    status: int
+    body: bytes
+
+    def json(self) -> Any:
+        try:
+            return json.loads(self.body)
+        except ValueError:
+            raise ReportError(f"the admin API answered {self.status} with a body that is not JSON") from None
+
+
+class AdminClient:
+    def __init__(self, base_url: str, token: str | None, timeout: float = 5.0) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._token = token
+        self._timeout = timeout
+        self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+    def get(self, path: str, **query: str) -> AdminResponse:
+        url = f"{self.base_url}{path}" + (f"?{urlencode(query)}" if query else "")
+        return self._send(urllib.request.Request(url, method="GET"))
+
+    def post(self, path: str) -> AdminResponse:
+        request = urllib.request.Request(f"{self.base_url}{path}", data=b"", method="POST")
+        if self._token:  # only writes need it; GETs don't carry the secret around
+            request.add_header("Authorization", f"Bearer {self._token}")
+        return self._send(request)
+
+    def _send(self, request: urllib.request.Request) -> AdminResponse:
+        try:
+            with self._opener.open(request, timeout=self._timeout) as resp:
+                return AdminResponse(resp.status, resp.read())
+        except urllib.error.HTTPError as exc:  # an answer, just not a 2xx one
+            return AdminResponse(exc.code, exc.read())
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise AdminUnreachable(f"admin API at {self.base_url} is unreachable ({reason})") from None
+
+
+# --- status --------------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class RouteStats:
+    requests: dict[str, float] = field(default_factory=lambda: defaultdict(float))  # backend → count
+    server_errors: float = 0.0  # responses with status 5xx, any backend
+    upstream_errors: float = 0.0
+    shadow: dict[str, float] = field(default_factory=lambda: defaultdict(float))  # outcome → count
+
+    @property
+    def total(self) -> float:
+        return sum(self.requests.values())
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsSummary:
+    routes: Mapping[str, RouteStats]
+    has_shadow: bool  # edge_shadow_requests_total is exported (edges before shadow support don't)
+
+
+def summarise_metrics(text: str) -> MetricsSummary:
+    stats: dict[str, RouteStats] = defaultdict(RouteStats)
+    has_shadow = False
+    try:
+        for family in text_string_to_metric_families(text):
+            has_shadow |= family.name == "edge_shadow_requests"
+            for s in family.samples:
+                route = s.labels.get("route")
+                if route is None:
+                    continue
+                if s.name == "edge_requests_total":
+                    stats[route].requests[s.labels.get("backend", "?")] += s.value
+                    if s.labels.get("status_class") == "5xx":
+                        stats[route].server_errors += s.value
+                elif s.name == "edge_upstream_errors_total":
+                    stats[route].upstream_errors += s.value
+                elif s.name == "edge_shadow_requests_total":
+                    stats[route].shadow[s.labels.get("outcome", "?")] += s.value
+    except ValueError as exc:
+        raise ReportError(f"GET /metrics is not Prometheus text: {exc}") from None
+    return MetricsSummary(dict(stats), has_shadow)
+
+
+def _count(value: float) -> str:
+    return str(int(value)) if value == int(value) else f"{value:.1f}"
+
+
+def _percent_text(value: Any) -> str:
+    return "-" if value is None else f"{value:g}"
+
+
+def _table(header: list[str], rows: Iterable[list[str]]) -> list[str]:
+    rows = [header, *rows]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    return ["  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in rows]
+
+
+def _route_row(name: str, spec: Mapping[str, Any] | None, st: RouteStats, has_shadow: bool) -> list[str]:
+    shadow = (spec or {}).get("shadow") or {}
+    row = [
+        name,
+        _percent_text(spec["new_percent"]) if spec else "-",
+        _percent_text(shadow.get("percent")) if spec else "-",
+        ("yes" if spec.get("writes") else "no") if spec else "-",
+        *(_count(st.requests.get(b, 0.0)) for b in BACKENDS),
+        f"{100 * st.server_errors / st.total:.2f}%" if st.total else "-",
+        _count(st.upstream_errors),
+    ]
+    if has_shadow:
+        compared = st.shadow.get("match", 0.0) + st.shadow.get("mismatch", 0.0)
+        row.append(f"{_count(st.shadow.get('mismatch', 0.0))}/{_count(compared)}")
+    return row
+
+
+def _when(at: Any) -> str:
+    return datetime.fromtimestamp(at).strftime("%Y-%m-%d %H:%M:%S") if isinstance(at, int | float) else "?"
+
+
+def render_status(described: Mapping[str, Any], metrics: MetricsSummary) -> str:
+    """The routing table in force next to live traffic, errors and shadow mismatches per route."""
+    last = described.get("last_reload") or {}
+    reload_text = "ok" if last.get("ok") else "REJECTED"
+    if last.get("ok"):
+        reload_text += " (changed)" if last.get("changed") else " (no change)"
+    lines = [
+        f"routing file  {described.get('file', '?')}",
+        f"hash          {described.get('hash', '?')}  (loaded {_when(described.get('loaded_at'))})",
+        f"last reload   {reload_text} at {_when(last.get('at'))}",
+    ]
+    if last.get("error"):
+        lines.append(f"reload error  {last['error']}  (the edge keeps the table above)")
+    routes: Mapping[str, Any] = described.get("routes") or {}
+    header = ["route", "new%", "shadow%", "writes", "req legacy", "req new", "5xx rate", "upstream errors"]
+    if metrics.has_shadow:
+        header.append("shadow mismatch/compared")
+    names = [*routes, *sorted(n for n in metrics.routes if n not in routes)]  # passthrough last
+    rows = [_route_row(n, routes.get(n), metrics.routes.get(n, RouteStats()), metrics.has_shadow) for n in names]
+    totals = RouteStats()
+    for st in metrics.routes.values():
+        for backend, count in st.requests.items():
+            totals.requests[backend] += count
+        totals.server_errors += st.server_errors
+        totals.upstream_errors += st.upstream_errors
+        for outcome, count in st.shadow.items():
+            totals.shadow[outcome] += count
+    rows.append(["TOTAL", "", "", "", *_route_row("", None, totals, metrics.has_shadow)[4:]])
+    return "\n".join([*lines, "", *_table(header, rows)])
+
+
+# --- shadow --------------------------------------------------------------------------------------
+# GET /_edge/shadow?route=R is specified only as "mismatch counts and examples per route and field"
+# (shared/spec/edge.md), so the report is read leniently: the route's report either at the top or
+# under routes[R]; fields as {path: {count, examples}} or [{field|path, count, examples}].
+
+
+@dataclass(frozen=True, slots=True)
+class FieldReport:
+    field: str
+    count: float
+    example: Any
+
+
+def _field_reports(raw: Any) -> list[FieldReport]:
+    if isinstance(raw, Mapping):
+        items = [(str(k), v) for k, v in raw.items()]
+    elif isinstance(raw, list):
+        items = [(str(v.get("field") or v.get("path") or "?"), v) for v in raw if isinstance(v, Mapping)]
+    else:
+        return []
+    out = []
+    for name, info in items:
+        if isinstance(info, int | float):
+            out.append(FieldReport(name, info, None))
+            continue
+        info = info if isinstance(info, Mapping) else {}
+        examples = info.get("examples") or []
+        count = info.get("count", info.get("mismatches", len(examples)))
+        out.append(FieldReport(name, count if isinstance(count, int | float) else 0, examples[0] if examples else None))
+    return sorted(out, key=lambda f: (-f.count, f.field))
+
+
+def _route_report(data: Any, route: str) -> Mapping[str, Any] | None:
+    if not isinstance(data, Mapping):
+        raise ReportError("GET /_edge/shadow answered JSON that is not an object")
+    routes = data.get("routes")
+    if isinstance(routes, Mapping):
+        found = routes.get(route)
+        return found if isinstance(found, Mapping) else None
+    return data
+
+
+def _example_text(example: Any, limit: int) -> str:
+    text = json.dumps(example, ensure_ascii=False, sort_keys=True, default=str)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def render_shadow(data: Any, route: str, top: int = 10, example_chars: int = 400) -> str:
+    report = _route_report(data, route)
+    if report is None:
+        return f"{route}: no shadow comparisons recorded"
+    lines = [f"{route}: shadow report"]
+    outcomes = report.get("outcomes") or report.get("counts")
+    if isinstance(outcomes, Mapping):
+        lines.append("outcomes: " + ", ".join(f"{k}={_count(v)}" for k, v in outcomes.items() if isinstance(v, int | float)))
+    for title, key_options in (("mismatching fields", ("fields", "mismatches", "mismatch_fields")), ("noise fields (differ between two calls to the same side)", ("noise", "noise_fields"))):
+        raw = next((report[k] for k in key_options if k in report), None)
+        fields = _field_reports(raw)
+        if not fields:
+            if title.startswith("mismatching"):
+                lines.append("no mismatching fields")
+            continue
+        lines.append(f"{title} (top {min(top, len(fields))} of {len(fields)}):")
+        for f in fields[:top]:
+            lines.append(f"  {_count(f.count):>6}  {f.field}")
+            if f.example is not None:
+                lines.append(f"          e.g. {_example_text(f.example, example_chars)}")
+    return "\n".join(lines)

@@ -1,0 +1,143 @@
+"""Engines for the shared database and schema lifecycle (create, drop, check against the contract)."""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Numeric, Table, UniqueConstraint, event, inspect
+from sqlalchemy.engine import URL, Connection, Inspector, make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from shop.schema import metadata
+
+# Writers on SQLite (edge, consumers, legacy emulator) share one file; wait instead of failing on a lock.
+SQLITE_BUSY_TIMEOUT_MS = 5000
+
+
+def _json_default(value: Any) -> Any:
+    # Money inside JSON columns stays exact: Decimal goes out as its string, never a float.
+    if isinstance(value, Decimal):
+        return str(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def _json_dumps(value: Any) -> str:
+    return json.dumps(value, default=_json_default, ensure_ascii=False, separators=(",", ":"))
+
+
+def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    try:
+        # WAL lets readers run while one process writes.
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+    finally:
+        cursor.close()
+
+
+def _prepare_sqlite(url: URL) -> None:
+    database = url.database
+    if database and database != ":memory:" and not database.startswith("file:"):
+        Path(database).parent.mkdir(parents=True, exist_ok=True)
+
+
+def make_engine(url: str, **kw: Any) -> AsyncEngine:
+    """An AsyncEngine for SQLite (aiosqlite) or MySQL/MariaDB (aiomysql/asyncmy); ``kw`` overrides the defaults."""
+    parsed = make_url(url)
+    options: dict[str, Any] = {"json_serializer": _json_dumps}
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        _prepare_sqlite(parsed)
+    elif backend in ("mysql", "mariadb"):
+        if "charset" not in parsed.query:
+            parsed = parsed.update_query_dict({"charset": "utf8mb4"})
+        options.update(
+            # MySQL drops idle connections (wait_timeout); check and recycle before that bites a request.
+            pool_pre_ping=True,
+            pool_recycle=1800,
+            pool_size=10,
+            max_overflow=20,
+            pool_timeout=10,
+        )
+    options.update(kw)
+    engine = create_async_engine(parsed, **options)
+    if backend == "sqlite":
+        event.listen(engine.sync_engine, "connect", _sqlite_on_connect)
+    return engine
+
+
+async def create_all(engine: AsyncEngine) -> None:
+    """Create missing tables and their indexes; existing tables are left as they are."""
+    async with engine.begin() as conn:
+        await conn.run_sync(metadata.create_all)
+
+
+async def drop_all(engine: AsyncEngine) -> None:
+    """Drop every table of the contract (only those; other tables in the database stay)."""
+    async with engine.begin() as conn:
+        await conn.run_sync(metadata.drop_all)
+
+
+def _unique_keys(inspector: Inspector, table: str) -> set[tuple[str, ...]]:
+    keys: set[tuple[str, ...]] = set()
+    pk = inspector.get_pk_constraint(table).get("constrained_columns") or []
+    if pk:
+        keys.add(tuple(pk))
+    for uc in inspector.get_unique_constraints(table):
+        keys.add(tuple(uc["column_names"]))
+    # MySQL reports unique keys as unique indexes too; SQLite may report either.
+    for ix in inspector.get_indexes(table):
+        if ix.get("unique"):
+            keys.add(tuple(c for c in ix["column_names"] if c is not None))
+    return keys
+
+
+def _expected_unique_keys(table: Table) -> set[tuple[str, ...]]:
+    keys: set[tuple[str, ...]] = set()
+    if table.primary_key.columns:
+        keys.add(tuple(c.name for c in table.primary_key.columns))
+    for constraint in table.constraints:
+        if isinstance(constraint, UniqueConstraint):
+            keys.add(tuple(c.name for c in constraint.columns))
+    for index in table.indexes:
+        if index.unique:
+            keys.add(tuple(c.name for c in index.columns))
+    return keys
+
+
+def _schema_problems(conn: Connection) -> list[str]:
+    inspector = inspect(conn)
+    existing = set(inspector.get_table_names())
+    problems: list[str] = []
+    for name, table in metadata.tables.items():
+        if name not in existing:
+            problems.append(f"missing table {name}")
+            continue
+        reflected = {col["name"]: col for col in inspector.get_columns(name)}
+        for column in table.columns:
+            found = reflected.get(column.name)
+            if found is None:
+                problems.append(f"missing column {name}.{column.name}")
+                continue
+            # A money column silently narrowed (or turned into FLOAT) would corrupt amounts.
+            if isinstance(column.type, Numeric):
+                want = (column.type.precision, column.type.scale)
+                have = (getattr(found["type"], "precision", None), getattr(found["type"], "scale", None))
+                if want != have:
+                    problems.append(
+                        f"column {name}.{column.name} is {found['type']}, expected NUMERIC{want}"
+                    )
+        have_keys = _unique_keys(inspector, name)
+        for key in sorted(_expected_unique_keys(table) - have_keys):
+            problems.append(f"missing unique key {name}({', '.join(key)})")
+    return problems
+
+
+async def check_schema(engine: AsyncEngine) -> list[str]:
+    """Differences between the database and the contract's tables; an empty list means it matches."""
+    async with engine.connect() as conn:
+        return await conn.run_sync(_schema_problems)

@@ -1,0 +1,415 @@
+"""edgectl: routing.yaml edits keep every other byte, refuse bad input, and read the admin API."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from collections.abc import Callable
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, generate_latest
+
+from handlers.routes import NEW_ROUTES
+from proxy.edgectl import main
+from proxy.edgectl_yaml import EditError, set_percents, write_atomic
+from proxy.metrics import EdgeMetrics
+from proxy.routing import parse_routing
+
+REPO_ROUTING = Path(__file__).resolve().parents[2] / "routing.yaml"
+
+Ctl = Callable[..., tuple[int, str, str]]
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    # edgectl reads its defaults through Settings.from_env(); the developer's shell must not leak in.
+    for name in ("EDGE_ADMIN_TOKEN", "EDGE_ROUTING_FILE", "EDGE_LEGACY_URL", "EDGE_ADMIN_ADDR"):
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture
+def routing(tmp_path: Path) -> Path:
+    path = tmp_path / "routing.yaml"
+    shutil.copyfile(REPO_ROUTING, path)
+    return path
+
+
+@pytest.fixture
+def ctl(capsys: pytest.CaptureFixture[str]) -> Ctl:
+    """Run edgectl in-process: (exit code, stdout, stderr); argparse usage errors exit 2 via SystemExit."""
+
+    def run(*args: str) -> tuple[int, str, str]:
+        try:
+            code = main(list(args))
+        except SystemExit as exc:
+            code = int(exc.code or 0)
+        out = capsys.readouterr()
+        return code, out.out, out.err
+
+    return run
+
+
+def _table(path: Path):  # type: ignore[no-untyped-def]
+    return parse_routing(path.read_text(), new_routes=NEW_ROUTES.keys())
+
+
+def _changed_lines(before: str, after: str) -> list[tuple[str, str]]:
+    a, b = before.splitlines(keepends=True), after.splitlines(keepends=True)
+    assert len(a) == len(b), "an edit of a value must not add or remove lines"
+    return [(x, y) for x, y in zip(a, b) if x != y]
+
+
+def _line_of(text: str, needle: str, after: str = "") -> int:
+    start = text.index(after) if after else 0
+    return text[: text.index(needle, start)].count("\n") + 1
+
+
+# --- set -----------------------------------------------------------------------------------------
+
+
+def test_set_changes_exactly_the_one_value_line(routing: Path, ctl: Ctl) -> None:
+    before = routing.read_text()
+    code, out, err = ctl("set", "calc_price", "20", "--file", str(routing), "--no-reload")
+    assert (code, err) == (0, "")
+    assert out.strip() == "calc_price: 0 → 20"
+    assert _changed_lines(before, routing.read_text()) == [("    new_percent: 0\n", "    new_percent: 20\n")]
+    assert _table(routing).routes["calc_price"].new_percent == Decimal(20)
+
+
+@pytest.mark.parametrize("percent", ["0.5", "12.25", "100"])
+def test_set_writes_decimals_as_given(routing: Path, ctl: Ctl, percent: str) -> None:
+    before = routing.read_text()
+    code, _, _ = ctl("set", "coupons", percent, "--file", str(routing), "--no-reload")
+    assert code == 0
+    assert _changed_lines(before, routing.read_text()) == [("    new_percent: 0\n", f"    new_percent: {percent}\n")]
+    assert _table(routing).routes["coupons"].new_percent == Decimal(percent)
+
+
+def test_set_twice_returns_to_the_original_bytes(routing: Path, ctl: Ctl) -> None:
+    before = routing.read_bytes()
+    assert ctl("set", "detail", "0.5", "--file", str(routing), "--no-reload")[0] == 0
+    assert ctl("set", "detail", "0", "--file", str(routing), "--no-reload")[0] == 0
+    assert routing.read_bytes() == before
+
+
+def test_unknown_route_leaves_the_file_byte_identical(routing: Path, ctl: Ctl) -> None:
+    before = routing.read_bytes()
+    code, out, err = ctl("set", "calc_prize", "10", "--file", str(routing), "--no-reload")
+    assert code == 1
+    assert "unknown route 'calc_prize'" in err and "calc_price" in err
+    assert "Traceback" not in err and out == ""
+    assert routing.read_bytes() == before
+
+
+@pytest.mark.parametrize("percent", ["101", "-1", "0.001", "abc", "nan", "inf", ""])
+def test_invalid_percent_is_a_usage_error(routing: Path, ctl: Ctl, percent: str) -> None:
+    before = routing.read_bytes()
+    code, _, err = ctl("set", "calc_price", percent, "--file", str(routing), "--no-reload")
+    assert code == 2
+    assert "PERCENT" in err
+    assert routing.read_bytes() == before
+
+
+def test_expect_guard_refuses_when_the_current_value_differs(routing: Path, ctl: Ctl) -> None:
+    assert ctl("set", "calc_price", "10", "--file", str(routing), "--no-reload")[0] == 0
+    before = routing.read_bytes()
+    code, _, err = ctl("set", "calc_price", "50", "--expect", "20", "--file", str(routing), "--no-reload")
+    assert code == 1
+    assert "calc_price is at 10, not the expected 20" in err
+    assert routing.read_bytes() == before
+    code, out, _ = ctl("set", "calc_price", "50", "--expect", "10", "--file", str(routing), "--no-reload")
+    assert code == 0 and "calc_price: 10 → 50" in out
+
+
+def test_an_edit_the_edge_would_reject_is_not_written(tmp_path: Path, ctl: Ctl) -> None:
+    # A route without a new-side handler may only have new_percent: 0 (proxy/routing.py).
+    path = tmp_path / "routing.yaml"
+    path.write_text("version: 1\nroutes:\n  legacy_only:\n    match: {methods: [GET], path: /old}\n    new_percent: 0\n")
+    before = path.read_bytes()
+    code, _, err = ctl("set", "legacy_only", "10", "--file", str(path), "--no-reload")
+    assert code == 1
+    assert "would be rejected" in err and "routes.legacy_only (line 4): no new-side handler" in err
+    assert path.read_bytes() == before
+
+
+def test_atomic_write_replaces_the_file_keeps_its_mode_and_leaves_no_temp_files(routing: Path, ctl: Ctl) -> None:
+    routing.chmod(0o640)
+    inode = routing.stat().st_ino
+    assert ctl("set", "calc_price", "5", "--file", str(routing), "--no-reload")[0] == 0
+    assert routing.stat().st_mode & 0o7777 == 0o640
+    assert routing.stat().st_ino != inode  # a rename, not an in-place rewrite the edge could read half of
+    assert sorted(p.name for p in routing.parent.iterdir()) == ["routing.yaml"]
+
+
+def test_write_atomic_refuses_when_someone_else_changed_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "routing.yaml"
+    path.write_bytes(b"theirs\n")
+    with pytest.raises(EditError, match="changed while edgectl was editing"):
+        write_atomic(path, b"ours\n", expected=b"original\n")
+    assert path.read_bytes() == b"theirs\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["routing.yaml"]
+
+
+def test_unreachable_admin_is_reported_but_the_edit_stands(routing: Path, ctl: Ctl, unused_tcp_port: int) -> None:
+    code, out, err = ctl("set", "calc_price", "30", "--file", str(routing), "--admin", f"http://127.0.0.1:{unused_tcp_port}")
+    assert code == 0
+    assert "calc_price: 0 → 30" in out
+    assert "unreachable" in err and "within 1 s" in err
+    assert _table(routing).routes["calc_price"].new_percent == Decimal(30)
+
+
+# --- layouts other than the repo's ----------------------------------------------------------------
+
+HAND_WRITTEN = """\
+# hand-edited by ops
+version: 1
+defaults:
+    sticky_key:
+      - header:X-User-Id   # odd sequence indent on purpose: a YAML dump would re-indent it
+      - client_ip
+routes:
+    calc_price: {match: {methods: [POST], path: /a}, new_percent: 10}   # flow
+    coupons:
+        match:
+            methods:
+            - POST
+            path: '/b'
+        new_percent: "5"            # quoted
+        timeout_ms: 100
+    detail:
+        match: {methods: [GET], path: "/c/{id}"}
+        timeout_ms: 100
+"""
+
+
+def test_flow_style_quoting_comments_and_a_missing_key_are_preserved() -> None:
+    text, changes = set_percents(HAND_WRITTEN, {"calc_price": Decimal("0.25"), "coupons": Decimal("12.5"), "detail": Decimal(7)})
+    assert [(c.route, c.old, c.new) for c in changes] == [
+        ("calc_price", Decimal(10), Decimal("0.25")),
+        ("coupons", Decimal(5), Decimal("12.5")),
+        ("detail", Decimal(0), Decimal(7)),
+    ]
+    expected = (
+        HAND_WRITTEN.replace("new_percent: 10}   # flow", "new_percent: 0.25} # flow")
+        .replace('new_percent: "5"            # quoted', 'new_percent: "12.5"         # quoted')
+        .replace('"/c/{id}"}\n', '"/c/{id}"}\n        new_percent: 7\n')
+    )
+    assert text == expected
+    parse_routing(text)  # and the edge accepts it
+
+
+def test_values_edgectl_cannot_edit_safely_are_refused() -> None:
+    text = "version: 1\nroutes:\n  a:\n    match: {methods: [GET], path: /a}\n    new_percent: &p 5\n"
+    with pytest.raises(EditError, match=r"routes.a.new_percent \(line 5\).*edit it by hand"):
+        set_percents(text, {"a": Decimal(1)})
+
+
+# --- rollback ------------------------------------------------------------------------------------
+
+
+def test_rollback_one_route_keeps_allow_new_and_warns(routing: Path, ctl: Ctl) -> None:
+    text = routing.read_text().replace("    timeout_ms: 2000\n", '    timeout_ms: 2000\n    allow_new: ["1001"]  # QA\n', 1)
+    routing.write_text(text)
+    assert ctl("set", "calc_price", "40", "--file", str(routing), "--no-reload")[0] == 0
+    assert ctl("set", "coupons", "40", "--file", str(routing), "--no-reload")[0] == 0
+    before = routing.read_text()
+    code, out, err = ctl("rollback", "calc_price", "--file", str(routing), "--no-reload")
+    assert code == 0
+    assert out.strip() == "calc_price: 40 → 0"
+    assert "calc_price still sends allow_new users 1001 to new" in err
+    assert _changed_lines(before, routing.read_text()) == [("    new_percent: 40\n", "    new_percent: 0\n")]
+    table = _table(routing)
+    assert table.routes["calc_price"].allow_new == frozenset({"1001"})
+    assert table.routes["coupons"].new_percent == Decimal(40)
+
+
+def test_rollback_all_zeroes_every_route_and_nothing_else(routing: Path, ctl: Ctl) -> None:
+    for route, percent in (("calc_price", "10"), ("place_order", "0.5"), ("events", "100")):
+        assert ctl("set", route, percent, "--file", str(routing), "--no-reload")[0] == 0
+    before = routing.read_text()
+    code, out, _ = ctl("rollback", "--all", "--file", str(routing), "--no-reload")
+    assert code == 0
+    assert "calc_price: 10 → 0" in out and "place_order: 0.5 → 0" in out and "events: 100 → 0" in out
+    assert "8 other route(s) already at 0" in out
+    changed = _changed_lines(before, routing.read_text())
+    assert [new for _, new in changed] == ["    new_percent: 0\n"] * 3
+    assert all(r.new_percent == 0 for r in _table(routing).routes.values())
+    assert routing.read_text() == REPO_ROUTING.read_text()
+
+
+def test_rollback_needs_a_route_or_all(routing: Path, ctl: Ctl) -> None:
+    assert ctl("rollback", "--file", str(routing))[0] == 2
+    assert ctl("rollback", "calc_price", "--all", "--file", str(routing))[0] == 2
+
+
+# --- validate ------------------------------------------------------------------------------------
+
+
+def test_validate_prints_one_line_per_route(ctl: Ctl) -> None:
+    code, out, err = ctl("validate", str(REPO_ROUTING))
+    assert (code, err) == (0, "")
+    lines = out.splitlines()
+    assert len(lines) == len(_table(REPO_ROUTING).routes) + 1
+    assert lines[0] == "calc_price  POST  /shopping/cal_price/v4_4  new_percent=0  shadow=off  writes=no"
+    assert "valid, 11 routes" in lines[-1]
+
+
+def _unknown_key(text: str) -> tuple[str, str, str]:
+    bad = text.replace("    timeout_ms: 2000\n", "    timeout_ms: 2000\n    colour: red\n", 1)
+    return bad, "routes.calc_price.colour", "    colour: red"
+
+
+def _writes_and_shadow(text: str) -> tuple[str, str, str]:
+    anchor = "  place_order:\n"
+    head, tail = text.split(anchor, 1)
+    bad = head + anchor + tail.replace("    writes: true\n", "    writes: true\n    shadow: {percent: 5}\n", 1)
+    return bad, "routes.place_order.shadow", "    shadow: {percent: 5}"
+
+
+def _duplicate_path(text: str) -> tuple[str, str, str]:
+    bad = text.replace("path: /shopping/user_coupons_for_order", "path: /shopping/cal_price/v4_4")
+    return bad, "routes.coupons.match.path", "  coupons:\n    match:"
+
+
+@pytest.mark.parametrize("make_bad", [_unknown_key, _writes_and_shadow, _duplicate_path])
+def test_validate_names_the_key_and_line_of_a_bad_file(tmp_path: Path, ctl: Ctl, make_bad: Callable[[str], tuple[str, str, str]]) -> None:
+    bad, key, needle = make_bad(REPO_ROUTING.read_text())
+    path = tmp_path / "bad.yaml"
+    path.write_text(bad)
+    line = _line_of(bad, needle) + needle.count("\n")
+    code, out, err = ctl("validate", str(path))
+    assert code == 1 and out == ""
+    assert f"{key} (line {line})" in err
+    assert "Traceback" not in err
+
+
+def test_validate_missing_file_is_a_clean_error(tmp_path: Path, ctl: Ctl) -> None:
+    code, _, err = ctl("validate", str(tmp_path / "nope.yaml"))
+    assert code == 1
+    assert err.startswith("edgectl: cannot read") and "Traceback" not in err
+
+
+# --- against an admin API (in-process stand-in) ----------------------------------------------------
+
+
+def _metrics_text(with_shadow: bool) -> str:
+    registry = CollectorRegistry()
+    m = EdgeMetrics(registry)
+    for _ in range(3):
+        m.observe("calc_price", "legacy", "POST", 200, 0.01)
+    m.observe("calc_price", "new", "POST", 502, 0.01)
+    m.upstream_error("calc_price", "new", "connect")
+    m.observe("passthrough", "legacy", "GET", 200, 0.01)
+    if with_shadow:
+        shadow = Counter("edge_shadow_requests_total", "", ("route", "outcome"), registry=registry)
+        shadow.labels("calc_price", "match").inc(7)
+        shadow.labels("calc_price", "mismatch").inc(3)
+    return generate_latest(registry).decode()
+
+
+def _admin_app(*, with_shadow: bool, reload_status: int = 200, seen: list[str] | None = None) -> web.Application:
+    described = {
+        "file": "/etc/edge/routing.yaml",
+        "hash": "ab" * 32,
+        "loaded_at": 1_700_000_000.0,
+        "last_reload": {"ok": False, "changed": False, "error": "routes.x.new_percent (line 9): 150 is outside 0..100", "at": 1_700_000_100.0},
+        "routes": {
+            "calc_price": {"methods": ["POST"], "path": "/a", "new_percent": 25.0, "writes": False, "shadow": {"percent": 10.0}},
+            "place_order": {"methods": ["POST"], "path": "/b", "new_percent": 0.0, "writes": True, "shadow": None},
+        },
+    }
+
+    async def routes(request: web.Request) -> web.Response:
+        return web.json_response(described)
+
+    async def metrics(request: web.Request) -> web.Response:
+        return web.Response(text=_metrics_text(with_shadow), content_type="text/plain")
+
+    async def shadow(request: web.Request) -> web.Response:
+        fields = {
+            "root['data']['total']": {"count": 3, "examples": [{"diff": {"legacy": "10.00", "new": "10.01"}}]},
+            "root['data']['currency']": {"count": 1, "examples": []},
+        }
+        return web.json_response({"routes": {request.query["route"]: {"outcomes": {"match": 7, "mismatch": 3}, "fields": fields}}})
+
+    async def reload(request: web.Request) -> web.Response:
+        if seen is not None:
+            seen.append(request.headers.get("Authorization", ""))
+        return web.json_response({"ok": reload_status == 200, "changed": True, "error": "bad file" if reload_status != 200 else None, "hash": "x"}, status=reload_status)
+
+    app = web.Application()
+    app.router.add_get("/_edge/routes", routes)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_post("/_edge/reload", reload)
+    if with_shadow:
+        app.router.add_get("/_edge/shadow", shadow)
+    return app
+
+
+async def _ctl_async(ctl: Ctl, *args: str) -> tuple[int, str, str]:
+    # edgectl blocks on urllib; the stand-in server needs this event loop free meanwhile.
+    return await asyncio.to_thread(ctl, *args)
+
+
+async def test_status_shows_routes_traffic_errors_and_reload_state(aiohttp_server, ctl: Ctl) -> None:  # type: ignore[no-untyped-def]
+    server = await aiohttp_server(_admin_app(with_shadow=False))
+    code, out, err = await _ctl_async(ctl, "status", "--admin", str(server.make_url("")))
+    assert (code, err) == (0, "")
+    assert "ab" * 32 in out
+    assert "REJECTED" in out and "150 is outside 0..100" in out
+    rows = {line.split()[0]: line.split() for line in out.splitlines() if line and line.split()[0] in ("calc_price", "place_order", "passthrough", "TOTAL")}
+    # route, new%, shadow%, writes, req legacy, req new, 5xx rate, upstream errors
+    assert rows["calc_price"] == ["calc_price", "25", "10", "no", "3", "1", "25.00%", "1"]
+    assert rows["place_order"] == ["place_order", "0", "-", "yes", "0", "0", "-", "0"]
+    assert rows["passthrough"] == ["passthrough", "-", "-", "-", "1", "0", "0.00%", "0"]
+    assert rows["TOTAL"] == ["TOTAL", "4", "1", "20.00%", "1"]
+    assert "mismatch" not in out  # no shadow metric on this edge yet
+
+
+async def test_status_shows_shadow_mismatches_when_the_edge_exports_them(aiohttp_server, ctl: Ctl) -> None:  # type: ignore[no-untyped-def]
+    server = await aiohttp_server(_admin_app(with_shadow=True))
+    code, out, _ = await _ctl_async(ctl, "status", "--admin", str(server.make_url("")))
+    assert code == 0
+    assert "shadow mismatch/compared" in out
+    assert next(line for line in out.splitlines() if line.startswith("calc_price")).endswith("3/10")
+
+
+async def test_shadow_prints_top_fields_with_an_example(aiohttp_server, ctl: Ctl) -> None:  # type: ignore[no-untyped-def]
+    server = await aiohttp_server(_admin_app(with_shadow=True))
+    code, out, _ = await _ctl_async(ctl, "shadow", "calc_price", "--admin", str(server.make_url("")))
+    assert code == 0
+    lines = out.splitlines()
+    assert "outcomes: match=7, mismatch=3" in lines
+    top = lines.index(next(line for line in lines if "root['data']['total']" in line))
+    assert "root['data']['currency']" in lines[top + 2]  # sorted by count, example in between
+    assert '"new": "10.01"' in lines[top + 1]
+
+
+async def test_shadow_without_the_endpoint_says_so(aiohttp_server, ctl: Ctl) -> None:  # type: ignore[no-untyped-def]
+    server = await aiohttp_server(_admin_app(with_shadow=False))
+    code, out, err = await _ctl_async(ctl, "shadow", "calc_price", "--admin", str(server.make_url("")))
+    assert (code, out) == (1, "")
+    assert err.strip() == "edgectl: shadow report not available on this edge"
+
+
+async def test_set_sends_the_admin_token_and_fails_when_the_edge_rejects_the_file(
+    aiohttp_server, ctl: Ctl, routing: Path, monkeypatch: pytest.MonkeyPatch  # type: ignore[no-untyped-def]
+) -> None:
+    monkeypatch.setenv("EDGE_ADMIN_TOKEN", "s3cret")
+    seen: list[str] = []
+    server = await aiohttp_server(_admin_app(with_shadow=False, reload_status=422, seen=seen))
+    code, _, err = await _ctl_async(ctl, "set", "calc_price", "5", "--file", str(routing), "--admin", str(server.make_url("")))
+    assert seen == ["Bearer s3cret"]
+    assert code == 1
+    assert "rejected the file" in err and "bad file" in err
+    assert "s3cret" not in err
+
+
+def test_status_with_no_edge_is_a_clean_error(ctl: Ctl, unused_tcp_port: int) -> None:
+    code, out, err = ctl("status", "--admin", f"http://127.0.0.1:{unused_tcp_port}")
+    assert (code, out) == (1, "")
+    assert "unreachable" in err and "Traceback" not in err
+
