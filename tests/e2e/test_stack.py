@@ -1,0 +1,60 @@
+"""`make run`'s stack as real processes: curl through the edge reaches old shopping; Ctrl-C stops all."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+OFFSET = 31000  # edge 39080, admin 39081, legacy 39090, broker 40092
+
+
+def port_open(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.2)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def get(url: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], dict]:
+    req = urllib.request.Request(url, headers=headers or {})
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        return resp.status, dict(resp.headers), json.loads(resp.read())
+
+
+def test_stack_serves_through_the_edge_and_stops_cleanly(tmp_path: Path) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "scripts" / "stack.py"), "--port-offset", str(OFFSET), "--var", str(tmp_path)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    output: list[str] = []
+    try:
+        deadline = time.monotonic() + 90
+        assert proc.stdout is not None
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            output.append(line)
+            if line.startswith("ready:"):
+                break
+        assert any(l.startswith("ready:") for l in output), "".join(output)
+
+        status, headers, body = get(f"http://127.0.0.1:{8080 + OFFSET}/shopping/cart", {"X-User-Id": "1"})
+        assert status == 200 and headers["X-Edge-Route"] == "passthrough"
+        assert [i["sku_id"] for i in body["data"]["items"]] == [1, 2, 3]  # the worked example's cart
+        _, _, routes = get(f"http://127.0.0.1:{8081 + OFFSET}/_edge/routes")
+        assert "calc_price" in routes["routes"]
+        assert port_open(9092 + OFFSET)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        rest, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0, "".join(output) + rest
+    assert "stopped." in rest
+    for port in (8080, 8081, 8090, 9092):
+        assert not port_open(port + OFFSET), f"something still listens on {port + OFFSET}"
