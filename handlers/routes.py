@@ -13,6 +13,7 @@ from types import MappingProxyType
 
 from aiohttp import web
 
+from handlers.pricing import calc_price, coupons
 from shop.errors import NotMigrated
 
 NewHandler = Callable[[web.Request, Mapping[str, str]], Awaitable[web.StreamResponse]]
@@ -39,8 +40,8 @@ def _routes(*routes: NewRoute) -> Mapping[str, NewRoute]:
 
 
 NEW_ROUTES: Mapping[str, NewRoute] = _routes(
-    NewRoute("calc_price", "POST", "/calc_price", not_migrated("calc_price")),
-    NewRoute("coupons", "POST", "/coupons", not_migrated("coupons")),
+    NewRoute("calc_price", "POST", "/calc_price", calc_price),
+    NewRoute("coupons", "POST", "/coupons", coupons),
     NewRoute("place_order", "POST", "/place_order", not_migrated("place_order")),
     NewRoute("detail", "GET", "/detail/{order_id}", not_migrated("detail")),
     NewRoute("paypal_pay", "POST", "/paypal/pay/{ptype}/{order_id}", not_migrated("paypal_pay")),

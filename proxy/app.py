@@ -20,6 +20,7 @@ from aiohttp import hdrs, web
 from prometheus_client import CollectorRegistry
 
 from handlers.app import NEW_ROUTE_NAME, PREFIX, create_new_side
+from handlers.context import db_ready, setup_new_side
 from handlers.errors import error_middleware, error_response
 from handlers.routes import NEW_ROUTES, NewRoute
 from proxy.admin import create_admin_app
@@ -192,7 +193,7 @@ def create_app(
     app[SETTINGS] = settings
     app[METRICS] = metrics
     app[NEW_SIDE] = new_routes
-    app[READINESS] = []
+    app[READINESS] = [lambda: db_ready(app)]
     # Loaded now, not lazily: an edge with a bad routing.yaml must refuse to start.
     app[ROUTING] = RoutingState(
         settings.routing_file,
@@ -203,6 +204,7 @@ def create_app(
     )
     app[ADMIN_APP] = create_admin_app(app[ROUTING], metrics, settings, app[READINESS])
     app.on_response_prepare.append(_add_edge_headers)
+    setup_new_side(app, settings)
     app.cleanup_ctx.append(_upstream_session)
     app.cleanup_ctx.append(_routing_watcher)
     if settings.admin_port is not None:

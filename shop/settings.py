@@ -91,6 +91,9 @@ class Settings:
     routing_poll_seconds: float = 0.25
     access_log: bool = True
     db_url: str = "sqlite+aiosqlite:///var/shop.db"
+    db_pool_size: int = 10
+    # How stale reference data (discounts, coupons, forex, shipping, tariffs, SKUs) may be.
+    reference_ttl_seconds: float = 5.0
     kafka_bootstrap: str = "127.0.0.1:9092"
     service_token: str | None = field(default=None, repr=False)
     paypal_base_url: str = "http://127.0.0.1:8091"
@@ -121,6 +124,8 @@ class Settings:
             routing_poll_seconds=_float(env, "EDGE_ROUTING_POLL_SECONDS", 0.25, low=0.01, high=1.0),
             access_log=_bool(env, "EDGE_ACCESS_LOG", True),
             db_url=env.get("SHOP_DB_URL") or "sqlite+aiosqlite:///var/shop.db",
+            db_pool_size=_int(env, "SHOP_DB_POOL_SIZE", 10, low=1, high=500),
+            reference_ttl_seconds=_float(env, "SHOP_REFERENCE_TTL_SECONDS", 5.0, low=0.0, high=3600.0),
             kafka_bootstrap=env.get("SHOP_KAFKA_BOOTSTRAP") or "127.0.0.1:9092",
             service_token=env.get("SHOP_SERVICE_TOKEN") or None,
             paypal_base_url=_http_url(env, "PAYPAL_BASE_URL", "http://127.0.0.1:8091"),
@@ -135,6 +140,12 @@ class Settings:
         settings = replace(settings, **overrides) if overrides else settings
         settings.validate()
         return settings
+
+    def db_pool_options(self) -> dict[str, Any]:
+        """Pool sizing for make_engine; SQLite's file locking makes pools pointless there."""
+        if self.db_url.startswith("sqlite"):
+            return {}
+        return {"pool_size": self.db_pool_size, "max_overflow": self.db_pool_size * 2}
 
     def validate(self) -> None:
         if "://" not in self.db_url:

@@ -17,6 +17,7 @@ from prometheus_client import CollectorRegistry
 from yarl import URL
 
 from proxy.app import ADMIN_APP, create_app
+from tests.support.shopdb import seed_database
 from tests.support.edge import calc_price_route, detail_route, edge_settings, routing_doc, write_routing
 from tests.support.upstream import CALLS, create_echo_app
 
@@ -103,14 +104,24 @@ async def test_route_at_zero_goes_legacy_even_when_client_asks_for_new(upstream:
     assert sample(registry, "edge_requests_total", route="calc_price", backend="legacy", method="POST", status_class="2xx") == 1
 
 
-async def test_route_at_hundred_goes_to_the_new_side_in_process(upstream: TestServer, make_edge) -> None:
-    client, registry = await make_edge(url_of(upstream), {"calc_price": calc_price_route(100)})
-    resp = await client.post("/shopping/cal_price/v4_4", json={}, headers={"X-User-Id": "1"})
-    assert resp.status == 501
-    assert await resp.json() == {"code": 50101, "msg": "not_migrated", "data": {"route": "calc_price"}}
+async def test_route_at_hundred_goes_to_the_new_side_in_process(upstream: TestServer, make_edge, tmp_path: Path) -> None:
+    db = await seed_database(f"sqlite+aiosqlite:///{tmp_path / 'seeded.db'}")
+    client, registry = await make_edge(url_of(upstream), {"calc_price": calc_price_route(100)}, db_url=db)
+    body = {"user_coupon_id": 1, "address_id": 1, "currency": "EUR", "use_wallet": True}
+    resp = await client.post("/shopping/cal_price/v4_4", json=body, headers={"X-User-Id": "1"})
+    assert resp.status == 200
+    assert (await resp.json())["data"]["summary"]["total"] == "96.07"
     assert resp.headers["X-Edge-Backend"] == "new"
     assert upstream.app[CALLS] == []
-    assert sample(registry, "edge_requests_total", route="calc_price", backend="new", method="POST", status_class="5xx") == 1
+    assert sample(registry, "edge_requests_total", route="calc_price", backend="new", method="POST", status_class="2xx") == 1
+
+
+async def test_route_not_migrated_yet_answers_501_from_the_new_side(upstream: TestServer, make_edge) -> None:
+    client, registry = await make_edge(url_of(upstream), {"detail": detail_route(100)})
+    resp = await client.get("/shopping/orders_v43/ORD1", headers={"X-User-Id": "1"})
+    assert resp.status == 501
+    assert await resp.json() == {"code": 50101, "msg": "not_migrated", "data": {"route": "detail"}}
+    assert upstream.app[CALLS] == []
 
 
 async def test_allow_and_deny_lists(upstream: TestServer, make_edge) -> None:

@@ -24,6 +24,10 @@ def calc_price_route(new_percent: float | int = 0, **extra: Any) -> dict[str, An
     return {"match": {"methods": ["POST"], "path": "/shopping/cal_price/v4_4"}, "new_percent": new_percent, **extra}
 
 
+def coupons_route(new_percent: float | int = 0, **extra: Any) -> dict[str, Any]:
+    return {"match": {"methods": ["POST"], "path": "/shopping/user_coupons_for_order"}, "new_percent": new_percent, **extra}
+
+
 def detail_route(new_percent: float | int = 0, **extra: Any) -> dict[str, Any]:
     return {"match": {"methods": ["GET"], "path": "/shopping/orders_v43/{order_id}"}, "new_percent": new_percent, **extra}
 
@@ -38,6 +42,12 @@ def write_routing(path: Path, doc: dict[str, Any]) -> Path:
 
 def edge_settings(routing_file: Path, legacy_url: str, **overrides: Any) -> Settings:
     env = {"EDGE_LEGACY_URL": legacy_url}
-    base: dict[str, Any] = {"routing_file": str(routing_file), "admin_port": None, "access_log": False, "routing_poll_seconds": 0.05}
+    base: dict[str, Any] = {
+        "routing_file": str(routing_file),
+        "admin_port": None,
+        "access_log": False,
+        "routing_poll_seconds": 0.05,
+        "db_url": f"sqlite+aiosqlite:///{routing_file.parent / 'shop.db'}",
+    }
     base.update(overrides)
     return Settings.from_env(env, **base)

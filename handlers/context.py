@@ -1,0 +1,41 @@
+"""What the new side's handlers share: the DB engine and the reference cache, one per process.
+
+Stored on the edge's root app so handlers reach them through ``request.config_dict`` both when
+the edge dispatches a legacy path in-process and on direct ``/order2`` calls.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from shop.db import make_engine
+from shop.reference import ReferenceCache
+from shop.settings import Settings
+
+DB = web.AppKey("db", AsyncEngine)
+REFERENCE = web.AppKey("reference", ReferenceCache)
+
+
+def setup_new_side(app: web.Application, settings: Settings) -> None:
+    async def resources(app: web.Application) -> AsyncIterator[None]:
+        engine = make_engine(settings.db_url, **settings.db_pool_options())
+        app[DB] = engine
+        app[REFERENCE] = ReferenceCache(engine, settings.reference_ttl_seconds)
+        yield
+        await engine.dispose()
+
+    app.cleanup_ctx.append(resources)
+
+
+async def db_ready(app: web.Application) -> str | None:
+    """Readiness: None when the database answers, else why not."""
+    try:
+        async with app[DB].connect() as conn:
+            await conn.execute(text("SELECT 1"))
+    except Exception as exc:  # any driver error means "not ready", with its class for the operator
+        return f"database: {exc.__class__.__name__}"
+    return None

@@ -1,0 +1,31 @@
+"""Small HTTP helpers for the new handlers: the caller, the JSON body, the success envelope."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from aiohttp import web
+
+from shop.errors import BadRequest, envelope
+
+
+def caller_id(request: web.Request) -> int | None:
+    """The logged-in user the API gateway vouches for (X-User-Id), or None for anonymous."""
+    raw = request.headers.get("X-User-Id")
+    if raw is None or raw == "":
+        return None
+    if not raw.isdigit() or len(raw) > 18 or int(raw) == 0:
+        raise BadRequest(data={"field": "X-User-Id", "reason": "must be a positive integer"})
+    return int(raw)
+
+
+async def json_body(request: web.Request) -> Any:
+    try:
+        return await request.json(loads=json.loads)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise BadRequest(data={"field": "body", "reason": "malformed JSON"}) from None
+
+
+def ok(data: Any) -> web.Response:
+    return web.Response(body=json.dumps(envelope(0, "ok", data), separators=(",", ":")).encode(), content_type="application/json")
