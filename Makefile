@@ -27,6 +27,9 @@ test: $(STAMP) mariadb
 test-unit: $(STAMP)
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests/unit
 
+demo-traffic: $(STAMP)
+	$(BIN)/python scripts/demo_traffic.py $(DEMO_ARGS)
+
 bench-edge: $(STAMP)
 	bash bench/edge.sh
 

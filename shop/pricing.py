@@ -9,12 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from decimal import ROUND_HALF_UP
+from typing import NamedTuple
 from datetime import datetime
 from decimal import Decimal
 from types import MappingProxyType
 
 from shop.errors import Unprocessable
-from shop.money import HUNDRED, ZERO, in_currency, usd, usd_floor
+from shop.money import CENT, HUNDRED, ZERO, quantum, usd, usd_floor
 
 HALF = Decimal("0.5")
 
@@ -104,8 +106,9 @@ class PricingInput:
     use_wallet: bool = False
 
 
-@dataclass(frozen=True, slots=True)
-class Amounts:
+# Results are NamedTuples: built many times per price, and a frozen dataclass's __init__ costs
+# several times more. They are just as immutable.
+class Amounts(NamedTuple):
     subtotal: Decimal
     mall_discount: Decimal
     coupon_discount: Decimal
@@ -115,8 +118,7 @@ class Amounts:
     total: Decimal
 
 
-@dataclass(frozen=True, slots=True)
-class LineAmounts:
+class LineAmounts(NamedTuple):
     unit_price: Decimal
     line_total: Decimal
     mall_discount: Decimal
@@ -124,8 +126,7 @@ class LineAmounts:
     tariff: Decimal
 
 
-@dataclass(frozen=True, slots=True)
-class PricedLine:
+class PricedLine(NamedTuple):
     sku_id: int
     name: str
     category_id: int
@@ -134,8 +135,7 @@ class PricedLine:
     shown: LineAmounts  # in the request currency
 
 
-@dataclass(frozen=True, slots=True)
-class PriceResult:
+class PriceResult(NamedTuple):
     region: str
     currency: str
     exponent: int
@@ -213,7 +213,7 @@ def price(inp: PricingInput) -> PriceResult:
     if inp.shipping is None:
         raise Unprocessable("region_not_served", {"region": inp.region})
     now = inp.now
-    totals = [usd(line.unit_price * line.qty) for line in inp.lines]
+    totals = [(line.unit_price * line.qty).quantize(CENT, ROUND_HALF_UP) for line in inp.lines]
     malls = [_mall_discount(line, t, inp.mall_discounts, now) for line, t in zip(inp.lines, totals)]
     nets = [t - m for t, m in zip(totals, malls)]
     subtotal = sum(totals, ZERO)
@@ -264,9 +264,10 @@ def price(inp: PricingInput) -> PriceResult:
     usd_amounts = Amounts(subtotal, mall, coupon_total, shipping, tariff, wallet, before_wallet - wallet)
 
     rate, exp = inp.fx_rate, inp.exponent
+    q = quantum(exp)
 
     def conv(amount: Decimal) -> Decimal:
-        return in_currency(amount, rate, exp)
+        return (amount * rate).quantize(q, ROUND_HALF_UP)
 
     sub_c, mall_c = conv(subtotal), conv(mall)
     # Converting parts one by one can round a fully discounted cart a unit below zero: clamp
@@ -282,7 +283,7 @@ def price(inp: PricingInput) -> PriceResult:
             name=line.name,
             category_id=line.category_id,
             qty=line.qty,
-            usd=LineAmounts(usd(line.unit_price), totals[i], malls[i], coupon_shares[i], tariffs[i]),
+            usd=LineAmounts(line.unit_price.quantize(CENT, ROUND_HALF_UP), totals[i], malls[i], coupon_shares[i], tariffs[i]),
             shown=LineAmounts(conv(line.unit_price), conv(totals[i]), conv(malls[i]), conv(coupon_shares[i]), conv(tariffs[i])),
         )
         for i, line in enumerate(inp.lines)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from emulators.legacy import cart, envelope, orders
+from emulators.legacy import cart, coupons, envelope, orders, pricing
 from emulators.legacy.envelope import ApiError
 
 
@@ -30,9 +30,10 @@ ROUTES: tuple[LegacyRoute, ...] = (
     LegacyRoute("cart_get", "GET", "/shopping/cart", cart.get_cart),
     LegacyRoute("cart_post", "POST", "/shopping/cart", cart.post_cart),
     LegacyRoute("orders_list", "GET", "/shopping/orders", orders.list_orders),
-    # Migrated to the new handlers (legacy-api.md); the emulator's own versions come later.
-    LegacyRoute("calc_price", "POST", "/shopping/cal_price/v4_4"),
-    LegacyRoute("coupons", "POST", "/shopping/user_coupons_for_order"),
+    # Migrated to the new handlers (legacy-api.md). Old shopping's own versions, for the
+    # edge's passthrough and shadow comparison; rows without a handler come later.
+    LegacyRoute("calc_price", "POST", "/shopping/cal_price/v4_4", pricing.calc_price),
+    LegacyRoute("coupons", "POST", "/shopping/user_coupons_for_order", coupons.list_coupons),
     LegacyRoute("place_order", "POST", "/shopping/cart/checkout/entries"),
     LegacyRoute("detail", "GET", "/shopping/orders_v43/{order_id}"),
     LegacyRoute("paypal_pay", "POST", "/shopping/orders/{order_id}/pay/{ptype}/paypal"),

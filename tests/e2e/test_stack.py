@@ -12,7 +12,8 @@ import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-OFFSET = 31000  # edge 39080, admin 39081, legacy 39090, broker 40092
+# Below the ephemeral port range (32768+), so no client socket can be holding one of them.
+OFFSET = 21000  # edge 29080, admin 29081, legacy 29090, broker 30092
 
 
 def port_open(port: int) -> bool:

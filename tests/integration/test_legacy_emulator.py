@@ -271,8 +271,6 @@ async def test_orders_list_shows_orders_the_new_side_wrote(client: TestClient, d
 @pytest.mark.parametrize(
     ("method", "path", "route"),
     [
-        ("POST", "/shopping/cal_price/v4_4", "calc_price"),
-        ("POST", "/shopping/user_coupons_for_order", "coupons"),
         ("POST", "/shopping/cart/checkout/entries", "place_order"),
         ("GET", "/shopping/orders_v43/O-1", "detail"),
         ("POST", "/shopping/orders/O-1/pay/card/paypal", "paypal_pay"),

@@ -1,0 +1,347 @@
+"""The ops-facing monitoring config: Prometheus scrape config, alert rules and their unit tests,
+Grafana dashboards and provisioning.
+
+Runs the real `promtool` (Debian package `prometheus`; `make test` runs
+scripts/ensure-promtool.sh first). Without promtool on PATH these tests FAIL, never skip:
+a monitoring config nobody checked is worse than none.
+
+Metric names are a contract (shared spec edge.md, "Metrics" table): dashboards and alerts may
+use only those names, so a renamed metric breaks this test instead of silently emptying a
+panel or muting an alert.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+PROMETHEUS = REPO / "prometheus"
+GRAFANA = REPO / "grafana"
+DASHBOARDS = {
+    "edge": GRAFANA / "dashboards" / "edge.json",
+    "consumers": GRAFANA / "dashboards" / "consumers.json",
+}
+
+# The metric names of the Metrics table in shared spec edge.md ("names are a contract").
+# Keep in step with that table, not with the code: the code follows the spec.
+CONTRACT_COUNTERS_AND_GAUGES = frozenset({
+    "edge_requests_total",
+    "edge_upstream_errors_total",
+    "edge_route_new_percent",
+    "edge_routing_reload_total",
+    "edge_shadow_requests_total",
+    "edge_shadow_mismatch_fields_total",
+    "edge_shadow_noise_fields_total",
+    "edge_shadow_inflight",
+    "consumer_events_total",
+    "consumer_lag",
+})
+CONTRACT_HISTOGRAMS = frozenset({
+    "edge_request_duration_seconds",
+    "consumer_processing_seconds",
+})
+# A histogram is queried through its series; the bare name matches no series in Prometheus.
+CONTRACT_METRICS = CONTRACT_COUNTERS_AND_GAUGES | {
+    f"{h}{suffix}" for h in CONTRACT_HISTOGRAMS for suffix in ("_bucket", "_count", "_sum")
+}
+
+EXPECTED_ALERTS = frozenset({
+    "EdgeHighErrorRate",
+    "EdgeNewSideWorseThanLegacy",
+    "EdgeUpstreamErrors",
+    "EdgeLatencyP99High",
+    "EdgeRoutingReloadFailing",
+    "ShadowMismatchRateHigh",
+    "ShadowSkippedHigh",
+    "ConsumerLagHigh",
+    "ConsumerDeadLetters",
+})
+
+
+# ---------------------------------------------------------------------------------- promtool
+
+def _promtool() -> str:
+    """promtool's path; called inside each test (not a fixture) so a missing one is a FAILED test."""
+    path = shutil.which("promtool")
+    if path is None:
+        pytest.fail(
+            "promtool is not on PATH, so the Prometheus config, alert rules and their unit tests "
+            "cannot be checked. Install it with `bash scripts/ensure-promtool.sh` "
+            "(Debian package `prometheus`); `make test` does this first.",
+            pytrace=False,
+        )
+    return path
+
+
+def _run(cmd: list[str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["check", "config", "prometheus/prometheus.yml"],
+        ["check", "rules", "prometheus/alerts.yml"],
+        ["test", "rules", "prometheus/alerts_test.yml"],
+    ],
+    ids=["check-config", "check-rules", "test-rules"],
+)
+def test_promtool_accepts(args: list[str]) -> None:
+    result = _run([_promtool(), *args])
+    assert result.returncode == 0, (
+        f"`promtool {' '.join(args)}` exited {result.returncode}\n"
+        f"--- stdout\n{result.stdout}\n--- stderr\n{result.stderr}"
+    )
+
+
+def test_prometheus_scrapes_edge_and_consumers() -> None:
+    config = yaml.safe_load((PROMETHEUS / "prometheus.yml").read_text(encoding="utf-8"))
+    assert config["rule_files"] == ["alerts.yml"]
+    assert config["global"]["scrape_interval"] == "5s"
+    targets = {
+        job["job_name"]: (
+            job.get("metrics_path", "/metrics"),
+            [t for sc in job["static_configs"] for t in sc["targets"]],
+        )
+        for job in config["scrape_configs"]
+    }
+    assert targets["edge"] == ("/metrics", ["127.0.0.1:8081"])
+    assert targets["consumers"] == ("/metrics", ["127.0.0.1:8082"])
+
+
+# ---------------------------------------------------------------- PromQL metric-name extraction
+
+_STRING = re.compile(r'"(?:\\.|[^"\\])*"|\'(?:\\.|[^\'\\])*\'|`[^`]*`')
+_GRAFANA_VAR = re.compile(r"\$\{\w+(?::\w+)?\}|\$\w+|\[\[\w+\]\]")
+_BRACKETS = re.compile(r"\[[^\[\]]*\]")
+_MATCHERS = re.compile(r"\{[^{}]*\}")
+_GROUPING = re.compile(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^()]*\)", re.IGNORECASE)
+_IDENT = re.compile(r"(?<![\w:.])([A-Za-z_:][\w:]*)(\s*\()?")
+_KEYWORDS = frozenset({
+    "by", "without", "on", "ignoring", "group_left", "group_right", "offset", "bool",
+    "and", "or", "unless", "inf", "nan",
+})
+
+
+def metric_names(expr: str) -> set[str]:
+    """Metric names a PromQL expression selects (also tolerates Grafana `$var` macros).
+
+    Strings, label matchers, range/subquery brackets and grouping label lists are removed first,
+    so what remains as a bare identifier not followed by `(` is a metric name.
+    """
+    assert "__name__" not in expr, f"select metrics by name, not via __name__: {expr}"
+    s = _STRING.sub('""', expr)
+    s = _GRAFANA_VAR.sub("5m", s)
+    s = _BRACKETS.sub("", s)
+    s = _MATCHERS.sub("", s)
+    s = _GROUPING.sub("", s)
+    names = set()
+    for m in _IDENT.finditer(s):
+        name, call = m.group(1), m.group(2)
+        if call or name.lower() in _KEYWORDS:
+            continue
+        names.add(name)
+    return names
+
+
+@pytest.mark.parametrize(
+    ("expr", "expected"),
+    [
+        ('sum by (route, backend) (rate(edge_requests_total{status_class="5xx", route=~"$route"}[$__rate_interval]))',
+         {"edge_requests_total"}),
+        ("histogram_quantile(0.99, sum by (route, le) (rate(edge_request_duration_seconds_bucket[5m])))",
+         {"edge_request_duration_seconds_bucket"}),
+        ('a_total / ignoring(x) group_left(y) b_total > 0.5 and on (route) c{d="e{f}"} offset 10m',
+         {"a_total", "b_total", "c"}),
+        ("sum(rate(x_total[5m])) by (route) / sum without (kind) (y) unless z > bool 1e3",
+         {"x_total", "y", "z"}),
+        ("topk(10, sum by (route, field) (rate(edge_shadow_mismatch_fields_total[$__range])))",
+         {"edge_shadow_mismatch_fields_total"}),
+        ("max_over_time(consumer_lag[10m:1m]) > +Inf or sum(edge_shadow_inflight)",
+         {"consumer_lag", "edge_shadow_inflight"}),
+    ],
+)
+def test_metric_name_extraction(expr: str, expected: set[str]) -> None:
+    assert metric_names(expr) == expected
+
+
+def test_contract_check_catches_strangers() -> None:
+    exprs = {
+        "ok": "sum(rate(consumer_processing_seconds_count[5m])) / sum(edge_route_new_percent)",
+        "not in the table": 'up{job="edge"} == 0 or edge_body_too_large_total > 0',
+        "bare histogram": "rate(edge_request_duration_seconds[5m])",
+        "misspelt": "edge_request_total",
+    }
+    assert _off_contract(exprs) == {
+        "not in the table": {"up", "edge_body_too_large_total"},
+        "bare histogram": {"edge_request_duration_seconds"},
+        "misspelt": {"edge_request_total"},
+    }
+
+
+def _off_contract(exprs: dict[str, str]) -> dict[str, set[str]]:
+    return {where: bad for where, e in exprs.items() if (bad := metric_names(e) - CONTRACT_METRICS)}
+
+
+# ------------------------------------------------------------------------------------- Grafana
+
+def _load_dashboard(name: str) -> dict[str, Any]:
+    return json.loads(DASHBOARDS[name].read_text(encoding="utf-8"))
+
+
+def _panels(dashboard: dict[str, Any]) -> list[dict[str, Any]]:
+    out = []
+    for panel in dashboard["panels"]:
+        if panel.get("type") == "row":
+            out.extend(panel.get("panels", []))
+        else:
+            out.append(panel)
+    return out
+
+
+def _panel_exprs(dashboard: dict[str, Any]) -> dict[str, str]:
+    return {
+        f"{panel['title']} [{target.get('refId', i)}]": target["expr"]
+        for panel in _panels(dashboard)
+        for i, target in enumerate(panel.get("targets", []))
+        if target.get("expr")
+    }
+
+
+def _variables(dashboard: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {v["name"]: v for v in dashboard["templating"]["list"]}
+
+
+def _var_query(var: dict[str, Any]) -> str:
+    q = var.get("query")
+    return q.get("query", "") if isinstance(q, dict) else (q or "")
+
+
+@pytest.mark.parametrize("name", sorted(DASHBOARDS))
+def test_dashboard_structure(name: str) -> None:
+    dashboard = _load_dashboard(name)
+    assert dashboard["schemaVersion"] >= 36
+    assert dashboard.get("uid") and dashboard.get("title")
+    variables = _variables(dashboard)
+    assert variables["DS_PROMETHEUS"]["type"] == "datasource"
+    assert variables["DS_PROMETHEUS"]["query"] == "prometheus"
+
+    panels = _panels(dashboard)
+    assert panels, "no panels"
+    ids = [p.get("id") for p in panels]
+    assert len(set(ids)) == len(ids), f"duplicate panel ids: {ids}"
+    for panel in panels:
+        title = panel.get("title")
+        assert title, f"panel without a title: {panel.get('id')}"
+        ds = panel.get("datasource")
+        assert isinstance(ds, dict) and ds.get("uid"), f"{title}: no datasource"
+        assert ds["uid"] == "${DS_PROMETHEUS}", f"{title}: datasource is not the DS_PROMETHEUS variable"
+        targets = panel.get("targets") or []
+        assert targets, f"{title}: no targets"
+        for target in targets:
+            assert target.get("expr", "").strip(), f"{title}: target {target.get('refId')} has no expr"
+            assert target.get("refId"), f"{title}: target without refId"
+
+
+def test_dashboard_template_variables() -> None:
+    route = _variables(_load_dashboard("edge"))["route"]
+    assert route["type"] == "query"
+    assert re.fullmatch(r"label_values\(\s*edge_requests_total\s*,\s*route\s*\)", _var_query(route))
+    topic = _variables(_load_dashboard("consumers"))["topic"]
+    assert re.fullmatch(r"label_values\(\s*consumer_events_total\s*,\s*topic\s*\)", _var_query(topic))
+
+
+@pytest.mark.parametrize("name", sorted(DASHBOARDS))
+def test_dashboard_uses_only_contract_metrics(name: str) -> None:
+    dashboard = _load_dashboard(name)
+    exprs = _panel_exprs(dashboard)
+    assert exprs
+    assert _off_contract(exprs) == {}, "metric names not in the spec's Metrics table"
+    for var in dashboard["templating"]["list"]:
+        if m := re.fullmatch(r"label_values\(\s*([\w:]+)\s*,\s*\w+\s*\)", _var_query(var)):
+            assert m.group(1) in CONTRACT_METRICS, f"variable {var['name']}: {m.group(1)}"
+
+
+def test_dashboards_cover_every_contract_metric() -> None:
+    """Every metric of the contract is on a dashboard: edge_* on edge.json, consumer_* on consumers.json."""
+    used = {
+        name: set().union(*map(metric_names, _panel_exprs(_load_dashboard(name)).values()))
+        for name in DASHBOARDS
+    }
+    for metric in sorted(CONTRACT_COUNTERS_AND_GAUGES | CONTRACT_HISTOGRAMS):
+        board = "edge" if metric.startswith("edge_") else "consumers"
+        series = {metric} if metric in CONTRACT_COUNTERS_AND_GAUGES else {f"{metric}_bucket"}
+        assert series & used[board], f"{metric} is on no panel of {board}.json"
+
+
+def test_dashboard_queries_are_valid_promql(tmp_path: Path) -> None:
+    """Every panel expression, with Grafana's macros filled in, passes promtool as a recording rule."""
+    rules = []
+    for name in sorted(DASHBOARDS):
+        for where, expr in _panel_exprs(_load_dashboard(name)).items():
+            concrete = re.sub(r"\$__(?:rate_interval|interval|range)\b", "5m", expr)
+            concrete = _GRAFANA_VAR.sub(".*", concrete)  # $route / $topic sit inside =~ regexes
+            rules.append({"record": f"dashboard:check:{len(rules)}", "expr": concrete,
+                          "labels": {"panel": f"{name}: {where}"}})
+    path = tmp_path / "dashboard_queries.yml"
+    path.write_text(yaml.safe_dump({"groups": [{"name": "dashboards", "rules": rules}]}), encoding="utf-8")
+    result = _run([_promtool(), "check", "rules", str(path)])
+    assert result.returncode == 0, f"dashboard PromQL rejected:\n{result.stdout}\n{result.stderr}"
+
+
+def test_grafana_provisioning() -> None:
+    ds = yaml.safe_load((GRAFANA / "provisioning" / "datasources" / "prometheus.yml").read_text(encoding="utf-8"))
+    [prom] = [d for d in ds["datasources"] if d["type"] == "prometheus"]
+    assert prom["url"].startswith("http") and prom.get("uid")
+    boards = yaml.safe_load((GRAFANA / "provisioning" / "dashboards" / "shopping.yml").read_text(encoding="utf-8"))
+    [provider] = boards["providers"]
+    assert provider["type"] == "file" and provider["options"]["path"]
+    on_disk = {p.name for p in (GRAFANA / "dashboards").glob("*.json")}
+    assert on_disk == {p.name for p in DASHBOARDS.values()}
+
+
+# -------------------------------------------------------------------------------------- alerts
+
+def _alert_rules() -> list[dict[str, Any]]:
+    doc = yaml.safe_load((PROMETHEUS / "alerts.yml").read_text(encoding="utf-8"))
+    return [rule for group in doc["groups"] for rule in group["rules"] if "alert" in rule]
+
+
+def test_alerts_use_only_contract_metrics() -> None:
+    rules = _alert_rules()
+    assert {r["alert"] for r in rules} == EXPECTED_ALERTS
+    exprs = {r["alert"]: r["expr"] for r in rules}
+    assert all(metric_names(e) for e in exprs.values()), "an alert selects no metric at all"
+    assert _off_contract(exprs) == {}, "metric names not in the spec's Metrics table"
+
+
+def test_alerts_are_actionable() -> None:
+    for rule in _alert_rules():
+        name = rule["alert"]
+        assert rule.get("labels", {}).get("severity") in {"critical", "warning", "info"}, name
+        annotations = rule.get("annotations", {})
+        assert annotations.get("summary") and annotations.get("description"), name
+        text = annotations["summary"] + annotations["description"]
+        label = "$labels.topic" if name.startswith("Consumer") else (
+            "$labels.instance" if name == "EdgeRoutingReloadFailing" else "$labels.route")
+        assert label in text, f"{name}: the annotations do not name {label}"
+
+
+def test_every_alert_has_firing_and_quiet_unit_tests() -> None:
+    doc = yaml.safe_load((PROMETHEUS / "alerts_test.yml").read_text(encoding="utf-8"))
+    assert doc["rule_files"] == ["alerts.yml"]
+    firing: set[str] = set()
+    quiet: set[str] = set()
+    for case in doc["tests"]:
+        for check in case.get("alert_rule_test", []):
+            (firing if check.get("exp_alerts") else quiet).add(check["alertname"])
+    assert firing >= EXPECTED_ALERTS, f"no firing case: {sorted(EXPECTED_ALERTS - firing)}"
+    assert quiet >= EXPECTED_ALERTS, f"no quiet case: {sorted(EXPECTED_ALERTS - quiet)}"
