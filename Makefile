@@ -22,6 +22,7 @@ run: $(STAMP)
 	$(BIN)/python scripts/stack.py
 
 test: $(STAMP) mariadb
+	bash scripts/ensure-promtool.sh
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 test-unit: $(STAMP)

@@ -42,6 +42,9 @@ class EdgeMetrics:
         self.body_too_large = Counter(
             "edge_body_too_large_total", "Requests refused with 413 before any upstream call", registry=registry,
         )
+        # Zero-valued children exist from the start, so the first error is an increase alerts can see.
+        for result in ("ok", "error"):
+            self.reloads.labels(result)
         # Children cached per label tuple: .labels() takes a lock and builds a key every call.
         self._req_children: dict[tuple[str, str, str, str], Counter] = {}
         self._dur_children: dict[tuple[str, str], Histogram] = {}
@@ -63,6 +66,9 @@ class EdgeMetrics:
 
     def set_percentages(self, percentages: Iterable[tuple[str, float]]) -> None:
         current = dict(percentages)
+        for route in (*current, "passthrough"):
+            for kind in ("timeout", "connect", "5xx"):
+                self.upstream_errors.labels(route, "legacy", kind)
         for labels in list(self._gauge_routes()):
             if labels not in current:
                 self.new_percent.remove(labels)
