@@ -1,0 +1,198 @@
+"""The shadow report behind ``GET /_edge/shadow``: JSON, and a small HTML page.
+
+:func:`render_json` joins the per-route request counters kept by the edge
+(``{route: {outcome: n}}``, outcomes ``match``, ``mismatch``, ``error``, ``skipped``), the
+field statistics (:class:`shadow.noise.DiffStats`) and the examples
+(:class:`shadow.store.ExampleStore`)::
+
+    {"generated_at": "...", "rule": {"relative": 0.2, "absolute": 0.0003},
+     "store": {"bytes_used", "max_bytes", "per_field", "stored", "dropped"}, "meta": {...},
+     "routes": {"calc_price": {
+         "requests": {"match": 90, "mismatch": 8, "error": 2, "skipped": 0, "total": 100},
+         "rates": {"match": 0.9, "mismatch": 0.08, "error": 0.02, "skipped": 0.0},
+         "compared": 98, "noise_samples": 10,
+         "fields": [{"field": "data.summary.total", "mismatches": 8, "noise": 0,
+                     "mismatch_rate": 0.0816, "noise_rate": 0.0, "verdict": "mismatch",
+                     "examples": [...]}, ...]}}}
+
+Fields are sorted by mismatch count (then noise count, then name). :func:`render_html`
+renders such a report as one self-contained page (inline CSS, no scripts, no external
+assets); every value from a body, a request or a key goes through :func:`html.escape`.
+Both take a ``route`` filter.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from shadow.noise import DiffStats
+from shadow.store import ExampleStore
+
+__all__ = ["render_html", "render_json"]
+
+OUTCOMES = ("match", "mismatch", "error", "skipped")
+MAX_EXAMPLES = 5
+HTML_BODY_CHARS = 4000
+
+
+def _rate(n: int, total: int) -> float:
+    return round(n / total, 6) if total else 0.0
+
+
+def render_json(
+    stats: DiffStats,
+    store: ExampleStore,
+    counters: Mapping[str, Mapping[str, int]],
+    *,
+    route: str | None = None,
+    meta: Mapping[str, Any] | None = None,
+    max_examples: int = MAX_EXAMPLES,
+) -> dict[str, Any]:
+    """The report as a JSON-serialisable dict (see the module docstring)."""
+    names = set(counters) | set(stats.routes()) | set(store.routes())
+    if route is not None:
+        names &= {route}
+    routes: dict[str, Any] = {}
+    for name in sorted(names):
+        outcomes = {o: 0 for o in OUTCOMES}
+        for outcome, n in (counters.get(name) or {}).items():
+            outcomes[str(outcome)] = int(n)
+        total = sum(outcomes.values())
+        fields = []
+        for field in sorted(set(stats.fields(name)) | set(store.fields(name))):
+            s = stats.field_stats(name, field)
+            fields.append({
+                "field": field, "mismatches": s.mismatches, "noise": s.noise,
+                "mismatch_rate": round(s.mismatch_rate, 6), "noise_rate": round(s.noise_rate, 6),
+                "verdict": stats.verdict(name, field),
+                "examples": store.examples(name, field)[:max_examples],
+            })
+        fields.sort(key=lambda f: (-f["mismatches"], -f["noise"], f["field"]))
+        compared, noise_samples = stats.route_counts(name)
+        routes[name] = {
+            "requests": {**outcomes, "total": total},
+            "rates": {o: _rate(n, total) for o, n in outcomes.items()},
+            "compared": compared, "noise_samples": noise_samples,
+            "fields": fields,
+        }
+    return {
+        "generated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "rule": {"relative": stats.rule.relative, "absolute": stats.rule.absolute},
+        "store": store.summary(),
+        "meta": dict(meta or {}),
+        "routes": routes,
+    }
+
+
+# --- HTML ---------------------------------------------------------------------------------------
+
+_CSS = """
+body{font:14px/1.4 system-ui,sans-serif;margin:1.5em;color:#222}
+h1{font-size:1.4em}h2{font-size:1.2em;margin-top:2em;border-bottom:1px solid #ccc}
+table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ddd;padding:.25em .6em;text-align:left}
+th{background:#f4f4f4}.num{text-align:right;font-variant-numeric:tabular-nums}
+.mismatch{color:#b00020;font-weight:600}.noise{color:#8a6d00}.ok{color:#1b7a1b}
+tr.noise td{background:#fffbe6}
+pre{background:#f7f7f7;border:1px solid #e3e3e3;padding:.5em;max-height:24em;overflow:auto;white-space:pre-wrap;word-break:break-all}
+.pair{display:grid;grid-template-columns:1fr 1fr;gap:.8em}details{margin:.4em 0 .8em 1em}
+.muted{color:#777}
+"""
+
+
+def _e(value: Any) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _pct(value: Any) -> str:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return _e(f"{value:.2%}")
+    return ""
+
+
+def _pre(value: Any, limit: int = HTML_BODY_CHARS) -> str:
+    if isinstance(value, str):
+        text = value
+    else:
+        try:
+            text = json.dumps(value, indent=2, ensure_ascii=False, default=str)
+        except (TypeError, ValueError, RecursionError):
+            text = repr(value)
+    if len(text) > limit:
+        text = text[:limit] + f"\n… [{len(text) - limit} more characters]"
+    return f"<pre>{_e(text)}</pre>"
+
+
+def _example_html(i: int, ex: Mapping[str, Any]) -> str:
+    primary = ex.get("primary") or {}
+    shadow = ex.get("shadow") or {}
+    title = (f"example {i + 1}: request {_e(ex.get('request_id', '?'))} · {_e(ex.get('kind', 'shadow'))}"
+             f" · {_e(ex.get('at', ''))}")
+    return (
+        f"<details><summary>{title}</summary>"
+        f"<p>request</p>{_pre(ex.get('request'))}"
+        f"<div class=pair><div><p>primary ({_e(primary.get('side', '?'))}) status {_e(primary.get('status', '?'))}</p>"
+        f"{_pre(primary.get('body', ''))}</div>"
+        f"<div><p>{'second primary' if ex.get('kind') == 'noise' else 'shadow'} ({_e(shadow.get('side', '?'))}) "
+        f"status {_e(shadow.get('status', '?'))}</p>{_pre(shadow.get('body', ''))}</div></div>"
+        f"<p>diff</p>{_pre(ex.get('diff'))}</details>"
+    )
+
+
+def render_html(report: Mapping[str, Any], route: str | None = None) -> str:
+    """One self-contained HTML page for a :func:`render_json` report."""
+    routes: Mapping[str, Any] = report.get("routes") or {}
+    if route is not None:
+        routes = {k: v for k, v in routes.items() if k == route}
+    rule = report.get("rule") or {}
+    store = report.get("store") or {}
+    out = [
+        "<!doctype html><html><head><meta charset=utf-8>",
+        f"<title>Shadow diffs{' · ' + _e(route) if route else ''}</title><style>{_CSS}</style></head><body>",
+        f"<h1>Shadow diffs{' · ' + _e(route) if route else ''}</h1>",
+        f"<p class=muted>generated {_e(report.get('generated_at', ''))} · a field is a mismatch when its "
+        f"mismatch rate exceeds its noise rate by more than {_e(rule.get('absolute', '?'))} and by more than "
+        f"{_e(rule.get('relative', '?'))} × its mismatch rate · examples: {_e(store.get('bytes_used', 0))} of "
+        f"{_e(store.get('max_bytes', '?'))} bytes, {_e(store.get('dropped', 0))} dropped</p>",
+    ]
+    if not routes:
+        out.append("<p>No shadowed routes yet.</p>")
+    for name, r in routes.items():
+        req = r.get("requests") or {}
+        rates = r.get("rates") or {}
+        out.append(f"<h2 id=\"route-{_e(name)}\">{_e(name)}</h2>")
+        out.append("<table><tr><th>requests</th>" + "".join(f"<th>{_e(o)}</th>" for o in req) + "</tr><tr><td>count</td>"
+                   + "".join(f"<td class=num>{_e(n)}</td>" for n in req.values()) + "</tr><tr><td>rate</td>"
+                   + "".join(f"<td class=num>{_pct(rates.get(o))}</td>" for o in req)
+                   + "</tr></table>")
+        out.append(f"<p class=muted>compared {_e(r.get('compared', 0))} · noise samples {_e(r.get('noise_samples', 0))}</p>")
+        fields = r.get("fields") or []
+        if not fields:
+            out.append("<p>No differing fields.</p>")
+            continue
+        out.append("<table><tr><th>field</th><th>verdict</th><th>mismatches</th><th>rate</th>"
+                   "<th>noise</th><th>noise rate</th><th>examples</th></tr>")
+        for f in fields:
+            verdict = str(f.get("verdict", ""))
+            css = verdict if verdict in ("mismatch", "noise", "ok") else ""
+            m_rate = _pct(f.get("mismatch_rate"))
+            n_rate = _pct(f.get("noise_rate"))
+            out.append(
+                f"<tr class={css}><td><code>{_e(f.get('field', ''))}</code></td><td class={css}>{_e(verdict)}</td>"
+                f"<td class=num>{_e(f.get('mismatches', 0))}</td><td class=num>{m_rate}</td>"
+                f"<td class=num>{_e(f.get('noise', 0))}</td><td class=num>{n_rate}</td>"
+                f"<td class=num>{len(f.get('examples') or [])}</td></tr>"
+            )
+        out.append("</table>")
+        for f in fields:
+            examples = (f.get("examples") or [])[:MAX_EXAMPLES]
+            if not examples:
+                continue
+            noise = " <span class=noise>(noise)</span>" if f.get("verdict") == "noise" else ""
+            out.append(f"<h3><code>{_e(f.get('field', ''))}</code>{noise}</h3>")
+            out.extend(_example_html(i, ex) for i, ex in enumerate(examples))
+    out.append("</body></html>")
+    return "".join(out)

@@ -1,0 +1,77 @@
+"""shadow/report.py: the /_edge/shadow JSON and HTML, escaping, route filter."""
+
+from __future__ import annotations
+
+import json
+import re
+
+from shadow.noise import DiffStats
+from shadow.report import render_html, render_json
+from shadow.store import ExampleStore, make_example
+
+EVIL = '<script>alert("x")</script>'
+
+
+def build() -> tuple[DiffStats, ExampleStore, dict]:
+    stats = DiffStats()
+    store = ExampleStore()
+    for i in range(10):
+        stats.record_comparison("calc_price", ["data.summary.total"] if i < 4 else [])
+        stats.record_comparison("calc_price", ["data.server_time"])
+        stats.record_noise("calc_price", ["data.server_time"])
+    stats.record_comparison("coupons", [f"data.{EVIL}"])
+    for field in ("data.summary.total", "data.server_time"):
+        for i in range(7):
+            store.add("calc_price", field, make_example(
+                request_id=f"r{i}{EVIL}", request_summary={"path": EVIL}, primary_side="legacy", primary_status=200,
+                primary_body=json.dumps({"data": {"total": "96.07", "name": EVIL}}).encode(), shadow_status=200,
+                shadow_body=b"not json " + EVIL.encode(), diff={"values_changed": {"root['x']": {"old": EVIL}}}))
+    counters = {"calc_price": {"match": 6, "mismatch": 4, "error": 0, "skipped": 0}, "detail": {"skipped": 3}}
+    return stats, store, counters
+
+
+def test_json_report() -> None:
+    stats, store, counters = build()
+    report = render_json(stats, store, counters, meta={"worker": {"dropped": 0}})
+    json.dumps(report)
+    assert set(report["routes"]) == {"calc_price", "coupons", "detail"}
+    calc = report["routes"]["calc_price"]
+    assert calc["requests"] == {"match": 6, "mismatch": 4, "error": 0, "skipped": 0, "total": 10}
+    assert calc["rates"]["mismatch"] == 0.4
+    assert (calc["compared"], calc["noise_samples"]) == (20, 10)
+    fields = calc["fields"]
+    assert [f["field"] for f in fields] == ["data.server_time", "data.summary.total"]  # by mismatch count
+    assert [f["verdict"] for f in fields] == ["noise", "mismatch"]
+    assert len(fields[1]["examples"]) == 5 and fields[1]["examples"][0]["request_id"].startswith("r0")
+    assert report["routes"]["detail"]["fields"] == []
+    assert report["meta"] == {"worker": {"dropped": 0}}
+    assert report["store"]["bytes_used"] == store.bytes_used
+
+
+def test_route_filter() -> None:
+    stats, store, counters = build()
+    report = render_json(stats, store, counters, route="calc_price")
+    assert list(report["routes"]) == ["calc_price"]
+    assert render_json(stats, store, counters, route="nope")["routes"] == {}
+    full = render_json(stats, store, counters)
+    page = render_html(full, route="detail")
+    assert "detail" in page and "calc_price" not in page
+
+
+def test_html_escapes_everything_and_is_self_contained() -> None:
+    stats, store, counters = build()
+    page = render_html(render_json(stats, store, counters))
+    assert "<script" not in page.lower()
+    assert "&lt;script&gt;" in page
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", page)  # no external assets
+    assert page.startswith("<!doctype html>") and page.endswith("</html>")
+    assert "(noise)" in page and "data.summary.total" in page
+    assert page.count("<details>") == 10  # 5 examples for each of the two calc_price fields
+    assert "&quot;total&quot;: &quot;96.07&quot;" in page  # primary body pretty-printed
+
+
+def test_html_survives_an_empty_or_odd_report() -> None:
+    assert "No shadowed routes" in render_html({})
+    odd = {"routes": {EVIL: {"requests": {EVIL: 1}, "fields": [{"field": EVIL, "examples": [{"primary": {"body": EVIL}}]}]}}}
+    page = render_html(odd)
+    assert "<script" not in page.lower()
