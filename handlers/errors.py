@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 
 import structlog
 from aiohttp import web
@@ -25,6 +25,22 @@ def error_response(status: int, code: int, msg: str, data: object = None) -> web
 
 def shop_error_response(exc: ShopError) -> web.Response:
     return error_response(exc.status, exc.code, exc.msg, exc.data)
+
+
+async def answer_new(
+    handler: Callable[[web.Request, Mapping[str, str]], Awaitable[web.StreamResponse]],
+    request: web.Request,
+    params: Mapping[str, str],
+) -> web.StreamResponse:
+    """A new handler's answer with domain errors already turned into their HTTP form.
+
+    The edge needs the final status and body in hand (for metrics and shadow diffs), so it
+    calls this rather than letting the error middleware convert after the fact.
+    """
+    try:
+        return await handler(request, params)
+    except ShopError as exc:
+        return shop_error_response(exc)
 
 
 @web.middleware

@@ -13,6 +13,8 @@ from prometheus_client import multiprocess
 
 from handlers.errors import error_response
 from proxy.metrics import EdgeMetrics
+from proxy.shadowing import Shadower
+from shadow.report import render_html, render_json
 from proxy.reloader import RoutingState
 from shop.settings import Settings
 
@@ -53,6 +55,7 @@ def create_admin_app(
     metrics: EdgeMetrics,
     settings: Settings,
     readiness: list[ReadinessCheck],
+    shadower: Callable[[], Shadower | None],
 ) -> web.Application:
     multiproc_dir = settings.interpolation_env.get("PROMETHEUS_MULTIPROC_DIR") or None
 
@@ -79,7 +82,24 @@ def create_admin_app(
         body = {"ok": result.ok, "changed": result.changed, "error": result.error, "hash": routing.table.source_hash}
         return web.json_response(body, status=200 if result.ok else 422)
 
+    async def shadow(request: web.Request) -> web.StreamResponse:
+        current = shadower()
+        if current is None:
+            return error_response(503, 50301, "edge_not_started")
+        route = request.query.get("route") or None
+        report = render_json(
+            current.stats, current.store, current.outcomes, route=route,
+            meta={"worker": current.worker.counters(), "inflight": current.inflight},
+        )
+        wants_html = request.query.get("format") == "html" or (
+            request.query.get("format") != "json" and "text/html" in request.headers.get("Accept", "")
+        )
+        if wants_html:
+            return web.Response(text=render_html(report, route), content_type="text/html")
+        return web.json_response(report)
+
     app = web.Application()
+    app.router.add_get("/_edge/shadow", shadow)
     app.router.add_get("/metrics", get_metrics)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)

@@ -21,7 +21,7 @@ from prometheus_client import CollectorRegistry
 
 from handlers.app import NEW_ROUTE_NAME, PREFIX, create_new_side
 from handlers.context import db_ready, setup_new_side
-from handlers.errors import error_middleware, error_response
+from handlers.errors import answer_new, error_middleware, error_response
 from handlers.routes import NEW_ROUTES, NewRoute
 from proxy.admin import create_admin_app
 from proxy.forwarder import Forwarder, make_session
@@ -29,12 +29,14 @@ from proxy.gray import goes_new, sticky_value
 from proxy.metrics import EdgeMetrics
 from proxy.reloader import RoutingState
 from proxy.routing import PASSTHROUGH
+from proxy.shadowing import Shadower, wants_shadow
 from shop.settings import Settings
 
 SETTINGS = web.AppKey("settings", Settings)
 METRICS = web.AppKey("metrics", EdgeMetrics)
 ROUTING = web.AppKey("routing", RoutingState)
 FORWARDER = web.AppKey("forwarder", Forwarder)
+SHADOWER = web.AppKey("shadower", Shadower)
 NEW_SIDE = web.AppKey("new_routes", Mapping)
 ADMIN_APP = web.AppKey("admin_app", web.Application)
 READINESS = web.AppKey("readiness", list)
@@ -121,21 +123,32 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
     route, params = matched
     request[ROUTE] = route.name
     key = sticky_value(table.sticky_key, request.headers, lambda: request.cookies, request.remote)
+    new_route: NewRoute | None = None
     if goes_new(route, request.headers.get("X-User-Id"), key):
-        new_route: NewRoute | None = app[NEW_SIDE].get(route.name)
-        if new_route is not None:
-            request[BACKEND] = "new"
-            return await new_route.handler(request, params)
-    return await app[FORWARDER].forward(
-        request, body, base_url=table.legacy_url, route=route.name,
-        timeout_ms=route.timeout_ms, request_id=request[REQUEST_ID],
-    )
+        new_route = app[NEW_SIDE].get(route.name)
+    if new_route is not None:
+        request[BACKEND] = "new"
+        response = await answer_new(new_route.handler, request, params)
+    else:
+        response = await app[FORWARDER].forward(
+            request, body, base_url=table.legacy_url, route=route.name,
+            timeout_ms=route.timeout_ms, request_id=request[REQUEST_ID],
+        )
+    if route.shadow is not None and route.name in app[NEW_SIDE] and wants_shadow(route, request[REQUEST_ID]):
+        app[SHADOWER].launch(
+            request, route, params, body, legacy_url=table.legacy_url, primary_side=request[BACKEND],
+            primary=response, request_id=request[REQUEST_ID],
+        )
+    return response
 
 
 async def _upstream_session(app: web.Application) -> AsyncIterator[None]:
     session = make_session(app[SETTINGS].upstream_pool_size)
     app[FORWARDER] = Forwarder(session, app[METRICS])
+    shadower = app[SHADOWER] = Shadower(app[SETTINGS], app[METRICS], app[FORWARDER], app[NEW_SIDE])
+    shadower.start()
     yield
+    await shadower.stop()
     await session.close()
 
 
@@ -202,7 +215,7 @@ def create_app(
         default_legacy_url=settings.legacy_url,
         metrics=metrics,
     )
-    app[ADMIN_APP] = create_admin_app(app[ROUTING], metrics, settings, app[READINESS])
+    app[ADMIN_APP] = create_admin_app(app[ROUTING], metrics, settings, app[READINESS], lambda: app.get(SHADOWER))
     app.on_response_prepare.append(_add_edge_headers)
     setup_new_side(app, settings)
     app.cleanup_ctx.append(_upstream_session)

@@ -99,6 +99,22 @@ class Forwarder:
             log.warning("upstream_unavailable", route=route, error=exc.__class__.__name__, request_id=request_id)
             return error_response(502, 50201, "upstream_unavailable", {"route": route})
 
+    async def fetch(
+        self, request: web.Request, body: bytes, *, base_url: str, timeout_ms: int, request_id: str,
+    ) -> tuple[int, bytes]:
+        """The same call as `forward`, for a shadow: status and whole (identity-encoded) body.
+
+        Errors are raised (aiohttp.ClientError, TimeoutError) for the caller to count.
+        """
+        headers = upstream_headers(request, request_id)
+        headers.popall("Accept-Encoding", None)  # the diff needs the plain body
+        headers["X-Edge-Shadow"] = "1"
+        async with self._session.request(
+            request.method, URL(base_url + request.raw_path, encoded=True), headers=headers,
+            data=body or None, timeout=aiohttp.ClientTimeout(total=timeout_ms / 1000), allow_redirects=False,
+        ) as upstream:
+            return upstream.status, await upstream.read()
+
     async def _relay(self, request: web.Request, upstream: aiohttp.ClientResponse) -> web.StreamResponse:
         headers: CIMultiDict[str] = CIMultiDict()
         for name, value in upstream.headers.items():

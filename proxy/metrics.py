@@ -39,6 +39,25 @@ class EdgeMetrics:
         self.reloads = Counter(
             "edge_routing_reload_total", "routing.yaml loads by result", ("result",), registry=registry,
         )
+        self.shadow_requests = Counter(
+            "edge_shadow_requests_total", "Shadowed requests by outcome (match, mismatch, error, skipped)",
+            ("route", "outcome"), registry=registry,
+        )
+        self.shadow_mismatch_fields = Counter(
+            "edge_shadow_mismatch_fields_total", "Fields that differed between primary and shadow",
+            ("route", "field"), registry=registry,
+        )
+        self.shadow_noise_fields = Counter(
+            "edge_shadow_noise_fields_total", "Fields that differed between two calls to the primary side",
+            ("route", "field"), registry=registry,
+        )
+        self.shadow_inflight = Gauge(
+            "edge_shadow_inflight", "Shadow calls in flight", registry=registry, multiprocess_mode="livesum",
+        )
+        self.shadow_duration = Histogram(
+            "edge_shadow_duration_seconds", "Duration of shadow-side and noise calls, by side called",
+            ("route", "side"), buckets=_BUCKETS, registry=registry,
+        )
         self.body_too_large = Counter(
             "edge_body_too_large_total", "Requests refused with 413 before any upstream call", registry=registry,
         )

@@ -130,8 +130,10 @@ class RoutingState:
                     "timeout_ms": r.timeout_ms,
                     "shadow": None if r.shadow is None else {
                         "percent": float(r.shadow.percent),
-                        "ignore": list(r.shadow.ignore),
-                        "tolerance": None if r.shadow.tolerance is None else str(r.shadow.tolerance),
+                        "noise_percent": float(r.shadow.noise_percent),
+                        "ignore": list(r.shadow.rules.ignore),
+                        "tolerance": None if r.shadow.rules.tolerance is None else str(r.shadow.rules.tolerance),
+                        "unordered_lists": r.shadow.rules.unordered_lists,
                     },
                     "allow_new": sorted(r.allow_new),
                     "deny_new": sorted(r.deny_new),

@@ -17,6 +17,8 @@ from urllib.parse import unquote
 
 import yaml
 
+from shadow.normalise import CompareRules
+
 CONSUMER_EVENTS = ("payment_notified", "payment_failed", "purchased", "refund_notified", "group_update")
 CONSUMER_OWNERS = ("legacy", "new")
 HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
@@ -37,12 +39,17 @@ class RoutingError(ValueError):
 @dataclass(frozen=True, slots=True)
 class ShadowSpec:
     percent: Decimal
-    ignore: tuple[str, ...] = ()
-    tolerance: Decimal | None = None
+    rules: CompareRules = CompareRules()
+    # Share of shadowed requests whose primary side is also called a second time (Diffy's noise sample).
+    noise_percent: Decimal = Decimal(10)
 
     @property
     def basis_points(self) -> int:
         return int(self.percent * 100)
+
+    @property
+    def noise_basis_points(self) -> int:
+        return int(self.noise_percent * 100)
 
 
 @dataclass(frozen=True, slots=True)
@@ -293,18 +300,26 @@ def _route(name: str, node: _Node, default_timeout: int, new_routes: Collection[
 
 
 def _shadow(where: str, node: _Node) -> ShadowSpec:
-    keys = _keys(where, node, ("percent", "ignore", "tolerance"), ("percent",))
+    keys = _keys(where, node, ("percent", "ignore", "tolerance", "unordered_lists", "noise_percent"), ("percent",))
+    ignore = _str_list(f"{where}.ignore", keys["ignore"]) if "ignore" in keys else ()
+    unordered = False
+    if "unordered_lists" in keys:
+        if not isinstance(keys["unordered_lists"].value, bool):
+            raise _fail(f"{where}.unordered_lists", keys["unordered_lists"], "must be true or false")
+        unordered = keys["unordered_lists"].value
     tolerance = None
     if "tolerance" in keys:
         raw = keys["tolerance"].value
-        try:
-            tolerance = Decimal(str(raw))
-        except InvalidOperation:
-            raise _fail(f"{where}.tolerance", keys["tolerance"], "must be a number") from None
-        if isinstance(raw, bool) or not tolerance.is_finite() or tolerance < 0:
+        if isinstance(raw, bool) or not isinstance(raw, int | Decimal | str):
             raise _fail(f"{where}.tolerance", keys["tolerance"], "must be a number ≥ 0")
-    ignore = _str_list(f"{where}.ignore", keys["ignore"]) if "ignore" in keys else ()
-    return ShadowSpec(percent=_percent(f"{where}.percent", keys["percent"]), ignore=ignore, tolerance=tolerance)
+        tolerance = raw
+    try:
+        rules = CompareRules(ignore=ignore, tolerance=tolerance, unordered_lists=unordered)
+    except ValueError as exc:
+        key = "ignore" if "ignore" in str(exc).lower() or "path" in str(exc).lower() else "tolerance"
+        raise _fail(f"{where}.{key}", keys.get(key, node), str(exc)) from None
+    noise = _percent(f"{where}.noise_percent", keys["noise_percent"]) if "noise_percent" in keys else Decimal(10)
+    return ShadowSpec(percent=_percent(f"{where}.percent", keys["percent"]), rules=rules, noise_percent=noise)
 
 
 def parse_routing(

@@ -90,6 +90,15 @@ class Settings:
     # How often the routing file is checked for changes (the spec asks for < 1 s).
     routing_poll_seconds: float = 0.25
     access_log: bool = True
+    shadow_max_inflight: int = 64
+    shadow_timeout_ms: int = 3000
+    shadow_queue_size: int = 1000
+    shadow_max_fields: int = 200
+    shadow_examples_per_field: int = 5
+    shadow_examples_bytes: int = 8 * 1024 * 1024
+    # Diffy's defaults: a field is a real mismatch when its rate beats its noise rate by 20 % and 0.03 points.
+    shadow_noise_relative: float = 0.2
+    shadow_noise_absolute: float = 0.0003
     db_url: str = "sqlite+aiosqlite:///var/shop.db"
     db_pool_size: int = 10
     # How stale reference data (discounts, coupons, forex, shipping, tariffs, SKUs) may be.
@@ -123,6 +132,14 @@ class Settings:
             upstream_pool_size=_int(env, "EDGE_UPSTREAM_POOL", 512, low=1, high=100_000),
             routing_poll_seconds=_float(env, "EDGE_ROUTING_POLL_SECONDS", 0.25, low=0.01, high=1.0),
             access_log=_bool(env, "EDGE_ACCESS_LOG", True),
+            shadow_max_inflight=_int(env, "EDGE_SHADOW_MAX_INFLIGHT", 64, low=1, high=100_000),
+            shadow_timeout_ms=_int(env, "EDGE_SHADOW_TIMEOUT_MS", 3000, low=1, high=600_000),
+            shadow_queue_size=_int(env, "EDGE_SHADOW_QUEUE", 1000, low=1, high=1_000_000),
+            shadow_max_fields=_int(env, "EDGE_SHADOW_MAX_FIELDS", 200, low=1, high=10_000),
+            shadow_examples_per_field=_int(env, "EDGE_SHADOW_EXAMPLES_PER_FIELD", 5, low=0, high=100),
+            shadow_examples_bytes=_int(env, "EDGE_SHADOW_EXAMPLES_BYTES", 8 * 1024 * 1024, low=0, high=1024**3),
+            shadow_noise_relative=_float(env, "EDGE_SHADOW_NOISE_RELATIVE", 0.2, low=0.0, high=1.0),
+            shadow_noise_absolute=_float(env, "EDGE_SHADOW_NOISE_ABSOLUTE", 0.0003, low=0.0, high=1.0),
             db_url=env.get("SHOP_DB_URL") or "sqlite+aiosqlite:///var/shop.db",
             db_pool_size=_int(env, "SHOP_DB_POOL_SIZE", 10, low=1, high=500),
             reference_ttl_seconds=_float(env, "SHOP_REFERENCE_TTL_SECONDS", 5.0, low=0.0, high=3600.0),

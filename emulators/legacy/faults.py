@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import random
 import socket
@@ -32,7 +33,7 @@ log = logging.getLogger(__name__)
 
 ADMIN_PREFIX = "/_emulator"
 MAX_DELAY_MS = 600_000
-_FIELDS = {"path", "delay_ms", "error_rate", "error_status", "reset_rate"}
+_FIELDS = {"path", "delay_ms", "error_rate", "error_status", "reset_rate", "random_field"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +43,7 @@ class FaultRule:
     error_rate: float = 0.0
     error_status: int = 500
     reset_rate: float = 0.0
+    random_field: str | None = None
 
     def matches(self, path: str) -> bool:
         if self.path.endswith("*"):
@@ -70,6 +72,7 @@ class FaultRule:
             error_rate=_rate_field(body, "error_rate"),
             error_status=_int_field(body, "error_status", 500, 400, 599),
             reset_rate=_rate_field(body, "reset_rate"),
+            random_field=_name_field(body, "random_field"),
         )
 
 
@@ -77,6 +80,15 @@ def _int_field(body: dict[str, Any], name: str, default: int, low: int, high: in
     value = body.get(name, default)
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
         raise bad_request(name, f"must be an integer in {low}..{high}")
+    return value
+
+
+def _name_field(body: dict[str, Any], name: str) -> str | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.isidentifier() or len(value) > 64:
+        raise bad_request(name, "must be a plain key name")
     return value
 
 
@@ -110,6 +122,9 @@ class FaultTable:
     def matching(self, path: str) -> list[FaultRule]:
         return [rule for rule in self._rules.values() if rule.matches(path)]
 
+    def draw_token(self) -> str:
+        return f"{self._rng.getrandbits(64):016x}"
+
     def draw(self, rate: float) -> bool:
         """True with probability ``rate``; exact for 0 and 1."""
         return rate > 0.0 and self._rng.random() < rate
@@ -140,7 +155,24 @@ async def fault_middleware(request: web.Request, handler: Handler) -> web.Stream
             return error_response(
                 rule.error_status, rule.error_status * 100, "injected_fault", {"fault": rule.path}
             )
-    return await handler(request)
+    response = await handler(request)
+    for rule in table.matching(request.path):
+        if rule.random_field:
+            response = _with_random_field(response, rule.random_field, table)
+    return response
+
+
+def _with_random_field(response: web.StreamResponse, name: str, table: FaultTable) -> web.StreamResponse:
+    if not isinstance(response, web.Response) or not isinstance(response.body, bytes):
+        return response
+    try:
+        doc = json.loads(response.body)
+    except ValueError:
+        return response
+    if isinstance(doc, dict) and isinstance(doc.get("data"), dict):
+        doc["data"][name] = f"{table.draw_token()}"
+        response.body = json.dumps(doc).encode()
+    return response
 
 
 def _reset(request: web.Request) -> web.StreamResponse:

@@ -27,6 +27,7 @@ from emulators.legacy import create_app
 from shop.db import create_all, drop_all, make_engine
 from shop.schema import cart_items, orders, skus
 from shop.seed import seed_demo
+from tests.support.shopdb import seed_database
 
 ClientFactory = Callable[..., Awaitable[TestClient]]
 
@@ -375,8 +376,8 @@ async def test_fault_list_replace_clear_and_admin_paths_exempt(bare_client: Test
     assert resp.status == 200  # /_emulator/* is never faulted, even by "*"
     assert await resp.json() == {
         "faults": [
-            {"path": "*", "delay_ms": 0, "error_rate": 1.0, "error_status": 500, "reset_rate": 0.0},
-            {"path": "/shopping/cart", "delay_ms": 20, "error_rate": 0.0, "error_status": 500, "reset_rate": 0.0},
+            {"path": "*", "delay_ms": 0, "error_rate": 1.0, "error_status": 500, "reset_rate": 0.0, "random_field": None},
+            {"path": "/shopping/cart", "delay_ms": 20, "error_rate": 0.0, "error_status": 500, "reset_rate": 0.0, "random_field": None},
         ]
     }
     assert (await bare_client.get("/_emulator/health")).status == 200
@@ -427,3 +428,16 @@ async def test_oversized_body_is_413_envelope(bare_client: TestClient) -> None:
         "/shopping/cart", data=b"x" * (2 * 1024 * 1024), headers={**AUTH, "Content-Type": "application/json"}
     )
     assert await envelope(resp, 413) == {"code": 41301, "msg": "body_too_large", "data": None}
+
+
+async def test_random_field_knob_stamps_each_answer_differently(sqlite_url: str, aiohttp_client) -> None:
+    await seed_database(sqlite_url)
+    client = await aiohttp_client(create_app(sqlite_url))
+    resp = await client.post("/_emulator/faults", json={"path": "/shopping/cart", "random_field": "quote_time"})
+    assert resp.status == 200
+    first = (await (await client.get("/shopping/cart", headers={"X-User-Id": "1"})).json())["data"]
+    second = (await (await client.get("/shopping/cart", headers={"X-User-Id": "1"})).json())["data"]
+    assert first["quote_time"] != second["quote_time"]
+    assert first["items"] == second["items"]
+    bad = await client.post("/_emulator/faults", json={"path": "/x", "random_field": "not a key"})
+    assert bad.status == 400

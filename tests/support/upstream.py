@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import secrets
 import socket
 import struct
 
@@ -28,6 +29,10 @@ async def echo(request: web.Request) -> web.StreamResponse:
         request.transport.close()
         await asyncio.sleep(1)
     status = int(request.query.get("status", "200"))
+    if "random_keys" in request.query:
+        # A body whose keys never repeat: every shadow diff names new field paths.
+        keys = {f"k{secrets.token_hex(6)}": i for i in range(int(request.query["random_keys"]))}
+        return web.json_response({"code": 0, "msg": "ok", "data": keys}, status=status)
     if "big" in request.query:
         size = int(request.query["big"])
         resp = web.StreamResponse(status=status, headers={"Content-Type": "application/octet-stream"})

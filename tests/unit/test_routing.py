@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from decimal import Decimal
 from pathlib import Path
 
@@ -49,7 +50,8 @@ def test_good_file_parses_into_specs() -> None:
     assert table.legacy_url == "http://old:9000"
     calc = table.routes["calc_price"]
     assert calc.new_percent == Decimal("0.5") and calc.new_basis_points == 50
-    assert calc.shadow is not None and calc.shadow.percent == 25 and calc.shadow.tolerance == Decimal("0.01")
+    assert calc.shadow is not None and calc.shadow.percent == 25 and calc.shadow.rules.tolerance == Decimal("0.01")
+    assert calc.shadow.rules.ignore == ("root['data']['server_time']",) and calc.shadow.noise_percent == 10
     assert calc.allow_new == frozenset({"1001", "7"})
     assert calc.timeout_ms == 3000 and table.routes["detail"].timeout_ms == 800
     assert table.routes["place_order"].writes and table.routes["place_order"].new_percent == 0
@@ -156,3 +158,21 @@ def test_tricky_paths_never_pick_a_route_they_do_not_spell(raw_path: str) -> Non
 def test_passthrough_name_is_reserved() -> None:
     with pytest.raises(RoutingError, match="reserved"):
         parse(GOOD + f"  {PASSTHROUGH}:\n    match: {{methods: [GET], path: /x}}\n")
+
+
+@pytest.mark.parametrize(
+    ("shadow", "where"),
+    [
+        ('{percent: 25, ignore: ["root[data"]}', "routes.calc_price.shadow.ignore"),
+        ("{percent: 25, tolerance: -1}", "routes.calc_price.shadow.tolerance"),
+        ("{percent: 25, tolerance: lots}", "routes.calc_price.shadow.tolerance"),
+        ("{percent: 25, unordered_lists: maybe}", "routes.calc_price.shadow.unordered_lists"),
+        ("{percent: 25, noise_percent: 200}", "routes.calc_price.shadow.noise_percent"),
+        ("{ignore: []}", "routes.calc_price.shadow.percent"),
+        ("{percent: 25, sample: 3}", "routes.calc_price.shadow.sample"),
+    ],
+)
+def test_bad_shadow_blocks_are_rejected(shadow: str, where: str) -> None:
+    text = GOOD.replace("""shadow: {percent: 25, ignore: ["root['data']['server_time']"], tolerance: 0.01}""", f"shadow: {shadow}")
+    with pytest.raises(RoutingError, match=re.escape(where)):
+        parse(text)

@@ -1,0 +1,228 @@
+"""Shadow mode at the edge: both sides called, diffs off the request path, noise, bounds."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+from prometheus_client import CollectorRegistry
+from sqlalchemy import insert
+
+from emulators.legacy import create_app as create_legacy_app
+from proxy.app import ADMIN_APP, ROUTING, SHADOWER, create_app
+from shop import schema as t
+from shop.db import make_engine
+from tests.support.edge import calc_price_route, edge_settings, routing_doc, write_routing
+from tests.support.shopdb import seed_database
+from tests.support.upstream import CALLS, create_echo_app
+
+CALC = "/shopping/cal_price/v4_4"
+TIE_SKU = 9001  # 26.75 in category 10 (10 % off): 2.675 rounds to 2.68 in Decimal, 2.67 in float
+PLAIN_BODY = {"items": [{"sku_id": 2, "qty": 2}], "region": "US", "currency": "USD"}
+TIE_BODY = {"items": [{"sku_id": TIE_SKU, "qty": 1}], "region": "US", "currency": "USD"}
+
+
+async def add_tie_sku(url: str) -> None:
+    engine = make_engine(url)
+    async with engine.begin() as conn:
+        await conn.execute(insert(t.skus).values(id=TIE_SKU, name="Tie", category_id=10, price="26.75", stock=100, active=True))
+    await engine.dispose()
+
+
+class Stack:
+    def __init__(self, edge: TestClient, admin: TestClient, legacy: TestClient, registry: CollectorRegistry) -> None:
+        self.edge, self.admin, self.legacy, self.registry = edge, admin, legacy, registry
+
+    @property
+    def shadower(self):
+        return self.edge.server.app[SHADOWER]
+
+    async def settle(self, timeout: float = 10.0) -> None:
+        """Until every shadow call has finished and the diff queue is empty."""
+        deadline = time.monotonic() + timeout
+        while self.shadower.inflight or self.shadower.worker.queue_depth or self.shadower.worker.done < self.shadower.worker.submitted:
+            assert time.monotonic() < deadline, "shadow work did not settle"
+            await asyncio.sleep(0.02)
+
+    def outcome(self, route: str, outcome: str) -> float:
+        return self.registry.get_sample_value("edge_shadow_requests_total", {"route": route, "outcome": outcome}) or 0.0
+
+    async def report(self, route: str = "calc_price") -> dict[str, Any]:
+        resp = await self.admin.get("/_edge/shadow", params={"route": route})
+        assert resp.status == 200
+        return (await resp.json())["routes"].get(route, {})
+
+    async def fault(self, **rule: Any) -> None:
+        resp = await self.legacy.post("/_emulator/faults", json=rule)
+        assert resp.status == 200, await resp.text()
+
+
+@pytest.fixture
+async def make_stack(aiohttp_server: Callable[..., Awaitable[TestServer]], aiohttp_client, tmp_path: Path):
+    opened: list[TestClient] = []
+
+    async def make(route: dict[str, Any], *, legacy_app=None, **settings: Any) -> Stack:
+        db = await seed_database(f"sqlite+aiosqlite:///{tmp_path / 'shop.db'}")
+        await add_tie_sku(db)
+        legacy_server = await aiohttp_server(legacy_app or create_legacy_app(db))
+        legacy_url = str(legacy_server.make_url("")).rstrip("/")
+        routing = write_routing(tmp_path / "routing.yaml", routing_doc(legacy_url, calc_price=route))
+        registry = CollectorRegistry()
+        app = create_app(edge_settings(routing, legacy_url, db_url=db, **settings), registry=registry)
+        edge = await aiohttp_client(app)
+        admin = TestClient(TestServer(app[ADMIN_APP]))
+        legacy = TestClient(legacy_server)
+        for c in (admin, legacy):
+            await c.start_server()
+            opened.append(c)
+        return Stack(edge, admin, legacy, registry)
+
+    yield make
+    for c in opened:
+        await c.close()
+
+
+async def test_float_rounding_differences_show_on_exactly_the_money_fields(make_stack) -> None:
+    stack = await make_stack(calc_price_route(0, shadow={"percent": 100, "noise_percent": 0}))
+    for _ in range(5):
+        resp = await stack.edge.post(CALC, json=TIE_BODY)
+        assert resp.status == 200 and resp.headers["X-Edge-Backend"] == "legacy"
+    for _ in range(5):
+        assert (await stack.edge.post(CALC, json=PLAIN_BODY)).status == 200
+    await stack.settle()
+    assert stack.outcome("calc_price", "mismatch") == 5
+    assert stack.outcome("calc_price", "match") == 5
+    report = await stack.report()
+    fields = {f["field"]: f for f in report["fields"]}
+    assert set(fields) == {"data.items[*].mall_discount", "data.summary.mall_discount", "data.summary.total"}
+    assert all(f["mismatches"] == 5 and f["verdict"] == "mismatch" for f in fields.values())
+    example = fields["data.summary.total"]["examples"][0]
+    assert example["primary"]["side"] == "legacy" and example["shadow"]["side"] == "new"
+    assert "values_changed" in example["diff"]
+    assert stack.registry.get_sample_value(
+        "edge_shadow_mismatch_fields_total", {"route": "calc_price", "field": "data.summary.total"}) == 5
+
+
+async def test_ignore_path_hides_a_field(make_stack) -> None:
+    ignore = ["root['data']['summary']['mall_discount']", "root['data']['items'][*]['mall_discount']"]
+    stack = await make_stack(calc_price_route(0, shadow={"percent": 100, "noise_percent": 0, "ignore": ignore}))
+    await stack.edge.post(CALC, json=TIE_BODY)
+    await stack.settle()
+    assert [f["field"] for f in (await stack.report())["fields"]] == ["data.summary.total"]
+
+
+async def test_tolerance_hides_cent_differences(make_stack) -> None:
+    stack = await make_stack(calc_price_route(0, shadow={"percent": 100, "noise_percent": 0, "tolerance": "0.01"}))
+    for _ in range(3):
+        await stack.edge.post(CALC, json=TIE_BODY)
+    await stack.settle()
+    assert stack.outcome("calc_price", "match") == 3 and stack.outcome("calc_price", "mismatch") == 0
+
+
+async def test_a_field_old_shopping_makes_random_is_noise_not_mismatch(make_stack) -> None:
+    stack = await make_stack(calc_price_route(0, shadow={"percent": 100, "noise_percent": 100}))
+    await stack.fault(path=CALC, random_field="quote_time")
+    for _ in range(20):
+        await stack.edge.post(CALC, json=PLAIN_BODY)
+    await stack.settle()
+    fields = {f["field"]: f for f in (await stack.report())["fields"]}
+    assert fields["data.quote_time"]["verdict"] == "noise"
+    assert fields["data.quote_time"]["noise"] == 20
+    assert stack.registry.get_sample_value(
+        "edge_shadow_noise_fields_total", {"route": "calc_price", "field": "data.quote_time"}) == 20
+    # The only difference is noise: no request counts as a mismatch.
+    assert stack.outcome("calc_price", "mismatch") == 0 and stack.outcome("calc_price", "match") == 20
+
+
+async def test_shadow_side_500_is_an_error_and_never_reaches_the_client(make_stack) -> None:
+    stack = await make_stack(calc_price_route(100, shadow={"percent": 100, "noise_percent": 0}))
+    await stack.fault(path=CALC, error_rate=1.0, error_status=500)
+    for _ in range(4):
+        resp = await stack.edge.post(CALC, json=PLAIN_BODY)
+        assert resp.status == 200 and resp.headers["X-Edge-Backend"] == "new"
+        assert (await resp.json())["code"] == 0
+    await stack.settle()
+    assert stack.outcome("calc_price", "error") == 4
+    assert stack.outcome("calc_price", "mismatch") == 0
+
+
+async def test_client_never_waits_for_a_slow_shadow(make_stack) -> None:
+    stack = await make_stack(calc_price_route(100, shadow={"percent": 100, "noise_percent": 0}))
+
+    async def p99(n: int) -> float:
+        times = []
+        for _ in range(n):
+            started = time.perf_counter()
+            resp = await stack.edge.post(CALC, json=PLAIN_BODY)
+            assert resp.status == 200
+            times.append(time.perf_counter() - started)
+        return sorted(times)[int(n * 0.99) - 1]
+
+    baseline = await p99(50)
+    await stack.fault(path=CALC, delay_ms=2000)  # the shadow side (old shopping) now takes 2 s
+    slowed = await p99(50)
+    assert slowed < 0.5, slowed
+    assert slowed <= 3 * baseline + 0.05, (baseline, slowed)
+    assert stack.shadower.inflight > 0  # the shadows are still running while the clients are done
+    await stack.settle(timeout=15)
+
+
+async def test_full_inflight_pool_skips_and_counts(make_stack) -> None:
+    stack = await make_stack(calc_price_route(100, shadow={"percent": 100, "noise_percent": 0}), shadow_max_inflight=2)
+    await stack.fault(path=CALC, delay_ms=500)
+    answers = await asyncio.gather(*(stack.edge.post(CALC, json=PLAIN_BODY) for _ in range(10)))
+    assert all(a.status == 200 for a in answers)
+    assert stack.outcome("calc_price", "skipped") == 8
+    assert stack.registry.get_sample_value("edge_shadow_inflight") == 2
+    await stack.settle()
+    assert stack.registry.get_sample_value("edge_shadow_inflight") == 0
+
+
+async def test_writes_are_never_shadowed(make_stack) -> None:
+    stack = await make_stack(calc_price_route(0))
+    place_order = {"match": {"methods": ["POST"], "path": "/shopping/cart/checkout/entries"}, "new_percent": 0, "writes": True}
+    state = stack.edge.server.app
+    path = state[ROUTING].path
+    legacy_url = state[ROUTING].table.legacy_url
+    write_routing(path, routing_doc(legacy_url, calc_price=calc_price_route(0), place_order=place_order))
+    assert state[ROUTING].reload("test").ok
+    await stack.legacy.delete("/_emulator/stats")
+    await stack.edge.post("/shopping/cart/checkout/entries", json={}, headers={"X-User-Id": "1", "Idempotency-Key": "k1"})
+    await asyncio.sleep(0.2)
+    stats = await (await stack.legacy.get("/_emulator/stats")).json()
+    assert stats["paths"] == {"/shopping/cart/checkout/entries": 1}
+    assert stack.shadower.inflight == 0 and stack.shadower.worker.submitted == 0
+
+
+async def test_ten_thousand_random_fields_keep_labels_bounded(make_stack, aiohttp_server) -> None:
+    echo = await aiohttp_server(create_echo_app())
+    stack = await make_stack(calc_price_route(100, shadow={"percent": 100, "noise_percent": 0}),
+                             legacy_app=None, shadow_max_fields=20)
+    # Point the route's old side at an upstream that answers 200 random keys every time.
+    state = stack.edge.server.app[ROUTING]
+    write_routing(state.path, routing_doc(str(echo.make_url("")).rstrip("/"), calc_price=calc_price_route(100, shadow={"percent": 100, "noise_percent": 0})))
+    assert state.reload("test").ok
+    for _ in range(50):
+        assert (await stack.edge.post(CALC + "?random_keys=200", json=PLAIN_BODY)).status == 200
+    await stack.settle()
+    assert len(echo.app[CALLS]) == 50  # 10,000 distinct keys came back
+    labels = {s.labels["field"] for m in stack.registry.collect() if m.name == "edge_shadow_mismatch_fields"
+              for s in m.samples if s.labels.get("route") == "calc_price"}
+    assert len(labels) <= 21 and "other" in labels
+
+
+async def test_shadow_page_json_and_html(make_stack) -> None:
+    stack = await make_stack(calc_price_route(0, shadow={"percent": 100, "noise_percent": 0}))
+    await stack.edge.post(CALC, json=TIE_BODY, headers={"X-Request-Id": "req-tie-1"})
+    await stack.settle()
+    html = await stack.admin.get("/_edge/shadow", headers={"Accept": "text/html"})
+    text = await html.text()
+    assert html.status == 200 and html.content_type == "text/html"
+    assert "calc_price" in text and "data.summary.total" in text and "req-tie-1" in text
+    data = await (await stack.admin.get("/_edge/shadow")).json()
+    assert data["routes"]["calc_price"]["requests"]["mismatch"] == 1
