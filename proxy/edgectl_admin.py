@@ -181,70 +181,40 @@ def render_status(described: Mapping[str, Any], metrics: MetricsSummary) -> str:
 
 
 # --- shadow --------------------------------------------------------------------------------------
-# GET /_edge/shadow?route=R is specified only as "mismatch counts and examples per route and field"
-# (shared/spec/edge.md), so the report is read leniently: the route's report either at the top or
-# under routes[R]; fields as {path: {count, examples}} or [{field|path, count, examples}].
-
-
-@dataclass(frozen=True, slots=True)
-class FieldReport:
-    field: str
-    count: float
-    example: Any
-
-
-def _field_reports(raw: Any) -> list[FieldReport]:
-    if isinstance(raw, Mapping):
-        items = [(str(k), v) for k, v in raw.items()]
-    elif isinstance(raw, list):
-        items = [(str(v.get("field") or v.get("path") or "?"), v) for v in raw if isinstance(v, Mapping)]
-    else:
-        return []
-    out = []
-    for name, info in items:
-        if isinstance(info, int | float):
-            out.append(FieldReport(name, info, None))
-            continue
-        info = info if isinstance(info, Mapping) else {}
-        examples = info.get("examples") or []
-        count = info.get("count", info.get("mismatches", len(examples)))
-        out.append(FieldReport(name, count if isinstance(count, int | float) else 0, examples[0] if examples else None))
-    return sorted(out, key=lambda f: (-f.count, f.field))
-
-
-def _route_report(data: Any, route: str) -> Mapping[str, Any] | None:
-    if not isinstance(data, Mapping):
-        raise ReportError("GET /_edge/shadow answered JSON that is not an object")
-    routes = data.get("routes")
-    if isinstance(routes, Mapping):
-        found = routes.get(route)
-        return found if isinstance(found, Mapping) else None
-    return data
+# GET /_edge/shadow?route=R answers shadow.report.render_json: routes[R] = {requests: {outcome: n},
+# compared, noise_samples, fields: [{field, mismatches, noise, verdict, examples: [{diff, …}]}]}.
 
 
 def _example_text(example: Any, limit: int) -> str:
-    text = json.dumps(example, ensure_ascii=False, sort_keys=True, default=str)
+    shown = example.get("diff", example) if isinstance(example, Mapping) else example
+    text = json.dumps(shown, ensure_ascii=False, sort_keys=True, default=str)
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def render_shadow(data: Any, route: str, top: int = 10, example_chars: int = 400) -> str:
-    report = _route_report(data, route)
-    if report is None:
+    if not isinstance(data, Mapping) or not isinstance(data.get("routes"), Mapping):
+        raise ReportError("GET /_edge/shadow answered something that is not a shadow report")
+    report = data["routes"].get(route)
+    if not isinstance(report, Mapping):
         return f"{route}: no shadow comparisons recorded"
-    lines = [f"{route}: shadow report"]
-    outcomes = report.get("outcomes") or report.get("counts")
-    if isinstance(outcomes, Mapping):
-        lines.append("outcomes: " + ", ".join(f"{k}={_count(v)}" for k, v in outcomes.items() if isinstance(v, int | float)))
-    for title, key_options in (("mismatching fields", ("fields", "mismatches", "mismatch_fields")), ("noise fields (differ between two calls to the same side)", ("noise", "noise_fields"))):
-        raw = next((report[k] for k in key_options if k in report), None)
-        fields = _field_reports(raw)
-        if not fields:
-            if title.startswith("mismatching"):
-                lines.append("no mismatching fields")
-            continue
-        lines.append(f"{title} (top {min(top, len(fields))} of {len(fields)}):")
-        for f in fields[:top]:
-            lines.append(f"  {_count(f.count):>6}  {f.field}")
-            if f.example is not None:
-                lines.append(f"          e.g. {_example_text(f.example, example_chars)}")
+    requests = report.get("requests") or {}
+    lines = [
+        f"{route}: shadow report",
+        "requests: " + ", ".join(f"{k}={_count(v)}" for k, v in requests.items() if isinstance(v, int | float)),
+        f"compared: {_count(report.get('compared', 0))}, noise samples: {_count(report.get('noise_samples', 0))}",
+    ]
+    fields = sorted(
+        (f for f in report.get("fields") or [] if isinstance(f, Mapping)),
+        key=lambda f: (f.get("verdict") != "mismatch", -(f.get("mismatches") or 0), str(f.get("field"))),
+    )
+    if not fields:
+        lines.append("no differing fields")
+        return "\n".join(lines)
+    lines.append(f"differing fields (top {min(top, len(fields))} of {len(fields)}; noise = differs between two calls to the same side):")
+    lines.append(f"  {'mismatches':>10}  {'noise':>6}  {'verdict':8}  field")
+    for f in fields[:top]:
+        lines.append(f"  {_count(f.get('mismatches', 0)):>10}  {_count(f.get('noise', 0)):>6}  {str(f.get('verdict', '?')):8}  {f.get('field')}")
+        examples = f.get("examples") or []
+        if examples:
+            lines.append(f"  {'':>10}  {'':>6}  {'':8}  e.g. {_example_text(examples[0], example_chars)}")
     return "\n".join(lines)

@@ -10,12 +10,15 @@ from pathlib import Path
 
 import pytest
 from aiohttp import web
-from prometheus_client import CollectorRegistry, Counter, generate_latest
+from prometheus_client import CollectorRegistry, generate_latest
 
 from handlers.routes import NEW_ROUTES
 from proxy.edgectl import main
 from proxy.edgectl_yaml import EditError, set_percents, write_atomic
 from proxy.metrics import EdgeMetrics
+from shadow.noise import DiffStats, NoiseRule
+from shadow.report import render_json
+from shadow.store import ExampleStore
 from proxy.routing import parse_routing
 
 REPO_ROUTING = Path(__file__).resolve().parents[2] / "routing.yaml"
@@ -304,9 +307,8 @@ def _metrics_text(with_shadow: bool) -> str:
     m.upstream_error("calc_price", "new", "connect")
     m.observe("passthrough", "legacy", "GET", 200, 0.01)
     if with_shadow:
-        shadow = Counter("edge_shadow_requests_total", "", ("route", "outcome"), registry=registry)
-        shadow.labels("calc_price", "match").inc(7)
-        shadow.labels("calc_price", "mismatch").inc(3)
+        m.shadow_requests.labels("calc_price", "match").inc(7)
+        m.shadow_requests.labels("calc_price", "mismatch").inc(3)
     return generate_latest(registry).decode()
 
 
@@ -329,11 +331,17 @@ def _admin_app(*, with_shadow: bool, reload_status: int = 200, seen: list[str] |
         return web.Response(text=_metrics_text(with_shadow), content_type="text/plain")
 
     async def shadow(request: web.Request) -> web.Response:
-        fields = {
-            "root['data']['total']": {"count": 3, "examples": [{"diff": {"legacy": "10.00", "new": "10.01"}}]},
-            "root['data']['currency']": {"count": 1, "examples": []},
-        }
-        return web.json_response({"routes": {request.query["route"]: {"outcomes": {"match": 7, "mismatch": 3}, "fields": fields}}})
+        # The edge's real report, built from real stats and examples.
+        stats, store = DiffStats(NoiseRule()), ExampleStore()
+        for i in range(10):
+            fields = ["data.total"] if i < 3 else []
+            if i == 0:
+                fields.append("data.currency")
+            stats.record_comparison("calc_price", fields)
+        diff = {"values_changed": {"root['data']['total']": {"old": "10.00", "new": "10.01"}}}
+        store.add("calc_price", "data.total", {"request_id": "r1", "diff": diff})
+        report = render_json(stats, store, {"calc_price": {"match": 7, "mismatch": 3}}, route=request.query.get("route"))
+        return web.json_response(report)
 
     async def reload(request: web.Request) -> web.Response:
         if seen is not None:
@@ -362,11 +370,11 @@ async def test_status_shows_routes_traffic_errors_and_reload_state(aiohttp_serve
     assert "REJECTED" in out and "150 is outside 0..100" in out
     rows = {line.split()[0]: line.split() for line in out.splitlines() if line and line.split()[0] in ("calc_price", "place_order", "passthrough", "TOTAL")}
     # route, new%, shadow%, writes, req legacy, req new, 5xx rate, upstream errors
-    assert rows["calc_price"] == ["calc_price", "25", "10", "no", "3", "1", "25.00%", "1"]
-    assert rows["place_order"] == ["place_order", "0", "-", "yes", "0", "0", "-", "0"]
-    assert rows["passthrough"] == ["passthrough", "-", "-", "-", "1", "0", "0.00%", "0"]
-    assert rows["TOTAL"] == ["TOTAL", "4", "1", "20.00%", "1"]
-    assert "mismatch" not in out  # no shadow metric on this edge yet
+    # …and shadow mismatch/compared, zero while no shadow traffic has run
+    assert rows["calc_price"] == ["calc_price", "25", "10", "no", "3", "1", "25.00%", "1", "0/0"]
+    assert rows["place_order"] == ["place_order", "0", "-", "yes", "0", "0", "-", "0", "0/0"]
+    assert rows["passthrough"] == ["passthrough", "-", "-", "-", "1", "0", "0.00%", "0", "0/0"]
+    assert rows["TOTAL"] == ["TOTAL", "4", "1", "20.00%", "1", "0/0"]
 
 
 async def test_status_shows_shadow_mismatches_when_the_edge_exports_them(aiohttp_server, ctl: Ctl) -> None:  # type: ignore[no-untyped-def]
@@ -382,9 +390,10 @@ async def test_shadow_prints_top_fields_with_an_example(aiohttp_server, ctl: Ctl
     code, out, _ = await _ctl_async(ctl, "shadow", "calc_price", "--admin", str(server.make_url("")))
     assert code == 0
     lines = out.splitlines()
-    assert "outcomes: match=7, mismatch=3" in lines
-    top = lines.index(next(line for line in lines if "root['data']['total']" in line))
-    assert "root['data']['currency']" in lines[top + 2]  # sorted by count, example in between
+    assert "requests: match=7, mismatch=3, error=0, skipped=0, total=10" in lines
+    top = lines.index(next(line for line in lines if line.endswith("data.total")))
+    assert lines[top].split()[:3] == ["3", "0", "mismatch"]
+    assert "data.currency" in lines[top + 2]  # sorted by count, example in between
     assert '"new": "10.01"' in lines[top + 1]
 
 
