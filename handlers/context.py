@@ -17,15 +17,20 @@ from shop.reference import ReferenceCache
 from shop.settings import Settings
 
 DB = web.AppKey("db", AsyncEngine)
+# Autocommit connections for the hot read paths (see shop.db.make_engine).
+DB_READ = web.AppKey("db_read", AsyncEngine)
 REFERENCE = web.AppKey("reference", ReferenceCache)
 
 
 def setup_new_side(app: web.Application, settings: Settings) -> None:
     async def resources(app: web.Application) -> AsyncIterator[None]:
         engine = make_engine(settings.db_url, **settings.db_pool_options())
+        reader = make_engine(settings.db_url, read_only=True, **settings.db_pool_options())
         app[DB] = engine
-        app[REFERENCE] = ReferenceCache(engine, settings.reference_ttl_seconds)
+        app[DB_READ] = reader
+        app[REFERENCE] = ReferenceCache(reader, settings.reference_ttl_seconds)
         yield
+        await reader.dispose()
         await engine.dispose()
 
     app.cleanup_ctx.append(resources)

@@ -7,7 +7,7 @@ from typing import Any
 
 from aiohttp import web
 
-from handlers.context import DB, REFERENCE
+from handlers.context import DB_READ, REFERENCE
 from handlers.http import caller_id, json_body, ok
 from shop.money import money_str
 from shop.pricing import PriceResult
@@ -62,7 +62,7 @@ async def calc_price(request: web.Request, params: Mapping[str, str]) -> web.Str
     user_id = caller_id(request)
     req = parse_price_request(await json_body(request))
     cfg = request.config_dict
-    q = await quote(cfg[DB], cfg[REFERENCE], req, user_id, utcnow())
+    q = await quote(cfg[DB_READ], cfg[REFERENCE], req, user_id, utcnow())
     return ok(price_json(q.result))
 
 
@@ -86,7 +86,7 @@ async def coupons(request: web.Request, params: Mapping[str, str]) -> web.Stream
     user_id = caller_id(request)
     req = parse_price_request(await json_body(request))
     cfg = request.config_dict
-    options, exponent = await coupon_options(cfg[DB], cfg[REFERENCE], req, user_id, utcnow())
+    options, exponent = await coupon_options(cfg[DB_READ], cfg[REFERENCE], req, user_id, utcnow())
     return ok({
         "usable": [_option_json(o, exponent) for o in options if o.reason is None],
         "unusable": [_option_json(o, exponent) for o in options if o.reason is not None],

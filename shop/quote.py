@@ -7,13 +7,15 @@ the caller's user id; the same functions would serve a Kafka consumer or a CLI.
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import Select, and_, bindparam, literal, select
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from shop import schema as t
@@ -109,42 +111,75 @@ def parse_price_request(body: object) -> PriceRequest:
     )
 
 
-async def _cart_lines(conn: AsyncConnection, user_id: int) -> tuple[tuple[int, int], ...]:
-    c = t.cart_items.c
-    rows = await conn.execute(
-        select(c.sku_id, c.qty).where(c.user_id == user_id, c.selected).order_by(c.created_at, c.id)
+@dataclass(frozen=True, slots=True)
+class CallerFacts:
+    """What a request reads that is the caller's own, besides cart lines."""
+
+    region: str | None = None  # of the address asked for; None = not the caller's or missing
+    wallet: Decimal = Decimal(0)
+    coupon_owner: int | None = None  # of the user_coupon asked for; None = missing
+    coupon_id: int | None = None
+    coupon_status: str | None = None
+
+
+@lru_cache(maxsize=16)
+def _caller_statement(address: bool, wallet: bool, coupon: bool, cart: bool) -> Select[Any]:
+    """Everything a price request reads that is the caller's own, in one round trip.
+
+    Address region, wallet and user coupon are scalar subqueries; the cart's selected lines
+    come as rows of a LEFT JOIN from a one-row table, so a caller with an empty cart still
+    gets one row of facts. Built once per combination: building Core statements per request
+    costs more than running them.
+    """
+    a, w, u, c = t.addresses.c, t.wallets.c, t.user_coupons.c, t.cart_items
+    cols = []
+    if address:
+        # Another user's address is answered exactly like a missing one.
+        cols.append(select(a.country).where(a.id == bindparam("address_id"), a.user_id == bindparam("user_id"))
+                    .scalar_subquery().label("region"))
+    if wallet:
+        cols.append(select(w.balance).where(w.user_id == bindparam("user_id")).scalar_subquery().label("wallet"))
+    if coupon:
+        one = u.id == bindparam("user_coupon_id")
+        cols += [
+            select(u.user_id).where(one).scalar_subquery().label("coupon_owner"),
+            select(u.coupon_id).where(one).scalar_subquery().label("coupon_id"),
+            select(u.status).where(one).scalar_subquery().label("coupon_status"),
+        ]
+    if not cart:
+        return select(*cols)
+    dual = select(literal(1).label("one")).subquery("dual")
+    lines = dual.outerjoin(c, and_(c.c.user_id == bindparam("user_id"), c.c.selected))
+    return select(c.c.sku_id, c.c.qty, *cols).select_from(lines).order_by(c.c.created_at, c.c.id)
+
+
+async def _caller_facts(
+    conn: AsyncConnection, user_id: int, req: PriceRequest
+) -> tuple[CallerFacts, tuple[tuple[int, int], ...] | None]:
+    """The caller's facts and, when the request names no items, their selected cart lines."""
+    flags = (req.address_id is not None, req.use_wallet, req.user_coupon_id is not None, req.items is None)
+    if not any(flags):
+        return CallerFacts(), None
+    params = {"user_id": user_id, "address_id": req.address_id, "user_coupon_id": req.user_coupon_id}
+    rows = (await conn.execute(_caller_statement(*flags), params)).mappings().all()
+    row = rows[0]
+    facts = CallerFacts(
+        region=row["region"].upper() if row.get("region") else None,
+        wallet=row.get("wallet") or Decimal(0),
+        coupon_owner=row.get("coupon_owner"),
+        coupon_id=row.get("coupon_id"),
+        coupon_status=row.get("coupon_status"),
     )
-    return tuple((r.sku_id, r.qty) for r in rows)
+    cart = tuple((r["sku_id"], r["qty"]) for r in rows if r["sku_id"] is not None) if req.items is None else None
+    return facts, cart
 
 
-async def _address_region(conn: AsyncConnection, user_id: int | None, address_id: int) -> str:
-    # Another user's address is answered exactly like a missing one.
-    if user_id is None:
-        raise _bad("address_id", "not_found")
-    a = t.addresses.c
-    region = (await conn.execute(select(a.country).where(a.id == address_id, a.user_id == user_id))).scalar()
-    if region is None:
-        raise _bad("address_id", "not_found")
-    return region.upper()
-
-
-async def _wallet_balance(conn: AsyncConnection, user_id: int) -> Decimal:
-    balance = (await conn.execute(select(t.wallets.c.balance).where(t.wallets.c.user_id == user_id))).scalar()
-    return balance or Decimal(0)
-
-
-async def _user_coupon(
-    conn: AsyncConnection, ref: ReferenceData, user_id: int | None, user_coupon_id: int
-) -> tuple[CouponChoice | None, str | None]:
-    if user_id is None:
-        return None, LOGIN_REQUIRED
-    u = t.user_coupons.c
-    row = (await conn.execute(select(u.user_id, u.coupon_id, u.status).where(u.id == user_coupon_id))).first()
-    if row is None or row.coupon_id not in ref.coupons_by_id:
+def _user_coupon(facts: CallerFacts, ref: ReferenceData, user_id: int, user_coupon_id: int) -> tuple[CouponChoice | None, str | None]:
+    if facts.coupon_owner is None or facts.coupon_id not in ref.coupons_by_id:
         return None, NOT_FOUND
-    if row.user_id != user_id:
+    if facts.coupon_owner != user_id:
         return None, NOT_OWNER
-    return CouponChoice(ref.coupons_by_id[row.coupon_id], user_coupon_id, row.status), None
+    return CouponChoice(ref.coupons_by_id[facts.coupon_id], user_coupon_id, facts.coupon_status or "unused"), None
 
 
 async def _coupon_by_code(
@@ -180,21 +215,24 @@ async def quote(
     fx = ref.forex.get(req.currency)
     if fx is None:
         raise _bad("currency", "unknown currency")
-    items = req.items
-    async with db.connect() as conn:
-        if items is None:
-            if user_id is None:
-                raise LoginRequired(data={"reason": "pricing the cart needs a logged-in caller; send items"})
-            items = await _cart_lines(conn, user_id)
-        region = await _address_region(conn, user_id, req.address_id) if req.address_id is not None else req.region
-        if region is None:
-            raise _bad("region", "give region or address_id")
-        choice, coupon_error = None, None
-        if req.user_coupon_id is not None:
-            choice, coupon_error = await _user_coupon(conn, ref, user_id, req.user_coupon_id)
-        elif req.coupon_code is not None:
-            choice, coupon_error = await _coupon_by_code(conn, ref, user_id, req.coupon_code)
-        wallet = await _wallet_balance(conn, user_id) if user_id is not None and req.use_wallet else Decimal(0)
+    if req.items is None and user_id is None:
+        raise LoginRequired(data={"reason": "pricing the cart needs a logged-in caller; send items"})
+    if req.address_id is not None and user_id is None:
+        raise _bad("address_id", "not_found")
+    for attempt in (1, 2):
+        try:
+            items, facts, choice, coupon_error = await _caller_rows(db, ref, req, user_id)
+            break
+        except DBAPIError as exc:
+            # A pooled connection the server dropped (restart, failover): invalidated now, retry once.
+            if attempt == 2 or not exc.connection_invalidated:
+                raise
+    region = facts.region if req.address_id is not None else req.region
+    if req.address_id is not None and region is None:
+        raise _bad("address_id", "not_found")
+    if region is None:
+        raise _bad("region", "give region or address_id")
+    wallet = facts.wallet if user_id is not None and req.use_wallet else Decimal(0)
     lines = await _price_lines(cache, items)
     inp = PricingInput(
         lines=lines,
@@ -212,6 +250,28 @@ async def quote(
         use_wallet=req.use_wallet and user_id is not None,
     )
     return Quote(price(inp), inp)
+
+
+async def _caller_rows(
+    db: AsyncEngine, ref: ReferenceData, req: PriceRequest, user_id: int | None
+) -> tuple[Sequence[tuple[int, int]], CallerFacts, CouponChoice | None, str | None]:
+    items: Sequence[tuple[int, int]] | None = req.items
+    facts = CallerFacts()
+    choice, coupon_error = None, None
+    async with db.connect() as conn:
+        if user_id is not None:
+            facts, cart = await _caller_facts(conn, user_id, req)
+            if items is None:
+                items = cart
+        if req.user_coupon_id is not None:
+            if user_id is None:
+                coupon_error = LOGIN_REQUIRED
+            else:
+                choice, coupon_error = _user_coupon(facts, ref, user_id, req.user_coupon_id)
+        elif req.coupon_code is not None:
+            choice, coupon_error = await _coupon_by_code(conn, ref, user_id, req.coupon_code)
+    assert items is not None  # anonymous callers without items were refused above
+    return items, facts, choice, coupon_error
 
 
 async def _price_lines(cache: ReferenceCache, items: Sequence[tuple[int, int]]) -> tuple[PriceLine, ...]:

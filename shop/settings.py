@@ -100,7 +100,7 @@ class Settings:
     shadow_noise_relative: float = 0.2
     shadow_noise_absolute: float = 0.0003
     db_url: str = "sqlite+aiosqlite:///var/shop.db"
-    db_pool_size: int = 10
+    db_pool_size: int = 32
     # How stale reference data (discounts, coupons, forex, shipping, tariffs, SKUs) may be.
     reference_ttl_seconds: float = 5.0
     kafka_bootstrap: str = "127.0.0.1:9092"
@@ -141,7 +141,7 @@ class Settings:
             shadow_noise_relative=_float(env, "EDGE_SHADOW_NOISE_RELATIVE", 0.2, low=0.0, high=1.0),
             shadow_noise_absolute=_float(env, "EDGE_SHADOW_NOISE_ABSOLUTE", 0.0003, low=0.0, high=1.0),
             db_url=env.get("SHOP_DB_URL") or "sqlite+aiosqlite:///var/shop.db",
-            db_pool_size=_int(env, "SHOP_DB_POOL_SIZE", 10, low=1, high=500),
+            db_pool_size=_int(env, "SHOP_DB_POOL_SIZE", 32, low=1, high=500),
             reference_ttl_seconds=_float(env, "SHOP_REFERENCE_TTL_SECONDS", 5.0, low=0.0, high=3600.0),
             kafka_bootstrap=env.get("SHOP_KAFKA_BOOTSTRAP") or "127.0.0.1:9092",
             service_token=env.get("SHOP_SERVICE_TOKEN") or None,
@@ -162,7 +162,9 @@ class Settings:
         """Pool sizing for make_engine; SQLite's file locking makes pools pointless there."""
         if self.db_url.startswith("sqlite"):
             return {}
-        return {"pool_size": self.db_pool_size, "max_overflow": self.db_pool_size * 2}
+        # A small overflow: overflow connections are closed on return, so a big one means a
+        # connect per request under load.
+        return {"pool_size": self.db_pool_size, "max_overflow": max(2, self.db_pool_size // 4)}
 
     def validate(self) -> None:
         if "://" not in self.db_url:
