@@ -26,6 +26,7 @@ from handlers.routes import NEW_ROUTES, NewRoute
 from proxy.admin import create_admin_app
 from proxy.forwarder import Forwarder, make_session
 from proxy.gray import goes_new, sticky_value
+from proxy.logs import flush_stdout_periodically
 from proxy.metrics import EdgeMetrics
 from proxy.reloader import RoutingState
 from proxy.routing import PASSTHROUGH
@@ -61,7 +62,9 @@ def _request_id(request: web.Request) -> str:
 async def access_middleware(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
     """Request id, response headers, one log line and the request metrics, for every request."""
     started = time.perf_counter()
-    request[REQUEST_ID] = _request_id(request)
+    request_id = request[REQUEST_ID] = _request_id(request)
+    # Each request runs in its own task (its own contextvars), so every log line it causes carries the id.
+    structlog.contextvars.bind_contextvars(request_id=request_id)
     status = 500
     try:
         response = await handler(request)
@@ -76,7 +79,6 @@ async def access_middleware(request: web.Request, handler: Callable[[web.Request
         if app[SETTINGS].access_log:
             log.info(
                 "request",
-                request_id=request[REQUEST_ID],
                 method=request.method,
                 path=request.raw_path.partition("?")[0],
                 route=route,
@@ -218,6 +220,7 @@ def create_app(
     app[ADMIN_APP] = create_admin_app(app[ROUTING], metrics, settings, app[READINESS], lambda: app.get(SHADOWER))
     app.on_response_prepare.append(_add_edge_headers)
     setup_new_side(app, settings)
+    app.cleanup_ctx.append(flush_stdout_periodically)
     app.cleanup_ctx.append(_upstream_session)
     app.cleanup_ctx.append(_routing_watcher)
     if settings.admin_port is not None:
