@@ -71,6 +71,11 @@ def make_engine(url: str, *, read_only: bool = False, **kw: Any) -> AsyncEngine:
         )
         if read_only:
             options.update(pool_pre_ping=False, pool_reset_on_return=None, connect_args={"autocommit": True})
+        else:
+            # Writes are guarded compare-and-set updates; READ COMMITTED makes every re-read in a
+            # transaction see what the other writer (old shopping) committed, so a lost CAS can be
+            # judged again instead of retrying against a stale snapshot (docs/orders.md).
+            options.update(isolation_level="READ COMMITTED")
     options.update(kw)
     engine = create_async_engine(parsed, **options)
     if read_only and backend in ("mysql", "mariadb"):

@@ -36,3 +36,17 @@ def worked_example(**changes: Any) -> PricingInput:
         use_wallet=True,
     )
     return replace(base, **changes)
+
+
+async def insert_order(conn: Any, order_id: str, *, user_id: int = 1, status: str = "pending_payment", **values: Any) -> None:
+    """An order row as either side writes it: enough columns for state and lifecycle tests."""
+    from shop import schema as t
+
+    row = {
+        "id": order_id, "user_id": user_id, "status": status, "region": "DE", "currency": "EUR",
+        "fx_rate": D("0.92"), "subtotal": D("114.52"), "mall_discount": D("3.68"), "coupon_discount": D("13.80"),
+        "shipping_fee": D("9.11"), "tariff": D("8.32"), "wallet_deduction": D("18.40"), "total": D("96.07"),
+        "base_total": D("104.42"), "created_at": NOW, "updated_at": NOW,
+    }
+    row.update(values)
+    await conn.execute(t.orders.insert().values(**row))
