@@ -6,7 +6,7 @@ import asyncio
 import itertools
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from shop import schema as t
 from shop.db import create_all, drop_all, make_engine
