@@ -1,0 +1,134 @@
+"""What an unpaid order holds — stock, a coupon, wallet money — taken and given back with guarded updates.
+
+Every statement is a compare-and-set that old shopping's concurrent writes cannot slip past:
+stock only goes down while enough is left, a coupon is only locked while unused, a wallet
+only pays while its balance covers the amount. Releases run in the same transaction as the
+order's winning `cancel`/`expire` transition (shop/order_states.py), and that transition is
+itself a CAS, so two cancellers never both release.
+
+Lock order, to keep concurrent checkouts and cancels free of deadlocks: SKU rows in ascending
+id, then the user coupon, then the wallet, then the order rows (docs/orders.md).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from decimal import Decimal
+
+from sqlalchemy import insert, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from shop import schema as t
+from shop.errors import Unprocessable
+
+ZERO = Decimal(0)
+
+
+async def take_stock(conn: AsyncConnection, lines: Iterable[tuple[int, int]]) -> None:
+    """Decrement stock for (sku_id, qty) lines, in ascending SKU order; out_of_stock names the SKU.
+
+    The caller's transaction rolls everything back on the raise, so a failed checkout changes nothing.
+    """
+    s = t.skus.c
+    for sku_id, qty in sorted(lines):
+        result = await conn.execute(
+            update(t.skus).where(s.id == sku_id, s.active, s.stock >= qty).values(stock=s.stock - qty)
+        )
+        if result.rowcount != 1:
+            raise Unprocessable("out_of_stock", {"sku_id": sku_id})
+
+
+async def return_stock(conn: AsyncConnection, order_id: str) -> None:
+    i = t.order_items.c
+    rows = (await conn.execute(select(i.sku_id, i.qty).where(i.order_id == order_id).order_by(i.sku_id))).all()
+    for sku_id, qty in rows:
+        await conn.execute(update(t.skus).where(t.skus.c.id == sku_id).values(stock=t.skus.c.stock + qty))
+
+
+async def lock_coupon(conn: AsyncConnection, user_coupon_id: int, user_id: int, order_id: str) -> bool:
+    """unused → locked for this order; False when another order (or old shopping) got it first."""
+    u = t.user_coupons.c
+    result = await conn.execute(
+        update(t.user_coupons)
+        .where(u.id == user_coupon_id, u.user_id == user_id, u.status == "unused")
+        .values(status="locked", order_id=order_id)
+    )
+    return result.rowcount == 1
+
+
+async def unlock_coupon(conn: AsyncConnection, order_id: str) -> int:
+    u = t.user_coupons.c
+    result = await conn.execute(
+        update(t.user_coupons).where(u.order_id == order_id, u.status == "locked").values(status="unused", order_id=None)
+    )
+    return result.rowcount
+
+
+async def use_coupon(conn: AsyncConnection, order_id: str) -> int:
+    """locked → used when the order is purchased."""
+    u = t.user_coupons.c
+    result = await conn.execute(
+        update(t.user_coupons).where(u.order_id == order_id, u.status == "locked").values(status="used", used_at=t.utcnow())
+    )
+    return result.rowcount
+
+
+async def reserve_wallet(conn: AsyncConnection, user_id: int, order_id: str, amount: Decimal) -> bool:
+    """Take `amount` (USD) from the wallet into a reservation; False when the balance no longer covers it."""
+    if amount <= 0:
+        return True
+    w = t.wallets.c
+    result = await conn.execute(
+        update(t.wallets).where(w.user_id == user_id, w.balance >= amount).values(balance=w.balance - amount)
+    )
+    if result.rowcount != 1:
+        return False
+    await conn.execute(insert(t.wallet_ledger).values(
+        user_id=user_id, order_id=order_id, amount=amount, kind="reserve", created_at=t.utcnow(),
+    ))
+    return True
+
+
+async def _open_reservation(conn: AsyncConnection, order_id: str) -> tuple[int, Decimal] | None:
+    """(user, amount) still reserved for the order: reserves not yet released or settled."""
+    lg = t.wallet_ledger.c
+    rows = (await conn.execute(select(lg.user_id, lg.kind, lg.amount).where(lg.order_id == order_id))).all()
+    if not rows:
+        return None
+    held = sum((r.amount for r in rows if r.kind == "reserve"), ZERO)
+    closed = sum((r.amount for r in rows if r.kind in ("release", "settle")), ZERO)
+    if held - closed <= 0:
+        return None
+    return rows[0].user_id, held - closed
+
+
+async def release_wallet(conn: AsyncConnection, order_id: str) -> Decimal:
+    """Give a cancelled order's reservation back to the wallet; the amount released (0 if none)."""
+    open_ = await _open_reservation(conn, order_id)
+    if open_ is None:
+        return ZERO
+    user_id, amount = open_
+    await conn.execute(update(t.wallets).where(t.wallets.c.user_id == user_id).values(balance=t.wallets.c.balance + amount))
+    await conn.execute(insert(t.wallet_ledger).values(
+        user_id=user_id, order_id=order_id, amount=amount, kind="release", created_at=t.utcnow(),
+    ))
+    return amount
+
+
+async def settle_wallet(conn: AsyncConnection, order_id: str) -> Decimal:
+    """A purchased order's reservation becomes spent money (the balance already went down)."""
+    open_ = await _open_reservation(conn, order_id)
+    if open_ is None:
+        return ZERO
+    user_id, amount = open_
+    await conn.execute(insert(t.wallet_ledger).values(
+        user_id=user_id, order_id=order_id, amount=amount, kind="settle", created_at=t.utcnow(),
+    ))
+    return amount
+
+
+async def release_all(conn: AsyncConnection, order_id: str) -> None:
+    """Everything a cancelled or expired order held, in lock order. Call only after winning the transition."""
+    await return_stock(conn, order_id)
+    await unlock_coupon(conn, order_id)
+    await release_wallet(conn, order_id)
