@@ -13,6 +13,8 @@ from types import MappingProxyType
 
 from aiohttp import web
 
+from handlers.checkout import place_order
+from handlers.orders import detail, paid_from_client, payment_methods
 from handlers.pricing import calc_price, coupons
 from shop.errors import NotMigrated
 
@@ -42,13 +44,13 @@ def _routes(*routes: NewRoute) -> Mapping[str, NewRoute]:
 NEW_ROUTES: Mapping[str, NewRoute] = _routes(
     NewRoute("calc_price", "POST", "/calc_price", calc_price),
     NewRoute("coupons", "POST", "/coupons", coupons),
-    NewRoute("place_order", "POST", "/place_order", not_migrated("place_order")),
-    NewRoute("detail", "GET", "/detail/{order_id}", not_migrated("detail")),
+    NewRoute("place_order", "POST", "/place_order", place_order),
+    NewRoute("detail", "GET", "/detail/{order_id}", detail),
     NewRoute("paypal_pay", "POST", "/paypal/pay/{ptype}/{order_id}", not_migrated("paypal_pay")),
     NewRoute("paypal_finished", "POST", "/Paypal/{order_id}/{pay_id}", not_migrated("paypal_finished")),
     NewRoute("adyen_pay", "POST", "/adyen/any/{order_id}", not_migrated("adyen_pay")),
-    NewRoute("payment_methods", "GET", "/payment_methods/{order_id}", not_migrated("payment_methods")),
-    NewRoute("paid_from_client", "POST", "/paid_from_client/{order_id}", not_migrated("paid_from_client")),
+    NewRoute("payment_methods", "GET", "/payment_methods/{order_id}", payment_methods),
+    NewRoute("paid_from_client", "POST", "/paid_from_client/{order_id}", paid_from_client),
     NewRoute("refund", "POST", "/refund", not_migrated("refund")),
     NewRoute("events", "POST", "/event/{name}", not_migrated("events")),
 )

@@ -1,0 +1,253 @@
+"""place_order: turn a priced cart into a pending order in one guarded transaction.
+
+Steps (legacy-api.md place_order, domain.md): re-price with the one pricing engine, compare
+with the total the user saw, check the address and its blacklist, then in ONE transaction take
+stock (SKUs ascending), lock the coupon, reserve wallet money, insert the order, its items, its
+first history row and an outbox `noti`. Every write is a guarded compare-and-set (old shopping
+writes the same rows), so a lost race is a clean 4xx and the transaction rolls back whole.
+
+Idempotency: the same Idempotency-Key from the same user returns the first order. The unique
+key (user_id, idempotency_key) on `orders` settles races: the loser's transaction rolls back
+(its stock, coupon and wallet holds with it) and it answers with the winner's order.
+Isolation READ COMMITTED, lock order SKUs → coupon → wallet → order: docs/orders.md.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+import structlog
+from sqlalchemy import insert, select
+from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from shop import schema as t
+from shop.errors import BadRequest, Conflict, LoginRequired, ShopError, Unprocessable
+from shop.money import money_str
+from shop.price_view import price_view
+from shop.pricing import PriceResult
+from shop.quote import PriceRequest, Quote, parse_price_request, quote
+from shop.reference import ReferenceCache
+from shop.reservations import lock_coupon, reserve_wallet, take_stock
+
+log = structlog.get_logger("shop.checkout")
+
+ORDER_TTL = timedelta(minutes=30)
+_KEY = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+# Crockford base32 without look-alikes: ids people can read out on the phone.
+_ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+_DEADLOCK_RETRIES = 3
+
+
+def new_order_id() -> str:
+    """A unique id safe to show users: random, not sequential (no order counts leak), 16 chars."""
+    return "N" + "".join(secrets.choice(_ALPHABET) for _ in range(15))
+
+
+@dataclass(frozen=True, slots=True)
+class OrderRequest:
+    price: PriceRequest
+    address_id: int
+    expected_total: Decimal
+    payment_method: str | None
+    idempotency_key: str
+    platform: str | None
+    app_version: str | None
+
+
+def parse_order_request(
+    body: object, idempotency_key: str | None, platform: str | None, app_version: str | None
+) -> OrderRequest:
+    if not idempotency_key or not _KEY.match(idempotency_key):
+        raise BadRequest(data={"field": "Idempotency-Key", "reason": "required: 1-64 letters, digits or ._:-"})
+    price = parse_price_request(body)
+    assert isinstance(body, dict)  # parse_price_request refused anything else
+    if price.address_id is None:
+        raise BadRequest(data={"field": "address_id", "reason": "required"})
+    raw_total = body.get("expected_total")
+    try:
+        if isinstance(raw_total, bool) or not isinstance(raw_total, str | int):
+            raise InvalidOperation
+        expected = Decimal(str(raw_total))
+        if not expected.is_finite() or expected < 0:
+            raise InvalidOperation
+    except InvalidOperation:
+        raise BadRequest(data={"field": "expected_total", "reason": "the total the user saw, as a decimal string"}) from None
+    method = body.get("payment_method")
+    if method is not None and (not isinstance(method, str) or not 0 < len(method) <= 32):
+        raise BadRequest(data={"field": "payment_method", "reason": "a method code or null"})
+    return OrderRequest(
+        price=price,
+        address_id=price.address_id,
+        expected_total=expected,
+        payment_method=method,
+        idempotency_key=idempotency_key,
+        platform=(platform or "")[:16] or None,
+        app_version=(app_version or "")[:32] or None,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class PlacedOrder:
+    order_id: str
+    status: str
+    total: Decimal
+    currency: str
+    exponent: int
+    expires_at: datetime
+    created: bool  # False: an earlier request with the same key made it
+
+    def view(self) -> dict[str, Any]:
+        return {
+            "order_id": self.order_id,
+            "status": self.status,
+            "total": money_str(self.total, self.exponent),
+            "currency": self.currency,
+            "expires_at": self.expires_at.isoformat(timespec="seconds") + "Z",
+        }
+
+
+async def _existing(conn: AsyncConnection, cache: ReferenceCache, user_id: int, key: str, now: datetime) -> PlacedOrder | None:
+    o = t.orders.c
+    row = (await conn.execute(
+        select(o.id, o.status, o.total, o.currency, o.expires_at).where(o.user_id == user_id, o.idempotency_key == key)
+    )).first()
+    if row is None:
+        return None
+    fx = (await cache.get(now)).forex.get(row.currency)
+    return PlacedOrder(row.id, row.status, row.total, row.currency, fx.exponent if fx else 2, row.expires_at, created=False)
+
+
+def _blocked(address: Any, blacklist: list[Any]) -> str | None:
+    """The blacklist kind that matches the address, if any."""
+    for entry in blacklist:
+        value = entry.value.strip().lower()
+        if entry.kind == "zip" and address.zip.strip().lower() == value:
+            return "zip"
+        if entry.kind == "phone" and address.phone.replace(" ", "") == entry.value.replace(" ", ""):
+            return "phone"
+        if entry.kind == "country" and address.country.strip().lower() == value:
+            return "country"
+        if entry.kind == "line_contains" and value and value in address.line1.lower():
+            return "line_contains"
+    return None
+
+
+async def place_order(
+    db: AsyncEngine,
+    db_read: AsyncEngine,
+    cache: ReferenceCache,
+    req: OrderRequest,
+    user_id: int | None,
+    now: datetime,
+) -> PlacedOrder:
+    if user_id is None:
+        raise LoginRequired()
+    async with db_read.connect() as conn:
+        earlier = await _existing(conn, cache, user_id, req.idempotency_key, now)
+        if earlier is not None:
+            return earlier
+        a = t.addresses.c
+        address = (await conn.execute(
+            select(t.addresses).where(a.id == req.address_id, a.user_id == user_id)
+        )).first()
+        if address is None:  # another user's address is answered exactly like a missing one
+            raise BadRequest(data={"field": "address_id", "reason": "not_found"})
+        blacklist = (await conn.execute(select(t.address_blacklist))).all()
+    kind = _blocked(address, blacklist)
+    if kind is not None:
+        raise Unprocessable("address_blocked", {"address_id": req.address_id, "kind": kind})
+
+    q = await quote(db_read, cache, req.price, user_id, now)
+    result = q.result
+    if not result.lines:
+        raise BadRequest(data={"field": "items", "reason": "the cart has no selected lines"})
+    if (req.price.user_coupon_id is not None or req.price.coupon_code is not None) and result.coupon is None:
+        raise Unprocessable("coupon_not_applicable", {"reason": result.coupon_error})
+    if result.shown.total != req.expected_total:
+        raise Conflict("price_changed", price_view(result))
+
+    for attempt in range(1, _DEADLOCK_RETRIES + 1):
+        order_id = new_order_id()
+        try:
+            async with db.begin() as conn:
+                await _write_order(conn, q, req, user_id, address, order_id, now)
+            log.info("order_placed", order_id=order_id, user_id=user_id, total=str(result.shown.total), currency=result.currency)
+            return PlacedOrder(order_id, "pending_payment", result.shown.total, result.currency, result.exponent, now + ORDER_TTL, True)
+        except (IntegrityError, ShopError):
+            # Everything here rolled back. When a request with the same key won a race — at the
+            # unique (user_id, idempotency_key), or first to the stock, coupon or wallet — this one
+            # answers with that order; otherwise the refusal stands.
+            async with db_read.connect() as conn:
+                earlier = await _existing(conn, cache, user_id, req.idempotency_key, now)
+            if earlier is not None:
+                return earlier
+            raise
+        except DBAPIError as exc:
+            if attempt < _DEADLOCK_RETRIES and _is_deadlock(exc):
+                log.warning("place_order_deadlock_retry", attempt=attempt)
+                continue
+            raise
+    raise AssertionError("unreachable")
+
+
+def _is_deadlock(exc: DBAPIError) -> bool:
+    code = getattr(exc.orig, "args", [None])[0]
+    return code in (1213, 1205)  # ER_LOCK_DEADLOCK, ER_LOCK_WAIT_TIMEOUT
+
+
+async def _write_order(
+    conn: AsyncConnection, q: Quote, req: OrderRequest, user_id: int, address: Any, order_id: str, now: datetime
+) -> None:
+    result: PriceResult = q.result
+    await take_stock(conn, [(line.sku_id, line.qty) for line in result.lines])
+    choice = result.coupon
+    user_coupon_id = None
+    if choice is not None:
+        if choice.user_coupon_id is not None:
+            if not await lock_coupon(conn, choice.user_coupon_id, user_id, order_id):
+                raise Unprocessable("coupon_not_applicable", {"reason": "used"})
+            user_coupon_id = choice.user_coupon_id
+        else:
+            # A public code the caller holds no row for: the order claims one, locked from the start.
+            inserted = await conn.execute(insert(t.user_coupons).values(
+                user_id=user_id, coupon_id=choice.coupon.coupon_id, status="locked", order_id=order_id, created_at=now,
+            ))
+            user_coupon_id = inserted.inserted_primary_key[0]
+    if not await reserve_wallet(conn, user_id, order_id, result.usd.wallet_deduction):
+        raise Conflict("price_changed", price_view(result))
+    s = result.shown
+    await conn.execute(insert(t.orders).values(
+        id=order_id, user_id=user_id, status="pending_payment", region=result.region, currency=result.currency,
+        fx_rate=result.fx_rate, subtotal=s.subtotal, mall_discount=s.mall_discount, coupon_discount=s.coupon_discount,
+        shipping_fee=s.shipping_fee, tariff=s.tariff, wallet_deduction=s.wallet_deduction, total=s.total,
+        base_total=result.usd.total, user_coupon_id=user_coupon_id,
+        address={k: address._mapping[k] for k in ("name", "phone", "country", "city", "zip", "line1")},
+        platform=req.platform, app_version=req.app_version, idempotency_key=req.idempotency_key,
+        expires_at=now + ORDER_TTL, created_at=now, updated_at=now,
+    ))
+    await conn.execute(insert(t.order_items), [
+        {
+            "order_id": order_id, "sku_id": line.sku_id, "name": line.name, "qty": line.qty,
+            "unit_price": line.shown.unit_price, "line_total": line.shown.line_total,
+            "mall_discount": line.shown.mall_discount, "coupon_discount": line.shown.coupon_discount,
+            "tariff": line.shown.tariff,
+        }
+        for line in result.lines
+    ])
+    await conn.execute(insert(t.order_status_history).values(
+        order_id=order_id, from_status=None, to_status="pending_payment", reason="placed", actor="new", created_at=now,
+    ))
+    await conn.execute(insert(t.outbox).values(
+        topic="noti", key=order_id, created_at=now,
+        payload={
+            "user_id": user_id, "template": "order_placed", "order_id": order_id,
+            "vars": {"total": money_str(s.total, result.exponent), "currency": result.currency,
+                     "payment_method": req.payment_method},
+        },
+    ))
