@@ -38,15 +38,20 @@ def main() -> None:
     inp = five_line_cart()
     for _ in range(2000):  # warm-up
         price(inp)
-    best = 0.0
+    best = best_cpu = 0.0
     for _ in range(5):
         n = 20_000
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         for _ in range(n):
             price(inp)
         best = max(best, n / (time.perf_counter() - t0))
+        # CPU time too: on a shared box other processes steal wall time, not this process's CPU.
+        best_cpu = max(best_cpu, n / (time.process_time() - c0))
     verdict = "met" if best >= 20_000 else f"missed by {20_000 - best:,.0f}/s"
-    print(f"pricing: {best:,.0f} prices/s for a 5-line cart (best of 5 × 20,000; target 20,000: {verdict})")
+    print(
+        f"pricing: {best:,.0f} prices/s wall, {best_cpu:,.0f} per CPU-second, for a 5-line cart "
+        f"(best of 5 × 20,000; target 20,000: {verdict})"
+    )
 
 
 if __name__ == "__main__":

@@ -154,17 +154,23 @@ def _active(starts: datetime | None, ends: datetime | None, now: datetime) -> bo
     return (starts is None or starts <= now) and (ends is None or now < ends)
 
 
-def _mall_discount(line: PriceLine, line_total: Decimal, discounts: Sequence[MallDiscount], now: datetime) -> Decimal:
-    best = ZERO
+def _discount_index(discounts: Sequence[MallDiscount], now: datetime) -> dict[tuple[str, int], list[MallDiscount]]:
+    """Active discounts by (scope, target): each line then looks up two keys instead of scanning all."""
+    index: dict[tuple[str, int], list[MallDiscount]] = {}
     for d in discounts:
-        if not (
-            (d.scope == "sku" and d.target_id == line.sku_id)
-            or (d.scope == "category" and d.target_id == line.category_id)
-        ) or not _active(d.starts_at, d.ends_at, now):
-            continue
-        amount = line_total * d.value / HUNDRED if d.kind == "percent" else min(d.value * line.qty, line_total)
-        best = max(best, amount)
-    return usd(min(best, line_total))
+        if _active(d.starts_at, d.ends_at, now):
+            index.setdefault((d.scope, d.target_id), []).append(d)
+    return index
+
+
+def _mall_discount(line: PriceLine, line_total: Decimal, index: dict[tuple[str, int], list[MallDiscount]]) -> Decimal:
+    best = ZERO
+    for key in (("sku", line.sku_id), ("category", line.category_id)):
+        for d in index.get(key, ()):
+            amount = line_total * d.value / HUNDRED if d.kind == "percent" else min(d.value * line.qty, line_total)
+            if amount > best:
+                best = amount
+    return min(best, line_total).quantize(CENT, ROUND_HALF_UP)
 
 
 def coupon_problem(choice: CouponChoice, region: str, eligible_base: Decimal, has_eligible: bool, now: datetime) -> str | None:
@@ -195,7 +201,7 @@ def _allocate(total: Decimal, weights: Sequence[Decimal]) -> list[Decimal]:
     weight_sum = sum(weights, ZERO)
     if total == 0 or weight_sum == 0:
         return [ZERO] * len(weights)
-    shares = [usd(total * w / weight_sum) for w in weights[:-1]]
+    shares = [(total * w / weight_sum).quantize(CENT, ROUND_HALF_UP) for w in weights[:-1]]
     shares.append(total - sum(shares, ZERO))
     carry = ZERO
     for order in (range(len(shares) - 1, -1, -1), range(len(shares))):
@@ -214,7 +220,8 @@ def price(inp: PricingInput) -> PriceResult:
         raise Unprocessable("region_not_served", {"region": inp.region})
     now = inp.now
     totals = [(line.unit_price * line.qty).quantize(CENT, ROUND_HALF_UP) for line in inp.lines]
-    malls = [_mall_discount(line, t, inp.mall_discounts, now) for line, t in zip(inp.lines, totals)]
+    index = _discount_index(inp.mall_discounts, now)
+    malls = [_mall_discount(line, t, index) for line, t in zip(inp.lines, totals)]
     nets = [t - m for t, m in zip(totals, malls)]
     subtotal = sum(totals, ZERO)
     mall = sum(malls, ZERO)
@@ -252,9 +259,10 @@ def price(inp: PricingInput) -> PriceResult:
 
     tariffs = [ZERO] * len(inp.lines)
     if inp.tariff is not None and goods_net > inp.tariff.de_minimis:
+        by_category, default_rate = inp.tariff.by_category, inp.tariff.default_rate
         for i, line in enumerate(inp.lines):
-            rate = inp.tariff.by_category.get(line.category_id, inp.tariff.default_rate)
-            tariffs[i] = usd((nets[i] - coupon_shares[i]) * rate / HUNDRED)
+            rate_pct = by_category.get(line.category_id, default_rate)
+            tariffs[i] = ((nets[i] - coupon_shares[i]) * rate_pct / HUNDRED).quantize(CENT, ROUND_HALF_UP)
     tariff = sum(tariffs, ZERO)
 
     before_wallet = goods_net + shipping + tariff
@@ -277,28 +285,36 @@ def price(inp: PricingInput) -> PriceResult:
     wallet_c = min(conv(wallet), sub_c - mall_c - coupon_c + ship_c + tariff_c)
     shown = Amounts(sub_c, mall_c, coupon_c, ship_c, tariff_c, wallet_c, sub_c - mall_c - coupon_c + ship_c + tariff_c - wallet_c)
 
+    # The hot loop of the whole engine (5 conversions per line): positional tuples, local names.
+    up = ROUND_HALF_UP
     lines = tuple(
         PricedLine(
-            sku_id=line.sku_id,
-            name=line.name,
-            category_id=line.category_id,
-            qty=line.qty,
-            usd=LineAmounts(line.unit_price.quantize(CENT, ROUND_HALF_UP), totals[i], malls[i], coupon_shares[i], tariffs[i]),
-            shown=LineAmounts(conv(line.unit_price), conv(totals[i]), conv(malls[i]), conv(coupon_shares[i]), conv(tariffs[i])),
+            line.sku_id,
+            line.name,
+            line.category_id,
+            line.qty,
+            LineAmounts(line.unit_price.quantize(CENT, up), total, mall_i, share, tariff_i),
+            LineAmounts(
+                (line.unit_price * rate).quantize(q, up),
+                (total * rate).quantize(q, up),
+                (mall_i * rate).quantize(q, up),
+                (share * rate).quantize(q, up),
+                (tariff_i * rate).quantize(q, up),
+            ),
         )
-        for i, line in enumerate(inp.lines)
+        for line, total, mall_i, share, tariff_i in zip(inp.lines, totals, malls, coupon_shares, tariffs)
     )
     return PriceResult(
-        region=inp.region,
-        currency=inp.currency,
-        exponent=exp,
-        fx_rate=rate,
-        lines=lines,
-        usd=usd_amounts,
-        shown=shown,
-        coupon=applied,
-        coupon_error=coupon_error,
-        free_shipping_threshold=None if rule.free_threshold is None else conv(rule.free_threshold),
-        wallet_balance=conv(inp.wallet_balance),
-        free_shipping=free_shipping,
+        inp.region,
+        inp.currency,
+        exp,
+        rate,
+        lines,
+        usd_amounts,
+        shown,
+        applied,
+        coupon_error,
+        None if rule.free_threshold is None else conv(rule.free_threshold),
+        conv(inp.wallet_balance),
+        free_shipping,
     )
