@@ -13,7 +13,16 @@ from dataclasses import dataclass
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from emulators.legacy import cart, coupons, envelope, orders, pricing
+from emulators.legacy import (
+    cart,
+    checkout,
+    coupons,
+    envelope,
+    order_actions,
+    order_detail,
+    orders,
+    pricing,
+)
 from emulators.legacy.envelope import ApiError
 
 
@@ -30,17 +39,20 @@ ROUTES: tuple[LegacyRoute, ...] = (
     LegacyRoute("cart_get", "GET", "/shopping/cart", cart.get_cart),
     LegacyRoute("cart_post", "POST", "/shopping/cart", cart.post_cart),
     LegacyRoute("orders_list", "GET", "/shopping/orders", orders.list_orders),
+    LegacyRoute("order_cancel", "POST", "/shopping/orders/{order_id}/cancel", order_actions.cancel),
     # Migrated to the new handlers (legacy-api.md). Old shopping's own versions, for the
     # edge's passthrough and shadow comparison; rows without a handler come later.
     LegacyRoute("calc_price", "POST", "/shopping/cal_price/v4_4", pricing.calc_price),
     LegacyRoute("coupons", "POST", "/shopping/user_coupons_for_order", coupons.list_coupons),
-    LegacyRoute("place_order", "POST", "/shopping/cart/checkout/entries"),
-    LegacyRoute("detail", "GET", "/shopping/orders_v43/{order_id}"),
+    LegacyRoute("place_order", "POST", "/shopping/cart/checkout/entries", checkout.place_order),
+    LegacyRoute("detail", "GET", "/shopping/orders_v43/{order_id}", order_detail.detail),
     LegacyRoute("paypal_pay", "POST", "/shopping/orders/{order_id}/pay/{ptype}/paypal"),
     LegacyRoute("paypal_finished", "POST", "/shopping/orders/{order_id}/paypal_finished/{pay_id}"),
     LegacyRoute("adyen_pay", "POST", "/shopping/orders/{order_id}/pay/any/adyen"),
-    LegacyRoute("payment_methods", "GET", "/shopping/orders/{order_id}/pay_cm"),
-    LegacyRoute("paid_from_client", "POST", "/shopping/orders/{order_id}/paid_from_client"),
+    LegacyRoute("payment_methods", "GET", "/shopping/orders/{order_id}/pay_cm", order_detail.payment_methods),
+    LegacyRoute(
+        "paid_from_client", "POST", "/shopping/orders/{order_id}/paid_from_client", order_actions.paid_from_client
+    ),
     LegacyRoute("refund", "POST", "/refund/refund"),
     LegacyRoute("events", "POST", "/event/{name}"),
 )
