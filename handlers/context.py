@@ -24,6 +24,8 @@ REFERENCE = web.AppKey("reference", ReferenceCache)
 
 def setup_new_side(app: web.Application, settings: Settings) -> None:
     async def resources(app: web.Application) -> AsyncIterator[None]:
+        # Writes hold a connection for a whole checkout, reads for a query or two: each process keeps
+        # its MariaDB connections (max_connections is shared with old shopping) to what it needs.
         engine = make_engine(settings.db_url, **settings.db_pool_options())
         reader = make_engine(settings.db_url, read_only=True, **settings.db_pool_options())
         app[DB] = engine

@@ -24,6 +24,7 @@ from handlers.context import db_ready, setup_new_side
 from handlers.errors import answer_new, error_middleware, error_response
 from handlers.routes import NEW_ROUTES, NewRoute
 from proxy.admin import create_admin_app
+from proxy.expiry_task import expiry_sweeper
 from proxy.forwarder import Forwarder, make_session
 from proxy.gray import goes_new, sticky_value
 from proxy.logs import flush_stdout_periodically
@@ -223,6 +224,7 @@ def create_app(
     app.cleanup_ctx.append(flush_stdout_periodically)
     app.cleanup_ctx.append(_upstream_session)
     app.cleanup_ctx.append(_routing_watcher)
+    app.cleanup_ctx.append(expiry_sweeper(settings))
     if settings.admin_port is not None:
         app.cleanup_ctx.append(_admin_site)
 

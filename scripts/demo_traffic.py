@@ -1,7 +1,9 @@
 """`make demo-traffic`: a steady, realistic mix of shoppers through the edge until Ctrl-C.
 
 Logged-in users (ids from the demo seed) price their carts with their own address, wallet and
-coupons and list their coupons; anonymous visitors price a few SKUs with a public code. Every
+coupons and list their coupons; anonymous visitors price a few SKUs with a public code; some
+users check out: add to cart, price, place the order with the total they saw, read the order,
+list its payment methods and report payment from the app. Every
 few seconds one line sums up what happened, per route and per side (new / legacy), so the
 edge's metrics and shadow pages have something to show.
 """
@@ -29,6 +31,13 @@ class Tally:
     statuses: Counter[str] = field(default_factory=Counter)
     sides: Counter[str] = field(default_factory=Counter)
     latencies: list[float] = field(default_factory=list)
+
+    def reset(self) -> None:
+        # In place: running checkouts hold this object and keep counting into the next window.
+        self.sent = 0
+        self.statuses.clear()
+        self.sides.clear()
+        self.latencies.clear()
 
     def line(self, elapsed: float, window: float) -> str:
         lat = sorted(self.latencies)
@@ -61,6 +70,46 @@ def shopper_request(rng: random.Random, users: int, skus: int) -> tuple[str, dic
     return "/shopping/cal_price/v4_4", body, headers
 
 
+async def checkout(session: aiohttp.ClientSession, base: str, rng: random.Random, users: int, skus: int, tally: Tally) -> None:
+    """One user's whole checkout; each step's answer is tallied like any other request."""
+    user = rng.randint(1, users)
+    headers = {"X-User-Id": str(user), "X-Platform": rng.choice(("ios", "android", "web")), "X-App-Version": "5.10.0"}
+    currency = rng.choice(("USD", "EUR", "GBP", "JPY"))
+
+    async def call(method: str, path: str, body: dict[str, Any] | None = None, extra: dict[str, str] | None = None) -> dict[str, Any] | None:
+        t0 = time.monotonic()
+        try:
+            async with session.request(method, base + path, json=body, headers={**headers, **(extra or {})}) as resp:
+                data = await resp.json(content_type=None)
+                tally.statuses[str(resp.status)] += 1
+                tally.sides[f"{resp.headers.get('X-Edge-Route', '?')}/{resp.headers.get('X-Edge-Backend', '?')}"] += 1
+                tally.latencies.append(time.monotonic() - t0)
+                return data if resp.status == 200 else None
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            tally.statuses[exc.__class__.__name__] += 1
+            return None
+        finally:
+            tally.sent += 1
+
+    await call("POST", "/shopping/cart", {"sku_id": rng.randint(1, skus), "qty": rng.randint(1, 2)})
+    body = {"address_id": user, "currency": currency, "use_wallet": rng.random() < 0.3}
+    priced = await call("POST", "/shopping/cal_price/v4_4", body)
+    if priced is None:
+        return
+    placed = await call(
+        "POST", "/shopping/cart/checkout/entries",
+        {**body, "expected_total": priced["data"]["summary"]["total"]},
+        {"Idempotency-Key": f"demo-{rng.getrandbits(64):016x}"},
+    )
+    if placed is None:
+        return
+    order_id = placed["data"]["order_id"]
+    await call("GET", f"/shopping/orders_v43/{order_id}")
+    await call("GET", f"/shopping/orders/{order_id}/pay_cm")
+    if rng.random() < 0.7:
+        await call("POST", f"/shopping/orders/{order_id}/paid_from_client", {})
+
+
 async def run(base: str, rate: float, users: int, skus: int, interval: float, duration: float | None, seed: int) -> int:
     rng = random.Random(seed)
     stop = asyncio.Event()
@@ -75,6 +124,7 @@ async def run(base: str, rate: float, users: int, skus: int, interval: float, du
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
 
         async def one(path: str, body: dict[str, Any], headers: dict[str, str]) -> None:
+            tally.sent += 1
             t0 = time.monotonic()
             try:
                 async with session.post(base + path, json=body, headers=headers) as resp:
@@ -91,15 +141,17 @@ async def run(base: str, rate: float, users: int, skus: int, interval: float, du
             if duration is not None and now - started >= duration:
                 break
             if now >= next_at:
-                task = asyncio.create_task(one(*shopper_request(rng, users, skus)))
+                if rng.random() < 0.1:
+                    task = asyncio.create_task(checkout(session, base, rng, users, skus, tally))
+                else:
+                    task = asyncio.create_task(one(*shopper_request(rng, users, skus)))
                 inflight.add(task)
                 task.add_done_callback(inflight.discard)
-                tally.sent += 1
                 next_at += 1.0 / rate
             if now - last >= interval:
                 print(tally.line(now - started, now - last), flush=True)
                 total.update(tally.statuses)
-                tally = Tally()
+                tally.reset()
                 last = now
             await asyncio.sleep(max(0.0, min(next_at - time.monotonic(), 0.05)))
         if inflight:

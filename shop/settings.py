@@ -100,9 +100,11 @@ class Settings:
     shadow_noise_relative: float = 0.2
     shadow_noise_absolute: float = 0.0003
     db_url: str = "sqlite+aiosqlite:///var/shop.db"
-    db_pool_size: int = 32
+    db_pool_size: int = 16
     # How stale reference data (discounts, coupons, forex, shipping, tariffs, SKUs) may be.
     reference_ttl_seconds: float = 5.0
+    # How often the edge's expiry sweeper cancels unpaid orders past expires_at; 0 disables it.
+    expiry_sweep_seconds: float = 30.0
     kafka_bootstrap: str = "127.0.0.1:9092"
     service_token: str | None = field(default=None, repr=False)
     paypal_base_url: str = "http://127.0.0.1:8091"
@@ -141,8 +143,9 @@ class Settings:
             shadow_noise_relative=_float(env, "EDGE_SHADOW_NOISE_RELATIVE", 0.2, low=0.0, high=1.0),
             shadow_noise_absolute=_float(env, "EDGE_SHADOW_NOISE_ABSOLUTE", 0.0003, low=0.0, high=1.0),
             db_url=env.get("SHOP_DB_URL") or "sqlite+aiosqlite:///var/shop.db",
-            db_pool_size=_int(env, "SHOP_DB_POOL_SIZE", 32, low=1, high=500),
+            db_pool_size=_int(env, "SHOP_DB_POOL_SIZE", 16, low=1, high=500),
             reference_ttl_seconds=_float(env, "SHOP_REFERENCE_TTL_SECONDS", 5.0, low=0.0, high=3600.0),
+            expiry_sweep_seconds=_float(env, "SHOP_EXPIRY_SWEEP_SECONDS", 30.0, low=0.0, high=86400.0),
             kafka_bootstrap=env.get("SHOP_KAFKA_BOOTSTRAP") or "127.0.0.1:9092",
             service_token=env.get("SHOP_SERVICE_TOKEN") or None,
             paypal_base_url=_http_url(env, "PAYPAL_BASE_URL", "http://127.0.0.1:8091"),

@@ -115,10 +115,11 @@ async def test_route_at_hundred_goes_to_the_new_side_in_process(upstream: TestSe
 
 
 async def test_route_not_migrated_yet_answers_501_from_the_new_side(upstream: TestServer, make_edge) -> None:
-    client, registry = await make_edge(url_of(upstream), {"detail": detail_route(100)})
-    resp = await client.get("/shopping/orders_v43/ORD1", headers={"X-User-Id": "1"})
+    refund = {"match": {"methods": ["POST"], "path": "/refund/refund"}, "new_percent": 100, "writes": True}
+    client, registry = await make_edge(url_of(upstream), {"refund": refund})
+    resp = await client.post("/refund/refund", json={}, headers={"X-User-Id": "1"})
     assert resp.status == 501
-    assert await resp.json() == {"code": 50101, "msg": "not_migrated", "data": {"route": "detail"}}
+    assert await resp.json() == {"code": 50101, "msg": "not_migrated", "data": {"route": "refund"}}
     assert upstream.app[CALLS] == []
 
 
@@ -235,10 +236,10 @@ async def test_unknown_method_label_is_bounded(upstream: TestServer, make_edge) 
 
 async def test_new_side_direct_path_is_served_with_headers_and_metrics(upstream: TestServer, make_edge) -> None:
     client, registry = await make_edge(url_of(upstream))
-    resp = await client.get("/order2/detail/ORD1")
+    resp = await client.post("/order2/refund", json={})
     assert resp.status == 501
-    assert resp.headers["X-Edge-Route"] == "detail" and resp.headers["X-Edge-Backend"] == "new"
-    assert sample(registry, "edge_request_duration_seconds_count", route="detail", backend="new") == 1
+    assert resp.headers["X-Edge-Route"] == "refund" and resp.headers["X-Edge-Backend"] == "new"
+    assert sample(registry, "edge_request_duration_seconds_count", route="refund", backend="new") == 1
 
 
 async def test_cors_preflight_and_simple_request(upstream: TestServer, make_edge) -> None:
