@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: run test test-unit venv mariadb bench-edge demo-traffic clean
+.PHONY: run test test-unit venv mariadb bench-edge bench-price bench-shadow demo-traffic clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -33,6 +33,12 @@ demo-traffic: $(STAMP)
 
 bench-edge: $(STAMP)
 	bash bench/edge.sh
+
+bench-price: $(STAMP) mariadb
+	bash bench/price.sh
+
+bench-shadow: $(STAMP) mariadb
+	bash bench/shadow.sh
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .hypothesis

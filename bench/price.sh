@@ -1,0 +1,203 @@
+#!/usr/bin/env bash
+# `make bench-price`: calc_price through the edge at new_percent 100, on MariaDB (issue 3's targets).
+#
+# Starts (all on 127.0.0.1, all stopped again on exit, Ctrl-C or failure), one after the other:
+#   edge-1w   :29210  shopping-edge, one process (admin :29211), access log on, bench/routing-price.yaml
+#   edge-2w   :29212  shopping-edge --workers 2 (admin :29213)
+# against the database `bench_shop` on the local MariaDB (created if missing, re-seeded with the demo data).
+# No old-shopping process: at new_percent 100 calc_price never leaves the edge (EDGE_LEGACY_URL points
+# at :29219, where nothing listens). bench/pricebench.py measures each edge: wrk max throughput
+# (-t1 -c32 -d15s, unpaced) and latency at 1000 req/s (wrk paced by bench/lua/calc_price.lua's delay()),
+# a py-spy profile, and bench/pricing_speed.py (the pure pricing function). Figures go to bench/RESULTS.md
+# ("calc_price through the edge (make bench-price)"); raw outputs to bench/out/price/.
+#
+# Knobs (environment): BENCH_PORT_BASE (29210); BENCH_DB (bench_shop); BENCH_USERS (50);
+# BENCH_WORKERS ("1 2": which edges to measure); BENCH_PROFILE=0 skips py-spy;
+# BENCH_MAX_SECONDS (15), BENCH_PACED_SECONDS (20), BENCH_WARMUP_SECONDS (3), BENCH_RATE (1000),
+# BENCH_MAX_CONNS (32), BENCH_PACED_CONNS (32); BENCH_RESULTS_MD.
+#
+# bench/shadow.sh sources this file with `--lib` for the helpers (lifecycle, database, edge start-up).
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+
+PY=${PY:-$ROOT/.venv/bin/python}
+EDGE_BIN=$ROOT/.venv/bin/shopping-edge
+DB_BIN=$ROOT/.venv/bin/shopping-db
+HOST=127.0.0.1
+BENCH_DB=${BENCH_DB:-bench_shop}
+DB_URL=mysql+aiomysql://root@127.0.0.1:3306/$BENCH_DB
+RESULTS_MD=${BENCH_RESULTS_MD:-$ROOT/bench/RESULTS.md}
+BENCH_USERS=${BENCH_USERS:-50}
+BENCH_PROFILE=${BENCH_PROFILE:-1}
+
+say() { printf 'bench: %s\n' "$*" >&2; }
+die() { say "$*"; exit 1; }
+
+[[ -x $PY && -x $EDGE_BIN && -x $DB_BIN ]] || die "no .venv with shopping-edge; run 'make venv'"
+
+# ---------------------------------------------------------------- tools (Debian packages)
+need_tools() {
+    local need=()
+    command -v wrk >/dev/null || need+=(wrk)
+    command -v curl >/dev/null || need+=(curl)
+    command -v mysql >/dev/null || need+=(mariadb-client)
+    if ((${#need[@]})); then
+        local sudo=()
+        [[ $(id -u) == 0 ]] || sudo=(sudo)
+        say "installing ${need[*]} from Debian"
+        "${sudo[@]}" apt-get update -qq
+        "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+    fi
+}
+
+# ---------------------------------------------------------------- lifecycle (as bench/edge.sh)
+PIDS=()   # each started with setsid: pid == process group id, so the whole tree stops
+PYPID=
+
+stop_group() {
+    local pid=$1 i
+    kill -0 -- "-$pid" 2>/dev/null || return 0
+    kill -TERM -- "-$pid" 2>/dev/null || true
+    for i in $(seq 100); do
+        kill -0 -- "-$pid" 2>/dev/null || return 0
+        sleep 0.1
+    done
+    say "process group $pid still up after 10 s, sending SIGKILL"
+    kill -KILL -- "-$pid" 2>/dev/null || true
+}
+
+# stop NAME: stop one server started with `start` and forget it
+stop() {
+    local var="PID_${1//-/_}" i
+    local pid=${!var:-}
+    [[ -n $pid ]] || return 0
+    stop_group "$pid"
+    for i in "${!PIDS[@]}"; do [[ ${PIDS[i]} != "$pid" ]] || unset 'PIDS[i]'; done
+    PIDS=("${PIDS[@]}")
+    printf -v "$var" '%s' ""
+}
+
+cleanup() {
+    local rc=$? i
+    trap - EXIT INT TERM HUP
+    [[ -z $PYPID ]] || stop_group "$PYPID"
+    if ((${#PIDS[@]})); then
+        say "stopping ${#PIDS[@]} servers"
+        for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do stop_group "${PIDS[i]}"; done
+    fi
+    ((rc == 0)) || say "failed (exit $rc); logs in ${BENCH_OUT#"$ROOT"/}/"
+    exit "$rc"
+}
+
+install_traps() {
+    trap cleanup EXIT
+    trap 'exit 130' INT
+    trap 'exit 143' TERM
+    trap 'exit 129' HUP
+}
+
+port_busy() { (exec 3<>"/dev/tcp/$HOST/$1") 2>/dev/null; }
+
+check_ports() {
+    local p
+    for p in "$@"; do
+        ! port_busy "$p" || die "port $HOST:$p is already in use (set BENCH_PORT_BASE)"
+    done
+}
+
+# start NAME CMD...: in its own session (Ctrl-C in the terminal reaches only us; cleanup stops the whole
+# tree), stdout/stderr to $BENCH_OUT/NAME.{out,err}; sets PID_<NAME>.
+start() {
+    local name=$1
+    shift
+    setsid "$@" >"$BENCH_OUT/$name.out" 2>"$BENCH_OUT/$name.err" </dev/null &
+    local pid=$!
+    PIDS+=("$pid")
+    printf -v "PID_${name//-/_}" '%s' "$pid"
+}
+
+# The measuring driver runs in its own process group too, waited for in the background so that a
+# signal reaches our trap at once (not after a 15 s wrk) and cleanup can stop it and its wrk.
+bench_py() {
+    setsid "$PY" bench/pricebench.py "$@" &
+    PYPID=$!
+    wait "$PYPID"
+    PYPID=
+}
+
+wait_http() {  # NAME PID URL
+    local name=$1 pid=$2 url=$3 i
+    for i in $(seq 300); do
+        curl -fsS -o /dev/null --max-time 1 "$url" 2>/dev/null && return 0
+        if ! kill -0 "$pid" 2>/dev/null; then
+            tail -n 20 "$BENCH_OUT/$name.err" >&2 || true
+            die "$name exited during start-up"
+        fi
+        sleep 0.1
+    done
+    tail -n 20 "$BENCH_OUT/$name.err" >&2 || true
+    die "$name not answering at $url after 30 s"
+}
+
+# ---------------------------------------------------------------- database
+DB_PID=
+prepare_db() {
+    mysql --protocol=tcp -h127.0.0.1 -P3306 -uroot -e 'select 1' >/dev/null 2>&1 \
+        || die "MariaDB does not answer on 127.0.0.1:3306 as root (run 'make mariadb')"
+    [[ $BENCH_DB =~ ^[A-Za-z0-9_]+$ ]] || die "BENCH_DB=$BENCH_DB is not a plain database name"
+    mysql --protocol=tcp -h127.0.0.1 -P3306 -uroot -e "CREATE DATABASE IF NOT EXISTS \`$BENCH_DB\`"
+    say "seeding $BENCH_DB with the demo data"
+    "$DB_BIN" --db-url "$DB_URL" seed --demo >"$BENCH_OUT/seed.out" 2>&1 || { cat "$BENCH_OUT/seed.out" >&2; die "seed failed"; }
+    DB_PID=$(pidof -s mariadbd || pidof -s mysqld || true)
+    [[ -n $DB_PID ]] || say "no local mariadbd process found: MariaDB CPU will not be accounted"
+}
+
+# start_edge NAME ROUTING PORT ADMIN_PORT WORKERS LEGACY_URL
+start_edge() {
+    local name=$1 routing=$2 port=$3 admin=$4 workers=$5 legacy=$6
+    local args=(--routing "$routing" --host "$HOST" --port "$port" --admin-port "$admin")
+    if ((workers > 1)); then args+=(--workers "$workers"); fi
+    start "$name" env SHOP_DB_URL="$DB_URL" EDGE_LEGACY_URL="$legacy" "$EDGE_BIN" "${args[@]}"
+    local var="PID_${name//-/_}"
+    wait_http "$name" "${!var}" "http://$HOST:$admin/readyz"
+}
+
+[[ ${1:-} != --lib ]] || return 0
+
+# ---------------------------------------------------------------- go: bench-price
+BASE=${BENCH_PORT_BASE:-29210}
+P_E1=$BASE P_E1_ADMIN=$((BASE + 1)) P_E2=$((BASE + 2)) P_E2_ADMIN=$((BASE + 3)) P_NOWHERE=$((BASE + 9))
+WORKERS=${BENCH_WORKERS:-1 2}
+export BENCH_OUT=$ROOT/bench/out/price
+
+need_tools
+install_traps
+rm -rf "$BENCH_OUT"
+mkdir -p "$BENCH_OUT"
+check_ports "$P_E1" "$P_E1_ADMIN" "$P_E2" "$P_E2_ADMIN" "$P_NOWHERE"
+
+bench_py facts
+prepare_db
+bench_py workload --users "$BENCH_USERS"
+
+for w in $WORKERS; do
+    if [[ $w == 1 ]]; then name=edge-1w port=$P_E1 admin=$P_E1_ADMIN label="edge (1 worker)"
+    else name=edge-${w}w port=$P_E2 admin=$P_E2_ADMIN label="edge ($w workers)"; fi
+    say "starting $label on :$port (admin :$admin), calc_price at new_percent 100 on $BENCH_DB, access log on"
+    start_edge "$name" bench/routing-price.yaml "$port" "$admin" "$w" "http://$HOST:$P_NOWHERE"
+    var="PID_${name//-/_}"
+    pid=${!var}
+    bench_py check "$name" "http://$HOST:$port" --edge
+    bench_py measure "$name" "http://$HOST:$port" --pid "$pid" --db-pid "$DB_PID" \
+        --metrics "http://$HOST:$admin/metrics" --label "$label" --workers "$w"
+    if [[ $BENCH_PROFILE != 0 ]]; then
+        bench_py profile "$name" "http://$HOST:$port" --pid "$pid" --label "$label"
+    fi
+    stop "$name"
+done
+
+say "pure pricing function (bench/pricing_speed.py)"
+if [[ $BENCH_PROFILE != 0 ]]; then bench_py speed --profile; else bench_py speed; fi
+bench_py report --kind price --results-md "$RESULTS_MD"
