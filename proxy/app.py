@@ -59,6 +59,12 @@ def _request_id(request: web.Request) -> str:
     return os.urandom(12).hex()
 
 
+def _route_and_backend(request: web.Request) -> tuple[str, str]:
+    """What served the request: set by dispatch, or by the new side's direct /order2 routes."""
+    route = request.get(ROUTE) or request.get(NEW_ROUTE_NAME) or PASSTHROUGH
+    return route, request.get(BACKEND) or ("new" if NEW_ROUTE_NAME in request else "legacy")
+
+
 @web.middleware
 async def access_middleware(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
     """Request id, response headers, one log line and the request metrics, for every request."""
@@ -72,8 +78,7 @@ async def access_middleware(request: web.Request, handler: Callable[[web.Request
         status = response.status
         return response
     finally:
-        route = request.get(ROUTE) or request.get(NEW_ROUTE_NAME) or PASSTHROUGH
-        backend = request.get(BACKEND) or ("new" if NEW_ROUTE_NAME in request else "legacy")
+        route, backend = _route_and_backend(request)
         elapsed = time.perf_counter() - started
         app = request.app
         app[METRICS].observe(route, backend, request.method, status, elapsed)
@@ -91,9 +96,7 @@ async def access_middleware(request: web.Request, handler: Callable[[web.Request
 
 async def _add_edge_headers(request: web.Request, response: web.StreamResponse) -> None:
     # on_response_prepare also covers streamed and error answers, which a middleware can't reach after prepare().
-    route = request.get(ROUTE) or request.get(NEW_ROUTE_NAME) or PASSTHROUGH
-    response.headers["X-Edge-Route"] = route
-    response.headers["X-Edge-Backend"] = request.get(BACKEND) or ("new" if NEW_ROUTE_NAME in request else "legacy")
+    response.headers["X-Edge-Route"], response.headers["X-Edge-Backend"] = _route_and_backend(request)
     if REQUEST_ID in request:
         response.headers["X-Request-Id"] = request[REQUEST_ID]
 
