@@ -27,6 +27,7 @@ from emulators.legacy import create_app
 from shop.db import create_all, drop_all, make_engine
 from shop.schema import cart_items, orders, skus
 from shop.seed import seed_demo
+from tests.support.legacydb import envelope
 from tests.support.shopdb import seed_database
 
 ClientFactory = Callable[..., Awaitable[TestClient]]
@@ -87,13 +88,6 @@ async def cart_rows(engine: AsyncEngine, user_id: int = USER) -> list[tuple[int,
             .order_by(cart_items.c.sku_id)
         )
         return [(r.sku_id, r.qty, bool(r.selected)) for r in rows]
-
-
-async def envelope(resp: aiohttp.ClientResponse, status: int) -> dict[str, Any]:
-    assert resp.status == status, await resp.text()
-    body = await resp.json()
-    assert set(body) == {"code", "msg", "data"}, body
-    return body
 
 
 # --- cart -------------------------------------------------------------------------------------

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import shutil
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -24,12 +23,10 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
-from sqlalchemy import delete, func, insert, select, text, update
-from sqlalchemy.engine import make_url
+from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from emulators.legacy import create_app
-from shop.db import make_engine
 from shop.schema import (
     address_blacklist,
     addresses,
@@ -46,7 +43,7 @@ from shop.schema import (
     wallets,
 )
 from shop.seed import WORKED_EXAMPLE_STOCK
-from tests.conftest import MARIADB_URL
+from tests.support.legacydb import copy_seeded, engine_for, envelope, private_mariadb
 from tests.support.shopdb import seed_database
 
 ClientFactory = Callable[..., Awaitable[TestClient]]
@@ -81,54 +78,26 @@ def seeded_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def _copy_template(template: Path, tmp_path: Path) -> str:
-    target = tmp_path / "shop.db"
-    for suffix in ("", "-wal", "-shm"):
-        source = Path(f"{template}{suffix}")
-        if source.exists():
-            shutil.copy(source, f"{target}{suffix}")
-    return f"sqlite+aiosqlite:///{target}"
-
-
-async def _private_mariadb() -> str:
-    server = make_engine(MARIADB_URL)
-    try:
-        async with server.begin() as conn:
-            await conn.execute(text(f"CREATE DATABASE IF NOT EXISTS `{PRIVATE_MARIADB_DATABASE}` CHARACTER SET utf8mb4"))
-    finally:
-        await server.dispose()
-    url = make_url(MARIADB_URL).set(database=PRIVATE_MARIADB_DATABASE).render_as_string(hide_password=False)
-    return await seed_database(url)
-
-
 @pytest.fixture(params=["sqlite", "mariadb"])
 async def any_url(request: pytest.FixtureRequest, seeded_template: Path, tmp_path: Path) -> str:
     if request.param == "sqlite":
-        return _copy_template(seeded_template, tmp_path)
-    return await _private_mariadb()
+        return copy_seeded(seeded_template, tmp_path)
+    return await private_mariadb(PRIVATE_MARIADB_DATABASE)
 
 
 @pytest.fixture
 async def sqlite_db_url(seeded_template: Path, tmp_path: Path) -> str:
-    return _copy_template(seeded_template, tmp_path)
+    return copy_seeded(seeded_template, tmp_path)
 
 
 @pytest.fixture
 async def maria_url() -> str:
-    return await _private_mariadb()
-
-
-async def _engine(url: str) -> AsyncIterator[AsyncEngine]:
-    engine = make_engine(url)
-    try:
-        yield engine
-    finally:
-        await engine.dispose()
+    return await private_mariadb(PRIVATE_MARIADB_DATABASE)
 
 
 @pytest.fixture
 async def db(sqlite_db_url: str) -> AsyncIterator[AsyncEngine]:
-    async for engine in _engine(sqlite_db_url):
+    async for engine in engine_for(sqlite_db_url):
         yield engine
 
 
@@ -139,7 +108,7 @@ async def client(sqlite_db_url: str, aiohttp_client: ClientFactory) -> TestClien
 
 @pytest.fixture
 async def any_db(any_url: str) -> AsyncIterator[AsyncEngine]:
-    async for engine in _engine(any_url):
+    async for engine in engine_for(any_url):
         yield engine
 
 
@@ -150,7 +119,7 @@ async def any_client(any_url: str, aiohttp_client: ClientFactory) -> TestClient:
 
 @pytest.fixture
 async def maria_db(maria_url: str) -> AsyncIterator[AsyncEngine]:
-    async for engine in _engine(maria_url):
+    async for engine in engine_for(maria_url):
         yield engine
 
 
@@ -160,13 +129,6 @@ async def maria_client(maria_url: str, aiohttp_client: ClientFactory) -> TestCli
 
 
 # --- helpers ----------------------------------------------------------------------------------
-
-
-async def envelope(resp: aiohttp.ClientResponse, status: int) -> dict[str, Any]:
-    assert resp.status == status, await resp.text()
-    body = await resp.json()
-    assert set(body) == {"code", "msg", "data"}, body
-    return body
 
 
 async def place(client: TestClient, key: str | None = "key-1", body: dict[str, Any] | None = None,

@@ -16,14 +16,12 @@ from __future__ import annotations
 
 import asyncio
 import re
-import shutil
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime
 from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
 from sqlalchemy import insert, text, update
@@ -31,9 +29,10 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from emulators.legacy import create_app
-from shop.db import create_all, drop_all, make_engine
+from shop.db import create_all, make_engine
 from shop.schema import skus, user_coupons
 from shop.seed import seed_demo
+from tests.support.legacydb import copy_seeded, engine_for, envelope, private_mariadb
 
 ClientFactory = Callable[..., Awaitable[TestClient]]
 
@@ -69,54 +68,22 @@ def seeded_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def _copy_template(template: Path, tmp_path: Path) -> str:
-    target = tmp_path / "shop.db"
-    for suffix in ("", "-wal", "-shm"):
-        source = Path(f"{template}{suffix}")
-        if source.exists():
-            shutil.copy(source, f"{target}{suffix}")
-    return f"sqlite+aiosqlite:///{target}"
-
-
 @pytest.fixture
 def sqlite_db_url(seeded_template: Path, tmp_path: Path) -> str:
-    return _copy_template(seeded_template, tmp_path)
+    return copy_seeded(seeded_template, tmp_path)
 
 
 @pytest.fixture
 async def both_db_url(db_url: str, seeded_template: Path, tmp_path: Path) -> str:
-    """SQLite (seeded copy) or MariaDB (this module's own database, dropped, created and seeded)."""
-    url = make_url(db_url)
-    if url.get_backend_name() not in ("mysql", "mariadb"):
-        return _copy_template(seeded_template, tmp_path)
-    server = make_engine(db_url)
-    try:
-        async with server.begin() as conn:
-            await conn.execute(text(f"CREATE DATABASE IF NOT EXISTS `{PRIVATE_MARIADB_DATABASE}` CHARACTER SET utf8mb4"))
-    finally:
-        await server.dispose()
-    private = url.set(database=PRIVATE_MARIADB_DATABASE).render_as_string(hide_password=False)
-    engine = make_engine(private)
-    try:
-        await drop_all(engine)
-        await create_all(engine)
-        await seed_demo(engine)
-    finally:
-        await engine.dispose()
-    return private
-
-
-async def _engine(url: str) -> AsyncIterator[AsyncEngine]:
-    engine = make_engine(url)
-    try:
-        yield engine
-    finally:
-        await engine.dispose()
+    """SQLite (seeded copy) or MariaDB (this module's own database, freshly seeded)."""
+    if make_url(db_url).get_backend_name() not in ("mysql", "mariadb"):
+        return copy_seeded(seeded_template, tmp_path)
+    return await private_mariadb(PRIVATE_MARIADB_DATABASE)
 
 
 @pytest.fixture
 async def db(sqlite_db_url: str) -> AsyncIterator[AsyncEngine]:
-    async for engine in _engine(sqlite_db_url):
+    async for engine in engine_for(sqlite_db_url):
         yield engine
 
 
@@ -127,7 +94,7 @@ async def client(sqlite_db_url: str, aiohttp_client: ClientFactory) -> TestClien
 
 @pytest.fixture
 async def any_db(both_db_url: str) -> AsyncIterator[AsyncEngine]:
-    async for engine in _engine(both_db_url):
+    async for engine in engine_for(both_db_url):
         yield engine
 
 
@@ -137,13 +104,6 @@ async def any_client(both_db_url: str, aiohttp_client: ClientFactory) -> TestCli
 
 
 # --- helpers ----------------------------------------------------------------------------------
-
-
-async def envelope(resp: aiohttp.ClientResponse, status: int) -> dict[str, Any]:
-    assert resp.status == status, await resp.text()
-    body = await resp.json()
-    assert set(body) == {"code", "msg", "data"}, body
-    return body
 
 
 async def calc(client: TestClient, body: Any, headers: dict[str, str] | None = USER1) -> dict[str, Any]:
