@@ -17,31 +17,39 @@ from prometheus_client import CollectorRegistry
 
 from emulators.legacy import create_app as create_legacy_app
 from proxy.app import SHADOWER, create_app
+from proxy.gray import bucket_of
 from shop.seed import demo_rows
 from tests.support.edge import calc_price_route, edge_settings, routing_doc, write_routing
 from tests.support.shopdb import seed_database
 
 
-def route(path: str, method: str, **extra: Any) -> dict[str, Any]:
-    return {"match": {"methods": [method], "path": path}, "new_percent": 50, **extra}
+def route(path: str, method: str, percent: float, **extra: Any) -> dict[str, Any]:
+    return {"match": {"methods": [method], "path": path}, "new_percent": percent, **extra}
 
 
-ROUTES = {
-    "calc_price": calc_price_route(50),
-    "place_order": route("/shopping/cart/checkout/entries", "POST", writes=True),
-    "detail": route("/shopping/orders_v43/{order_id}", "GET",
-                    shadow={"percent": 100, "noise_percent": 0, "ignore": ["root['data']['server_time']"]}),
-    "payment_methods": route("/shopping/orders/{order_id}/pay_cm", "GET"),
-    "paid_from_client": route("/shopping/orders/{order_id}/paid_from_client", "POST", writes=True),
-}
+def routes(percent: float) -> dict[str, dict[str, Any]]:
+    """The checkout routes, all at one gray share (one bucket per user: a user's checkout stays on one side)."""
+    return {
+        "calc_price": calc_price_route(percent),
+        "place_order": route("/shopping/cart/checkout/entries", "POST", percent, writes=True),
+        "detail": route("/shopping/orders_v43/{order_id}", "GET", percent,
+                        shadow={"percent": 100, "noise_percent": 0, "ignore": ["root['data']['server_time']"]}),
+        "payment_methods": route("/shopping/orders/{order_id}/pay_cm", "GET", percent),
+        "paid_from_client": route("/shopping/orders/{order_id}/paid_from_client", "POST", percent, writes=True),
+    }
 
 
 @pytest.fixture
-async def sides(aiohttp_server, aiohttp_client, tmp_path: Path, db_url: str):
+def percent() -> float:
+    return 50
+
+
+@pytest.fixture
+async def sides(aiohttp_server, aiohttp_client, tmp_path: Path, db_url: str, percent: float):
     await seed_database(db_url)
     legacy_server = await aiohttp_server(create_legacy_app(db_url))
     legacy_url = str(legacy_server.make_url("")).rstrip("/")
-    routing = write_routing(tmp_path / "routing.yaml", routing_doc(legacy_url, **ROUTES))
+    routing = write_routing(tmp_path / "routing.yaml", routing_doc(legacy_url, **routes(percent)))
     edge = await aiohttp_client(create_app(edge_settings(routing, legacy_url, db_url=db_url), registry=CollectorRegistry()))
     legacy = TestClient(legacy_server)
     await legacy.start_server()
@@ -106,3 +114,39 @@ async def test_orders_from_both_sides_are_one_shop(sides) -> None:
         await asyncio.sleep(0.02)
     assert shadower.outcomes["detail"]["match"] == len(placed)
     assert shadower.outcomes["detail"]["mismatch"] == 0
+
+
+@pytest.mark.parametrize("percent", [0, 20, 80, 100])
+async def test_checkout_works_at_every_gray_share(sides, percent: float) -> None:
+    """The ops dial (0 → 20 → 80 → 100 %): each user's whole checkout goes to the side its bucket says,
+    works end to end there, and old shopping's list shows the result."""
+    edge, legacy = sides
+    # Three buyers from each band (below 20 %, between, above 80 %), so every share splits them.
+    by_band: dict[int, list[int]] = {0: [], 1: [], 2: []}
+    for u in buyers(40):
+        b = bucket_of(str(u))
+        by_band[0 if b < 2000 else 2 if b >= 8000 else 1].append(u)
+    users = [u for band in by_band.values() for u in band[:3]]
+    assert len(users) == 9
+    sides_seen = set()
+    for user in users:
+        want = "new" if bucket_of(str(user)) < percent * 100 else "legacy"
+        sides_seen.add(want)
+        body = {"address_id": user, "currency": "EUR"}
+        status, priced, side = await call(edge, "POST", "/shopping/cal_price/v4_4", user, body)
+        assert (status, side) == (200, want), priced
+        status, order, side = await call(edge, "POST", "/shopping/cart/checkout/entries", user,
+                                         {**body, "expected_total": priced["data"]["summary"]["total"]},
+                                         **{"Idempotency-Key": f"sweep-{percent}-{user}"})
+        assert (status, side) == (200, want), order
+        order_id = order["data"]["order_id"]
+        assert order_id[0] == ("N" if want == "new" else "L")
+        status, detail, side = await call(edge, "GET", f"/shopping/orders_v43/{order_id}", user)
+        assert (status, side, detail["data"]["summary"]) == (200, want, priced["data"]["summary"])
+        status, methods, side = await call(edge, "GET", f"/shopping/orders/{order_id}/pay_cm", user)
+        assert (status, side) == (200, want) and isinstance(methods["data"]["methods"], list)
+        status, paid, side = await call(edge, "POST", f"/shopping/orders/{order_id}/paid_from_client", user, {})
+        assert (status, side, paid["data"]["status"]) == (200, want, "payment_confirming")
+        _, listing, _ = await call(legacy, "GET", "/shopping/orders", user)
+        assert [(o["id"], o["status"]) for o in listing["data"]["orders"]] == [(order_id, "payment_confirming")]
+    assert sides_seen == ({"legacy"} if percent == 0 else {"new"} if percent == 100 else {"new", "legacy"})
