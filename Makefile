@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: run test test-unit venv mariadb bench-edge bench-price bench-shadow demo-traffic clean
+.PHONY: run test test-unit venv mariadb bench-edge bench-price bench-shadow bench-order demo-traffic clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -39,6 +39,9 @@ bench-price: $(STAMP) mariadb
 
 bench-shadow: $(STAMP) mariadb
 	bash bench/shadow.sh
+
+bench-order: $(STAMP) mariadb
+	bash bench/order.sh
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .hypothesis

@@ -120,8 +120,9 @@ start() {
 
 # The measuring driver runs in its own process group too, waited for in the background so that a
 # signal reaches our trap at once (not after a 15 s wrk) and cleanup can stop it and its wrk.
+BENCH_DRIVER=${BENCH_DRIVER:-bench/pricebench.py}
 bench_py() {
-    setsid "$PY" bench/pricebench.py "$@" &
+    setsid "$PY" "$BENCH_DRIVER" "$@" &
     PYPID=$!
     wait "$PYPID"
     PYPID=

@@ -153,14 +153,17 @@ def requests_file() -> Path:
     return OUT / "requests.tsv"
 
 
-def wrk(url: str, *, conns: int, seconds: int, rate: int, log_name: str | None, host: str) -> dict:
-    """wrk with bench/lua/calc_price.lua; rate 0 = unpaced. Returns the Lua done() summary."""
+def wrk(url: str, *, conns: int, seconds: int, rate: int, log_name: str | None, host: str,
+        lua: Path = LUA, env_extra: dict[str, str] | None = None) -> dict:
+    """wrk with bench/lua/calc_price.lua (or `lua`, same environment and done() summary); rate 0 = unpaced.
+    Returns the Lua done() summary."""
     OUT.mkdir(parents=True, exist_ok=True)
     summary = OUT / f"{log_name or 'wrk-scratch'}.json"
     summary.unlink(missing_ok=True)
     env = {**os.environ, "BENCH_REQUESTS": str(requests_file().resolve()), "BENCH_HOST": host,
-           "BENCH_RATE": str(rate), "BENCH_THREADS": str(WRK_THREADS), "BENCH_SUMMARY": str(summary.resolve())}
-    cmd = ["wrk", f"-t{WRK_THREADS}", f"-c{conns}", f"-d{seconds}s", "--timeout", "5s", "-s", str(LUA), url]
+           "BENCH_RATE": str(rate), "BENCH_THREADS": str(WRK_THREADS), "BENCH_SUMMARY": str(summary.resolve()),
+           **(env_extra or {})}
+    cmd = ["wrk", f"-t{WRK_THREADS}", f"-c{conns}", f"-d{seconds}s", "--timeout", "5s", "-s", str(lua), url]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
     if log_name:
         (OUT / f"{log_name}.txt").write_text(

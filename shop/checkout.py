@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import re
 import secrets
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal, InvalidOperation
@@ -32,8 +33,8 @@ from shop.money import money_str
 from shop.price_view import price_view
 from shop.pricing import PriceResult
 from shop.quote import PriceRequest, Quote, parse_price_request, quote
-from shop.reference import ReferenceCache
-from shop.reservations import lock_coupon, reserve_wallet, take_stock
+from shop.reference import BlacklistEntry, ReferenceCache
+from shop.reservations import StockShort, lock_coupon, reserve_wallet, short_sku, take_stock
 
 log = structlog.get_logger("shop.checkout")
 
@@ -41,12 +42,13 @@ ORDER_TTL = timedelta(minutes=30)
 _KEY = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 # Crockford base32 without look-alikes: ids people can read out on the phone.
 _ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
-_DEADLOCK_RETRIES = 3
+_RETRIES = 3  # deadlock victims, and a stock shortfall that was gone on the re-read
 
 
 def new_order_id() -> str:
     """A unique id safe to show users: random, not sequential (no order counts leak), 16 chars."""
-    return "N" + "".join(secrets.choice(_ALPHABET) for _ in range(15))
+    bits = int.from_bytes(secrets.token_bytes(10), "big")  # 80 random bits; 15 base-32 digits use 75
+    return "N" + "".join(_ALPHABET[(bits >> (5 * i)) & 31] for i in range(15))
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,7 +125,7 @@ async def _existing(conn: AsyncConnection, cache: ReferenceCache, user_id: int, 
     return PlacedOrder(row.id, row.status, row.total, row.currency, fx.exponent if fx else 2, row.expires_at, created=False)
 
 
-def _blocked(address: Any, blacklist: list[Any]) -> str | None:
+def _blocked(address: Any, blacklist: Iterable[BlacklistEntry]) -> str | None:
     """The blacklist kind that matches the address, if any."""
     for entry in blacklist:
         value = entry.value.strip().lower()
@@ -158,8 +160,7 @@ async def place_order(
         )).first()
         if address is None:  # another user's address is answered exactly like a missing one
             raise BadRequest(data={"field": "address_id", "reason": "not_found"})
-        blacklist = (await conn.execute(select(t.address_blacklist))).all()
-    kind = _blocked(address, blacklist)
+    kind = _blocked(address, (await cache.get(now)).blacklist)
     if kind is not None:
         raise Unprocessable("address_blocked", {"address_id": req.address_id, "kind": kind})
 
@@ -172,11 +173,19 @@ async def place_order(
     if result.shown.total != req.expected_total:
         raise Conflict("price_changed", price_view(result))
 
-    for attempt in range(1, _DEADLOCK_RETRIES + 1):
+    for attempt in range(1, _RETRIES + 1):
         order_id = new_order_id()
         try:
-            async with db.begin() as conn:
-                await _write_order(conn, q, req, user_id, address, order_id, now)
+            try:
+                async with db.begin() as conn:
+                    await _write_order(conn, q, req, user_id, address, order_id, now)
+            except StockShort as short:
+                # Rolled back; name the SKU from what the shop holds now.
+                async with db_read.connect() as conn:
+                    sku = await short_sku(conn, short.lines)
+                if sku is None and attempt < _RETRIES:
+                    continue  # stock came back (a cancel) between our update and this read: try again
+                raise Unprocessable("out_of_stock", {"sku_id": sku if sku is not None else short.lines[0][0]}) from None
             log.info("order_placed", order_id=order_id, user_id=user_id, total=str(result.shown.total), currency=result.currency)
             return PlacedOrder(order_id, "pending_payment", result.shown.total, result.currency, result.exponent, now + ORDER_TTL, True)
         except (IntegrityError, ShopError):
@@ -189,7 +198,7 @@ async def place_order(
                 return earlier
             raise
         except DBAPIError as exc:
-            if attempt < _DEADLOCK_RETRIES and _is_deadlock(exc):
+            if attempt < _RETRIES and _is_deadlock(exc):
                 log.warning("place_order_deadlock_retry", attempt=attempt)
                 continue
             raise
@@ -199,6 +208,13 @@ async def place_order(
 def _is_deadlock(exc: DBAPIError) -> bool:
     code = getattr(exc.orig, "args", [None])[0]
     return code in (1213, 1205)  # ER_LOCK_DEADLOCK, ER_LOCK_WAIT_TIMEOUT
+
+
+# Executed with parameter dicts: the statements (and their compiled forms) are reused, not rebuilt per order.
+_ORDER_INSERT = insert(t.orders)
+_ITEMS_INSERT = insert(t.order_items)
+_HISTORY_INSERT = insert(t.order_status_history)
+_OUTBOX_INSERT = insert(t.outbox)
 
 
 async def _write_order(
@@ -222,7 +238,7 @@ async def _write_order(
     if not await reserve_wallet(conn, user_id, order_id, result.usd.wallet_deduction):
         raise Conflict("price_changed", price_view(result))
     s = result.shown
-    await conn.execute(insert(t.orders).values(
+    await conn.execute(_ORDER_INSERT, dict(
         id=order_id, user_id=user_id, status="pending_payment", region=result.region, currency=result.currency,
         fx_rate=result.fx_rate, subtotal=s.subtotal, mall_discount=s.mall_discount, coupon_discount=s.coupon_discount,
         shipping_fee=s.shipping_fee, tariff=s.tariff, wallet_deduction=s.wallet_deduction, total=s.total,
@@ -231,7 +247,7 @@ async def _write_order(
         platform=req.platform, app_version=req.app_version, idempotency_key=req.idempotency_key,
         expires_at=now + ORDER_TTL, created_at=now, updated_at=now,
     ))
-    await conn.execute(insert(t.order_items), [
+    await conn.execute(_ITEMS_INSERT, [
         {
             "order_id": order_id, "sku_id": line.sku_id, "name": line.name, "qty": line.qty,
             "unit_price": line.shown.unit_price, "line_total": line.shown.line_total,
@@ -240,10 +256,10 @@ async def _write_order(
         }
         for line in result.lines
     ])
-    await conn.execute(insert(t.order_status_history).values(
+    await conn.execute(_HISTORY_INSERT, dict(
         order_id=order_id, from_status=None, to_status="pending_payment", reason="placed", actor="new", created_at=now,
     ))
-    await conn.execute(insert(t.outbox).values(
+    await conn.execute(_OUTBOX_INSERT, dict(
         topic="noti", key=order_id, created_at=now,
         payload={
             "user_id": user_id, "template": "order_placed", "order_id": order_id,

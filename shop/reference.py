@@ -40,6 +40,12 @@ class Forex:
 
 
 @dataclass(frozen=True, slots=True)
+class BlacklistEntry:
+    kind: str  # zip / phone / country / line_contains
+    value: str
+
+
+@dataclass(frozen=True, slots=True)
 class ReferenceData:
     mall_discounts: tuple[MallDiscount, ...]
     coupons_by_id: Mapping[int, Coupon]
@@ -47,6 +53,8 @@ class ReferenceData:
     forex: Mapping[str, Forex]
     shipping: Mapping[str, ShippingRule]
     tariffs: Mapping[str, TariffRule]
+    # Ops add entries rarely; a new one takes effect within the TTL, or at once on invalidate().
+    blacklist: tuple[BlacklistEntry, ...]
     loaded_at: float
 
 
@@ -81,6 +89,9 @@ async def load_reference(engine: AsyncEngine, now: datetime, loaded_at: float) -
         forex_rows = (await conn.execute(select(t.forex_rates))).mappings().all()
         shipping_rows = (await conn.execute(select(t.shipping_rules))).mappings().all()
         tariff_rows = (await conn.execute(select(t.tariff_rules))).mappings().all()
+        blacklist_rows = (await conn.execute(
+            select(t.address_blacklist.c.kind, t.address_blacklist.c.value).order_by(t.address_blacklist.c.id)
+        )).all()
     coupons = [coupon_from_row(r) for r in coupon_rows]
     tariffs: dict[str, dict[str, object]] = {}
     for r in tariff_rows:
@@ -105,6 +116,7 @@ async def load_reference(engine: AsyncEngine, now: datetime, loaded_at: float) -
             region: TariffRule(e["default"], e["de_minimis"], MappingProxyType(dict(e["by_category"])))  # type: ignore[arg-type]
             for region, e in tariffs.items()
         }),
+        blacklist=tuple(BlacklistEntry(r.kind, r.value) for r in blacklist_rows),
         loaded_at=loaded_at,
     )
 

@@ -14,28 +14,72 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from decimal import Decimal
+from functools import lru_cache
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import Integer, Update, bindparam, case, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from shop import schema as t
-from shop.errors import Unprocessable
 
 ZERO = Decimal(0)
 
 
+class StockShort(Exception):
+    """take_stock could not take every line; the caller's transaction must roll back.
+
+    Which SKU ran short is not knowable inside the transaction (the taken rows already show their
+    new stock), so the caller names it from a fresh read after the rollback: short_sku().
+    """
+
+    def __init__(self, lines: list[tuple[int, int]]) -> None:
+        super().__init__(lines)
+        self.lines = lines
+
+
+@lru_cache(maxsize=64)
+def _take_stock_statement(n: int) -> Update:
+    """One guarded UPDATE for n distinct SKUs, with bind params sku0.., qty0.. (built once per n).
+
+    `WHERE id IN (…)` walks the primary key in ascending order, so the row locks are taken in
+    the same order as the documented lock order (SKUs ascending), in one round trip.
+    """
+    s = t.skus.c
+    skus = [bindparam(f"sku{i}", type_=Integer) for i in range(n)]
+    qty = case(*((s.id == skus[i], bindparam(f"qty{i}", type_=Integer)) for i in range(n)), else_=None)
+    return update(t.skus).where(s.id.in_(skus), s.active, s.stock >= qty).values(stock=s.stock - qty)
+
+
 async def take_stock(conn: AsyncConnection, lines: Iterable[tuple[int, int]]) -> None:
-    """Decrement stock for (sku_id, qty) lines, in ascending SKU order; out_of_stock names the SKU.
+    """Decrement stock for (sku_id, qty) lines, all or nothing: StockShort when any line can't be taken.
 
     The caller's transaction rolls everything back on the raise, so a failed checkout changes nothing.
     """
+    merged: dict[int, int] = {}
+    for sku_id, qty in lines:
+        merged[sku_id] = merged.get(sku_id, 0) + qty
+    ordered = sorted(merged.items())
+    if not ordered:
+        return
+    params: dict[str, int] = {}
+    for i, (sku_id, qty) in enumerate(ordered):
+        params[f"sku{i}"] = sku_id
+        params[f"qty{i}"] = qty
+    result = await conn.execute(_take_stock_statement(len(ordered)), params)
+    if result.rowcount != len(ordered):
+        raise StockShort(ordered)
+
+
+async def short_sku(conn: AsyncConnection, lines: list[tuple[int, int]]) -> int | None:
+    """The lowest SKU id of `lines` that is inactive, missing or has less stock than asked; None if all fit now."""
     s = t.skus.c
+    rows = {r.id: r for r in (await conn.execute(
+        select(s.id, s.stock, s.active).where(s.id.in_([sku for sku, _ in lines]))
+    )).all()}
     for sku_id, qty in sorted(lines):
-        result = await conn.execute(
-            update(t.skus).where(s.id == sku_id, s.active, s.stock >= qty).values(stock=s.stock - qty)
-        )
-        if result.rowcount != 1:
-            raise Unprocessable("out_of_stock", {"sku_id": sku_id})
+        row = rows.get(sku_id)
+        if row is None or not row.active or row.stock < qty:
+            return sku_id
+    return None
 
 
 async def return_stock(conn: AsyncConnection, order_id: str) -> None:
@@ -73,19 +117,25 @@ async def use_coupon(conn: AsyncConnection, order_id: str) -> int:
     return result.rowcount
 
 
+_W = t.wallets.c
+_WALLET_TAKE = (
+    update(t.wallets)
+    .where(_W.user_id == bindparam("w_user"), _W.balance >= bindparam("w_amount"))
+    .values(balance=_W.balance - bindparam("w_amount"))
+)
+_LEDGER_INSERT = insert(t.wallet_ledger)
+
+
 async def reserve_wallet(conn: AsyncConnection, user_id: int, order_id: str, amount: Decimal) -> bool:
     """Take `amount` (USD) from the wallet into a reservation; False when the balance no longer covers it."""
     if amount <= 0:
         return True
-    w = t.wallets.c
-    result = await conn.execute(
-        update(t.wallets).where(w.user_id == user_id, w.balance >= amount).values(balance=w.balance - amount)
-    )
+    result = await conn.execute(_WALLET_TAKE, {"w_user": user_id, "w_amount": amount})
     if result.rowcount != 1:
         return False
-    await conn.execute(insert(t.wallet_ledger).values(
-        user_id=user_id, order_id=order_id, amount=amount, kind="reserve", created_at=t.utcnow(),
-    ))
+    await conn.execute(_LEDGER_INSERT, {
+        "user_id": user_id, "order_id": order_id, "amount": amount, "kind": "reserve", "created_at": t.utcnow(),
+    })
     return True
 
 
