@@ -11,12 +11,14 @@
 # bench/orderbench.py quotes each user's cart once, checks one order per user, then measures each edge: wrk
 # sustained maximum (-t1 -c32 -d30s, unpaced) and latency at 300 orders/s (paced by bench/lua/place_order.lua's
 # delay()), counting orders written, InnoDB deadlocks and deadlock lines in the edge's log; finally `verify`
-# checks that stock, wallets, history and outbox add up. Figures go to bench/RESULTS.md ("place_order through the
+# checks that stock, wallets, history and outbox add up. Then, on the last edge, the flash-sale variant: every order
+# also buys one unit of SKU 1, so all checkouts queue on one stock row (diagnostic: lock waits, and still no deadlock). Figures go to bench/RESULTS.md ("place_order through the
 # edge (make bench-order)"); raw outputs to bench/out/order/.
 #
 # Knobs (environment): BENCH_PORT_BASE (29230); BENCH_DB (bench_order); BENCH_USERS (200);
 # BENCH_WORKERS ("1 2"); BENCH_MAX_SECONDS (30), BENCH_PACED_SECONDS (60), BENCH_WARMUP_SECONDS (3),
-# BENCH_RATE (300), BENCH_MAX_CONNS (32), BENCH_PACED_CONNS (64); BENCH_RESULTS_MD.
+# BENCH_RATE (300), BENCH_MAX_CONNS (32), BENCH_PACED_CONNS (64); BENCH_HOT_SKU (1; 0 skips the flash-sale runs);
+# BENCH_RESULTS_MD.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -31,6 +33,7 @@ P_E1=$BASE P_E1_ADMIN=$((BASE + 1)) P_E2=$((BASE + 2)) P_E2_ADMIN=$((BASE + 3)) 
 WORKERS=${BENCH_WORKERS:-1 2}
 export BENCH_OUT=$ROOT/bench/out/order
 USERS=$BENCH_USERS
+HOT_SKU=${BENCH_HOT_SKU:-1}
 
 need_tools
 install_traps
@@ -50,10 +53,16 @@ for w in $WORKERS; do
     start_edge "$name" bench/routing-order.yaml "$port" "$admin" "$w" "http://$HOST:$P_NOWHERE"
     var="PID_${name//-/_}"
     pid=${!var}
-    if ((first)); then bench_py workload "http://$HOST:$port" --users "$USERS"; first=0; fi
+    if ((first)); then bench_py workload "http://$HOST:$port" --users "$USERS" --hot-sku "$HOT_SKU"; first=0; fi
     bench_py check "$name" "http://$HOST:$port"
     bench_py measure "$name" "http://$HOST:$port" --pid "$pid" --db-pid "$DB_PID" \
         --metrics "http://$HOST:$admin/metrics" --label "$label" --workers "$w"
+    if [[ $HOT_SKU != 0 && $w == "${WORKERS##* }" ]]; then
+        say "$label, flash sale: every order also buys SKU $HOT_SKU (all checkouts queue on one stock row)"
+        bench_py check "$name" "http://$HOST:$port" --hot
+        bench_py measure "$name-hot" "http://$HOST:$port" --hot --log "$name" --pid "$pid" --db-pid "$DB_PID" \
+            --metrics "http://$HOST:$admin/metrics" --label "$label, SKU $HOT_SKU in every order" --workers "$w"
+    fi
     stop "$name"
 done
 

@@ -33,6 +33,7 @@ import re
 import secrets
 import statistics
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -131,6 +132,14 @@ def _post(url: str, user: str, body: str, **headers: str) -> tuple[int, Any, Any
         return exc.code, json.loads(exc.read() or b"null"), exc.headers
 
 
+def hot_file() -> Path:
+    return OUT / "requests-hot.tsv"
+
+
+def requests_of(a: argparse.Namespace) -> Path:
+    return hot_file() if getattr(a, "hot", False) else pb.requests_file()
+
+
 def cmd_workload(a: argparse.Namespace) -> None:
     from shop.seed import demo_rows
 
@@ -155,6 +164,22 @@ def cmd_workload(a: argparse.Namespace) -> None:
         out.append(f"{u}\t{json.dumps(body, separators=(',', ':'))}")
     OUT.mkdir(parents=True, exist_ok=True)
     pb.requests_file().write_text("\n".join(out) + "\n")
+    hot: list[str] = []
+    if a.hot_sku:
+        # Flash sale: every order also buys one unit of the same SKU, so every checkout queues on that row.
+        cart = defaultdict(list)
+        for c in rows["cart_items"]:
+            if c["selected"]:
+                cart[c["user_id"]].append({"sku_id": c["sku_id"], "qty": c["qty"]})
+        for k, u in enumerate(users):
+            items = [*(x for x in cart[u] if x["sku_id"] != a.hot_sku), {"sku_id": a.hot_sku, "qty": 1}]
+            body = {"items": items, "address_id": u, "currency": pb.CURRENCIES[k % len(pb.CURRENCIES)], "use_wallet": True}
+            status, doc, headers = _post(a.url.rstrip("/") + pb.CALC_PATH, str(u), json.dumps(body))
+            if status != 200:
+                raise SystemExit(f"bench: calc_price (hot SKU) for user {u}: HTTP {status}: {doc}")
+            body["expected_total"] = doc["data"]["summary"]["total"]
+            hot.append(f"{u}\t{json.dumps(body, separators=(',', ':'))}")
+        hot_file().write_text("\n".join(hot) + "\n")
     sizes = [len(lines[u]) for u in users]
     wallet_users = sum(1 for u in users if Decimal(pb.load().get("snapshot", {}).get("balance", {}).get(str(u), "0")) > 0)
     state = pb.load()
@@ -164,6 +189,7 @@ def cmd_workload(a: argparse.Namespace) -> None:
         "wallet_users": wallet_users, "distinct_skus": len({s for u in users for s in lines[u]}),
         "blacklist_entries": len(blacklist),
         "max_users_per_sku": max(Counter(s for u in users for s in lines[u]).values()),
+        "hot_sku": a.hot_sku or None,
     }
     pb.save(state)
     say(f"workload: {len(users)} users, {min(sizes)}-{max(sizes)} lines (mean {statistics.mean(sizes):.1f}), "
@@ -171,11 +197,11 @@ def cmd_workload(a: argparse.Namespace) -> None:
 
 
 def cmd_check(a: argparse.Namespace) -> None:
-    reqs = [ln.split("\t", 1) for ln in pb.requests_file().read_text().splitlines()]
+    reqs = [ln.split("\t", 1) for ln in requests_of(a).read_text().splitlines()]
     first: tuple[str, str, str] | None = None
     blocked: list[str] = []
     for user, body in reqs:
-        key = f"check-{a.name}-{user}"
+        key = f"check-{a.name}{'-hot' if a.hot else ''}-{user}"
         status, doc, headers = _post(a.url.rstrip("/") + ORDER_PATH, user, body, **{"Idempotency-Key": key, "X-Platform": "app"})
         route, backend = headers.get("X-Edge-Route"), headers.get("X-Edge-Backend")
         data = (doc or {}).get("data") or {}
@@ -191,16 +217,18 @@ def cmd_check(a: argparse.Namespace) -> None:
     assert first is not None
     if blocked:
         keep = [f"{u}\t{b}" for u, b in reqs if u not in blocked]
-        pb.requests_file().write_text("\n".join(keep) + "\n")
+        requests_of(a).write_text("\n".join(keep) + "\n")
         state = pb.load()
         wl = state["workload"]
-        wl["users"] = [u for u in wl["users"] if str(u) not in blocked]
-        wl["n"], wl["address_blocked"] = len(wl["users"]), [int(u) for u in blocked]
+        if not a.hot:
+            wl["users"] = [u for u in wl["users"] if str(u) not in blocked]
+            wl["n"], wl["address_blocked"] = len(wl["users"]), [int(u) for u in blocked]
         pb.save(state)
         say(f"{a.name}: {len(blocked)} users' addresses are on the demo blacklist (422 address_blocked); "
             f"dropped from the load: {', '.join(blocked)}")
     user, body, order_id = first
-    status, doc, _ = _post(a.url.rstrip("/") + ORDER_PATH, user, body, **{"Idempotency-Key": f"check-{a.name}-{user}"})
+    status, doc, _ = _post(a.url.rstrip("/") + ORDER_PATH, user, body,
+                           **{"Idempotency-Key": f"check-{a.name}{'-hot' if a.hot else ''}-{user}"})
     if status != 200 or doc["data"]["order_id"] != order_id:
         raise SystemExit(f"bench: {a.name}: replaying user {user}'s key gave {status} {doc}, not order {order_id}")
     say(f"{a.name} ok: {len(reqs)} orders placed through the edge (new side), one key replayed → the same order")
@@ -221,11 +249,16 @@ def cmd_measure(a: argparse.Namespace) -> None:
 
     def one(kind: str, conns: int, seconds: int, rate: int, log: bool = True) -> dict:
         run = f"b{secrets.token_hex(3)}{kind[0]}"
-        dl0, lines0 = innodb_deadlocks(), len(deadlock_lines(log_dir, a.name))
+        dl0, lines0 = innodb_deadlocks(), len(deadlock_lines(log_dir, a.log or a.name))
         m0 = pb.http_text(a.metrics) if a.metrics else ""
         with pb.Cpu(roots) as cw:
+            split: list[str | None] = []
+            timer = threading.Timer(min(3.0, seconds / 2), lambda: split.append(pb.conn_split(a.pid, pb._port_of(a.url))))
+            timer.start()
             r = pb.wrk(a.url, conns=conns, seconds=seconds, rate=rate, log_name=f"wrk-{kind}-{a.name}" if log else None,
-                       host=host, lua=LUA, env_extra={"BENCH_RUN": run})
+                       host=host, lua=LUA, env_extra={"BENCH_RUN": run, "BENCH_REQUESTS": str(requests_of(a).resolve())})
+            timer.cancel()
+        r["conn_split"] = split[0] if split else None
         time.sleep(1)  # requests wrk cut off at the end may still commit
         r["cpu"] = cw.as_dict()
         r["run"] = run
@@ -233,7 +266,7 @@ def cmd_measure(a: argparse.Namespace) -> None:
         r["ok"] = r["requests"] - r["non2xx"]
         r["orders_per_s"] = round(r["ok"] / r["duration_s"], 1)
         r["innodb_deadlocks"] = innodb_deadlocks() - dl0
-        new_lines = deadlock_lines(log_dir, a.name)[lines0:]
+        new_lines = deadlock_lines(log_dir, a.log or a.name)[lines0:]
         r["deadlock_log_lines"] = len(new_lines)
         r["deadlock_examples"] = new_lines[:3]
         if a.metrics:
@@ -257,7 +290,7 @@ def cmd_measure(a: argparse.Namespace) -> None:
     lat = p["latency_ms"]
     say(f"{a.name}: {p['orders_per_s']:.0f} orders/s achieved, p50 {lat['p50']:.1f} ms, p99 {lat['p99']:.1f} ms, "
         f"p99.9 {lat['p999']:.1f} ms, non-2xx {p['non2xx']}, deadlocks {p['innodb_deadlocks']} (log {p['deadlock_log_lines']})")
-    state["targets"][a.name] = {"label": a.label or a.name, "workers": a.workers, "pids": pb.eb.tree(a.pid),
+    state["targets"][a.name] = {"label": a.label or a.name, "workers": a.workers, "pids": pb.eb.tree(a.pid), "hot": a.hot,
                                 "max": w, "paced": p, "rss_after": pb.rss_kb(a.pid)}
     if a.name not in state["order"]:
         state["order"].append(a.name)
@@ -335,12 +368,13 @@ def report(state: dict) -> tuple[str, str, list[str]]:
             f"| {w['orders'] + p['orders']:,} / {w['ok'] + p['ok']:,} | {w['non2xx'] + p['non2xx']} "
             f"| {w['innodb_deadlocks'] + p['innodb_deadlocks']} | {w['deadlock_log_lines'] + p['deadlock_log_lines']} "
             f"| {pb._other(w['cpu'])} / {pb._other(p['cpu'])} |")
-        verdicts.append(f"| {r['label']}: sustained orders/s ({MAX_SECONDS} s unpaced) | ≥ 300, 0 non-2xx "
+        tag = "(diagnostic, no target) " if r.get("hot") else ""
+        verdicts.append(f"| {tag}{r['label']}: sustained orders/s ({MAX_SECONDS} s unpaced) | ≥ 300, 0 non-2xx "
                         f"| {w['orders_per_s']:,.0f} orders/s, {w['non2xx']} non-2xx "
                         f"| {pb._verdict(w['orders_per_s'], TARGETS['orders_per_s'], True, ' orders/s', 0)}"
                         f"{'' if w['non2xx'] == 0 else ' — **non-2xx answers**'}{pb._noise_note(w['cpu'])} |")
         short = p["orders_per_s"] < 0.97 * RATE
-        verdicts.append(f"| {r['label']}: p99 at {RATE} orders/s ({PACED_SECONDS} s) | ≤ 150 ms "
+        verdicts.append(f"| {tag}{r['label']}: p99 at {RATE} orders/s ({PACED_SECONDS} s) | ≤ 150 ms "
                         f"| {lat['p99']:.1f} ms at {p['orders_per_s']:,.0f}/s "
                         f"| {pb._verdict(lat['p99'], TARGETS['p99_ms'], False, ' ms', 1)}"
                         f"{' — **rate not reached**' if short else ''}"
@@ -418,6 +452,13 @@ def cmd_report(a: argparse.Namespace) -> None:
   place_order retry logs `place_order_deadlock_retry`). After all runs, `verify`: for every SKU the stock taken equals
   the quantities ordered, for every wallet the money gone equals the ledger's reservations, one history row and one
   outbox `noti` per order, no order without items, no key with two orders.
+- **Flash sale** (diagnostic, on the last edge only; `BENCH_HOT_SKU`, default SKU {wl.get('hot_sku')}): the same users and
+  runs, but each body lists its cart lines explicitly (`items`) plus one unit of SKU {wl.get('hot_sku')}, quoted through
+  calc_price the same way. Every checkout then takes that one stock row's lock first (lowest id) and holds it to its
+  commit: the case that would deadlock with an unordered lock order, and the one that serialises.
+- **Orders written vs 2xx**: wrk stops with up to its connection count of requests in flight; the edge finishes and
+  commits those, but wrk never counts their answers. So "written" exceeds "2xx" by at most the connection count;
+  fewer orders than 2xx would be a lost order.
 - **CPU** as in bench-price (per process group from /proc; "other load" = the rest of the box, "steal" the hypervisor's share).
 
 ### Results
@@ -447,9 +488,11 @@ def main() -> None:
     w = sub.add_parser("workload")
     w.add_argument("url")
     w.add_argument("--users", type=int, default=200)
+    w.add_argument("--hot-sku", type=int, default=0, help="also write requests-hot.tsv: every order adds this SKU")
     c = sub.add_parser("check")
     c.add_argument("name")
     c.add_argument("url")
+    c.add_argument("--hot", action="store_true", help="use requests-hot.tsv")
     m = sub.add_parser("measure")
     m.add_argument("name")
     m.add_argument("url")
@@ -458,6 +501,8 @@ def main() -> None:
     m.add_argument("--metrics")
     m.add_argument("--label")
     m.add_argument("--workers", type=int, default=1)
+    m.add_argument("--hot", action="store_true", help="use requests-hot.tsv")
+    m.add_argument("--log", help="the edge's log name in OUT (default: NAME)")
     sub.add_parser("verify")
     sub.add_parser("facts")
     r = sub.add_parser("report")
