@@ -48,6 +48,13 @@ def test_repo_routing_file_is_valid() -> None:
     assert table.match("GET", "/shopping/orders/A1/pay_cm")[0].name == "payment_methods"
 
 
+@pytest.mark.parametrize("path", sorted((REPO_ROUTING.parent / "bench").glob("routing-*.yaml")), ids=lambda p: p.name)
+def test_bench_routing_files_are_valid_and_match_the_repo_routes(path: Path) -> None:
+    """The benches run the production routes with other shares: same names, same paths, only the dial differs."""
+    table, repo = parse(path.read_text()), parse(REPO_ROUTING.read_text())
+    assert {n: (r.methods, r.path) for n, r in table.routes.items()} == {n: (r.methods, r.path) for n, r in repo.routes.items()}
+
+
 def test_good_file_parses_into_specs() -> None:
     table = parse(GOOD, {"EDGE_LEGACY_URL": "http://old:9000/"})
     assert table.legacy_url == "http://old:9000"
