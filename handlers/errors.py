@@ -8,7 +8,8 @@ from collections.abc import Awaitable, Callable, Mapping
 import structlog
 from aiohttp import web
 
-from shop.errors import ShopError, envelope
+from shop.db import is_unavailable
+from shop.errors import ShopError, Unavailable, envelope
 
 log = structlog.get_logger("handlers")
 
@@ -24,7 +25,16 @@ def error_response(status: int, code: int, msg: str, data: object = None) -> web
 
 
 def shop_error_response(exc: ShopError) -> web.Response:
-    return error_response(exc.status, exc.code, exc.msg, exc.data)
+    resp = error_response(exc.status, exc.code, exc.msg, exc.data)
+    if isinstance(exc, Unavailable):
+        resp.headers["Retry-After"] = "1"
+    return resp
+
+
+def unavailable_response(request: web.Request, exc: Exception) -> web.Response:
+    # The cause goes to the log (one line, no stack: the DB being down is not a bug), never to the client.
+    log.warning("db_unavailable", path=request.path, error=type(exc).__name__, detail=str(exc)[:200])
+    return shop_error_response(Unavailable())
 
 
 async def answer_new(
@@ -41,6 +51,10 @@ async def answer_new(
         return await handler(request, params)
     except ShopError as exc:
         return shop_error_response(exc)
+    except Exception as exc:
+        if is_unavailable(exc):
+            return unavailable_response(request, exc)
+        raise
 
 
 @web.middleware
@@ -56,7 +70,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             raise
         # aiohttp's own 404/405s still answer in the envelope the apps parse.
         return error_response(exc.status, exc.status * 100 + 1, exc.reason.lower().replace(" ", "_"))
-    except Exception:
+    except Exception as exc:
+        if is_unavailable(exc):
+            return unavailable_response(request, exc)
         # Never a stack trace to the client; the log has it, keyed by request id.
         log.exception("unhandled_error", path=request.path)
         return error_response(500, 50000, "internal_error")

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Numeric, Table, UniqueConstraint, event, inspect
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL, Connection, Inspector, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
@@ -85,6 +86,17 @@ def make_engine(url: str, *, read_only: bool = False, **kw: Any) -> AsyncEngine:
     if backend == "sqlite":
         event.listen(engine.sync_engine, "connect", _sqlite_on_connect)
     return engine
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    """A database failure that is about the database being unreachable or busy, not about the request:
+    a lost or refused connection, a server restart, a full pool, a deadlock or lock wait given up on.
+    Such a request changed nothing (its transaction is gone) and may be sent again."""
+    if isinstance(exc, sa_exc.TimeoutError):  # no pooled connection came free in pool_timeout
+        return True
+    if isinstance(exc, sa_exc.DBAPIError):
+        return exc.connection_invalidated or isinstance(exc, sa_exc.OperationalError | sa_exc.InterfaceError)
+    return False
 
 
 async def create_all(engine: AsyncEngine) -> None:

@@ -78,3 +78,11 @@ class UpstreamTimeout(ShopError):
 
 def envelope(code: int, msg: str, data: Any = None) -> dict[str, Any]:
     return {"code": code, "msg": msg, "data": data}
+
+
+class Unavailable(ShopError):
+    """The database can't be reached or gave up on us (restart, failover, pool exhausted, lock wait):
+    nothing was written, and the same request may be sent again (place_order's Idempotency-Key makes
+    even a retried checkout whose commit did land answer with that order)."""
+
+    status, code, msg = 503, 50302, "db_unavailable"

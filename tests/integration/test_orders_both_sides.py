@@ -18,9 +18,8 @@ from prometheus_client import CollectorRegistry
 from emulators.legacy import create_app as create_legacy_app
 from proxy.app import SHADOWER, create_app
 from proxy.gray import bucket_of
-from shop.seed import demo_rows
 from tests.support.edge import calc_price_route, edge_settings, routing_doc, write_routing
-from tests.support.shopdb import seed_database
+from tests.support.shopdb import demo_buyers, seed_database
 
 
 def route(path: str, method: str, percent: float, **extra: Any) -> dict[str, Any]:
@@ -57,14 +56,6 @@ async def sides(aiohttp_server, aiohttp_client, tmp_path: Path, db_url: str, per
     await legacy.close()
 
 
-def buyers(n: int) -> list[int]:
-    rows = demo_rows()
-    inactive = {s["id"] for s in rows["skus"] if not s["active"] or s["stock"] < 5}
-    blocked = {c["user_id"] for c in rows["cart_items"] if c["selected"] and c["sku_id"] in inactive}
-    shopping = {c["user_id"] for c in rows["cart_items"] if c["selected"]}
-    return [u for u in range(2, 200) if u in shopping and u not in blocked][:n]
-
-
 async def call(client: TestClient, method: str, path: str, user: int, body: Any = None, **headers: str) -> tuple[int, dict, str]:
     resp = await client.request(method, path, json=body, headers={"X-User-Id": str(user), "X-Platform": "web", **headers})
     return resp.status, await resp.json(), resp.headers.get("X-Edge-Backend", "")
@@ -73,7 +64,7 @@ async def call(client: TestClient, method: str, path: str, user: int, body: Any 
 async def test_orders_from_both_sides_are_one_shop(sides) -> None:
     edge, legacy = sides
     placed: dict[int, tuple[str, str]] = {}
-    for user in buyers(12):
+    for user in demo_buyers(12):
         body = {"address_id": user, "currency": "USD"}
         status, priced, _ = await call(edge, "POST", "/shopping/cal_price/v4_4", user, body)
         assert status == 200, priced
@@ -123,7 +114,7 @@ async def test_checkout_works_at_every_gray_share(sides, percent: float) -> None
     edge, legacy = sides
     # Three buyers from each band (below 20 %, between, above 80 %), so every share splits them.
     by_band: dict[int, list[int]] = {0: [], 1: [], 2: []}
-    for u in buyers(40):
+    for u in demo_buyers(40):
         b = bucket_of(str(u))
         by_band[0 if b < 2000 else 2 if b >= 8000 else 1].append(u)
     users = [u for band in by_band.values() for u in band[:3]]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from shop.db import create_all, drop_all, make_engine
-from shop.seed import seed_demo
+from shop.seed import demo_rows, seed_demo
 
 
 async def seed_database(url: str) -> str:
@@ -16,3 +16,13 @@ async def seed_database(url: str) -> str:
     finally:
         await engine.dispose()
     return url
+
+
+def demo_buyers(n: int) -> list[int]:
+    """The first n demo users (from 2: user 1 is the worked example) whose selected cart lines are all
+    active SKUs with stock for a few checkouts, and who own address id == user id."""
+    rows = demo_rows()
+    inactive = {s["id"] for s in rows["skus"] if not s["active"] or s["stock"] < 5}
+    blocked = {c["user_id"] for c in rows["cart_items"] if c["selected"] and c["sku_id"] in inactive}
+    shopping = {c["user_id"] for c in rows["cart_items"] if c["selected"]}
+    return [u for u in range(2, 200) if u in shopping and u not in blocked][:n]
