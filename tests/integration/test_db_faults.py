@@ -8,7 +8,6 @@ aborted at once is what a server restart looks like from the edge.
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import AsyncIterator
 from decimal import Decimal
 from pathlib import Path
@@ -23,18 +22,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from proxy.app import create_app
 from shop import schema as t
 from shop.db import make_engine
-from tests.support.edge import calc_price_route, detail_route, edge_settings, routing_doc, write_routing
+from tests.support.edge import calc_price_route, dead_url, detail_route, edge_settings, routing_doc, write_routing
 from tests.support.shopdb import demo_buyers, seed_database
 from tests.support.tcpproxy import TcpProxy
 
 PLACE = "/shopping/cart/checkout/entries"
 CALC = "/shopping/cal_price/v4_4"
-
-
-def dead_url() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return f"http://127.0.0.1:{s.getsockname()[1]}"
 
 
 @pytest.fixture

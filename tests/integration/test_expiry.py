@@ -7,7 +7,6 @@ when two sweepers run at once and when old shopping cancels the same order at th
 from __future__ import annotations
 
 import asyncio
-import socket
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal as D
@@ -24,7 +23,7 @@ from shop.db import create_all, drop_all, make_engine
 from shop.expiry import expire_due, expire_one
 from shop.settings import Settings, SettingsError
 from tests.builders import insert_order
-from tests.support.edge import edge_settings, routing_doc, write_routing
+from tests.support.edge import dead_url, edge_settings, routing_doc, write_routing
 
 STOCK = 50
 WALLET = D("20.0000")
@@ -333,12 +332,6 @@ async def test_old_shopping_and_two_sweepers_race_on_mariadb(maria: AsyncEngine)
 
 
 # --- the edge task -------------------------------------------------------------------------------
-
-
-def dead_url() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return f"http://127.0.0.1:{s.getsockname()[1]}"
 
 
 async def test_the_edge_sweeps_in_the_background(aiohttp_client, tmp_path: Path, sqlite_url: str) -> None:

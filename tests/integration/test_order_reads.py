@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from decimal import Decimal as D
@@ -23,18 +22,12 @@ from shop.errors import NotFound
 from shop.order_views import order_detail, paid_from_client, payment_methods_for
 from shop.seed import demo_rows
 from tests.builders import NOW, insert_order
-from tests.support.edge import detail_route, edge_settings, routing_doc, write_routing
+from tests.support.edge import dead_url, detail_route, edge_settings, routing_doc, write_routing
 from tests.support.shopdb import seed_database
 
 ADDRESS = {"name": "Erika Mustermann", "phone": "+4915112345678", "country": "DE", "city": "Berlin",
            "zip": "10115", "line1": "Unter den Linden 1"}
 NOT_FOUND = {"code": 40401, "msg": "order_not_found", "data": None}
-
-
-def dead_url() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return f"http://127.0.0.1:{s.getsockname()[1]}"
 
 
 def detail_path(order_id: str) -> str:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -16,18 +15,12 @@ from sqlalchemy import delete, func, insert, select, update
 from proxy.app import create_app
 from shop import schema as t
 from shop.db import make_engine
-from tests.support.edge import calc_price_route, edge_settings, routing_doc, write_routing
+from tests.support.edge import calc_price_route, dead_url, edge_settings, routing_doc, write_routing
 from tests.support.shopdb import seed_database
 
 PLACE = "/shopping/cart/checkout/entries"
 CALC = "/shopping/cal_price/v4_4"
 WORKED = {"user_coupon_id": 1, "address_id": 1, "currency": "EUR", "use_wallet": True, "expected_total": "96.07"}
-
-
-def dead_url() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return f"http://127.0.0.1:{s.getsockname()[1]}"
 
 
 def place_route() -> dict[str, Any]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -16,17 +15,11 @@ from proxy.app import create_app
 from shop import schema as t
 from shop.db import create_all, drop_all, make_engine
 from shop.seed import demo_rows, seed_demo
-from tests.support.edge import calc_price_route, coupons_route, edge_settings, routing_doc, write_routing
+from tests.support.edge import calc_price_route, coupons_route, dead_url, edge_settings, routing_doc, write_routing
 
 CALC = "/shopping/cal_price/v4_4"
 COUPONS = "/shopping/user_coupons_for_order"
 WORKED = {"user_coupon_id": 1, "address_id": 1, "currency": "EUR", "use_wallet": True}
-
-
-def dead_url() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return f"http://127.0.0.1:{s.getsockname()[1]}"
 
 
 async def seeded(url: str) -> None:

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from shop.settings import Settings
+
+
+def dead_url() -> str:
+    """An http URL where nothing listens (a port the OS just handed out and took back)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{s.getsockname()[1]}"
 
 
 def routing_doc(legacy_url: str, **routes: dict[str, Any]) -> dict[str, Any]:
