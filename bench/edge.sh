@@ -17,113 +17,26 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-cd "$ROOT"
+# shellcheck source=bench/lib.sh
+source "$ROOT/bench/lib.sh"
+export BENCH_DRIVER=bench/edgebench.py
 
-PY=${PY:-$ROOT/.venv/bin/python}
-EDGE_BIN=$ROOT/.venv/bin/shopping-edge
 BENCH_RSS=${BENCH_RSS:-1}
 BENCH_RSS_REQUESTS=${BENCH_RSS_REQUESTS:-1000000}
 BENCH_PATH=${BENCH_PATH:-/shopping/cart?x=1}
 BASE=${BENCH_PORT_BASE:-29190}
 UPSTREAM_WORKERS=${BENCH_UPSTREAM_WORKERS:-$(nproc)}
-RESULTS_MD=${BENCH_RESULTS_MD:-$ROOT/bench/RESULTS.md}
 ROUTING=$ROOT/bench/routing-passthrough.yaml
 export BENCH_OUT=$ROOT/bench/out/edge
 
 P_UP=$BASE P_NGINX=$((BASE + 1)) P_E1=$((BASE + 2)) P_E1_ADMIN=$((BASE + 3)) P_E2=$((BASE + 4)) P_E2_ADMIN=$((BASE + 5))
-HOST=127.0.0.1
 
-say() { printf 'bench: %s\n' "$*" >&2; }
-die() { say "$*"; exit 1; }
-
-[[ -x $PY && -x $EDGE_BIN ]] || die "no .venv with shopping-edge; run 'make venv' (make bench-edge does it)"
-
-# ---------------------------------------------------------------- tools (Debian packages)
-need=()
-command -v wrk >/dev/null || need+=(wrk)
-command -v hey >/dev/null || need+=(hey)
-command -v curl >/dev/null || need+=(curl)
-command -v nginx >/dev/null || [[ -x /usr/sbin/nginx ]] || need+=(nginx)
-if ((${#need[@]})); then
-    sudo=()
-    [[ $(id -u) == 0 ]] || sudo=(sudo)
-    say "installing ${need[*]} from Debian"
-    "${sudo[@]}" apt-get update -qq
-    # The nginx package may try to start the system nginx; this bench never uses or touches it.
-    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
-fi
+need_tools hey nginx
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
-
-# ---------------------------------------------------------------- lifecycle
-TMP=$(mktemp -d "${TMPDIR:-/tmp}/bench-edge.XXXXXX")
+install_traps
+BENCH_TMP=$(mktemp -d "${TMPDIR:-/tmp}/bench-edge.XXXXXX")  # removed by cleanup
+TMP=$BENCH_TMP
 chmod 755 "$TMP"  # nginx workers (user nobody when run as root) create their temp dirs in here
-PIDS=()           # each started with setsid: pid == process group id, so the whole tree stops
-
-stop_group() {
-    local pid=$1 i
-    kill -0 -- "-$pid" 2>/dev/null || return 0
-    kill -TERM -- "-$pid" 2>/dev/null || true
-    for i in $(seq 100); do
-        kill -0 -- "-$pid" 2>/dev/null || return 0
-        sleep 0.1
-    done
-    say "process group $pid still up after 10 s, sending SIGKILL"
-    kill -KILL -- "-$pid" 2>/dev/null || true
-}
-
-cleanup() {
-    local rc=$? i
-    trap - EXIT INT TERM HUP
-    [[ -z $PYPID ]] || stop_group "$PYPID"
-    if ((${#PIDS[@]})); then
-        say "stopping ${#PIDS[@]} servers"
-        for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do stop_group "${PIDS[i]}"; done
-    fi
-    rm -rf "$TMP"
-    ((rc == 0)) || say "failed (exit $rc); logs in bench/out/edge/"
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-trap 'exit 129' HUP
-
-port_busy() { (exec 3<>"/dev/tcp/$HOST/$1") 2>/dev/null; }
-
-# start NAME CMD...: in its own session (so Ctrl-C in the terminal reaches only us, and cleanup stops
-# the whole tree), stdout/stderr to bench/out/edge/NAME.{out,err}; sets PID_<NAME>.
-start() {
-    local name=$1
-    shift
-    setsid "$@" >"$BENCH_OUT/$name.out" 2>"$BENCH_OUT/$name.err" </dev/null &
-    local pid=$!
-    PIDS+=("$pid")
-    printf -v "PID_${name//-/_}" '%s' "$pid"
-}
-
-# The measuring driver runs in its own process group too, waited for in the background so that a
-# signal reaches our trap at once (not after a 60 s wrk) and cleanup can stop it and its wrk/hey.
-PYPID=
-bench_py() {
-    setsid "$PY" bench/edgebench.py "$@" &
-    PYPID=$!
-    wait "$PYPID"
-    PYPID=
-}
-
-wait_http() {  # NAME PID URL
-    local name=$1 pid=$2 url=$3 i
-    for i in $(seq 300); do
-        curl -fsS -o /dev/null --max-time 1 "$url" 2>/dev/null && return 0
-        if ! kill -0 "$pid" 2>/dev/null; then
-            tail -n 20 "$BENCH_OUT/$name.err" >&2 || true
-            die "$name exited during start-up"
-        fi
-        sleep 0.1
-    done
-    tail -n 20 "$BENCH_OUT/$name.err" >&2 || true
-    die "$name not answering at $url after 30 s"
-}
 
 render() {  # TEMPLATE OUT KEY=VALUE...
     local tpl=$1 out=$2 kv
@@ -138,9 +51,7 @@ render() {  # TEMPLATE OUT KEY=VALUE...
 # ---------------------------------------------------------------- go
 rm -rf "$BENCH_OUT"
 mkdir -p "$BENCH_OUT"
-for p in $P_UP $P_NGINX $P_E1 $P_E1_ADMIN $P_E2 $P_E2_ADMIN; do
-    ! port_busy "$p" || die "port $HOST:$p is already in use (set BENCH_PORT_BASE)"
-done
+check_ports "$P_UP" "$P_NGINX" "$P_E1" "$P_E1_ADMIN" "$P_E2" "$P_E2_ADMIN"
 
 render bench/nginx/upstream.conf "$TMP/upstream.conf" \
     "WORKERS=$UPSTREAM_WORKERS" "PREFIX=$TMP" "LISTEN=$HOST:$P_UP"

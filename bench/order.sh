@@ -25,8 +25,8 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 export BENCH_DB=${BENCH_DB:-bench_order}
 export BENCH_USERS=${BENCH_USERS:-200}
 export BENCH_DRIVER=bench/orderbench.py
-# shellcheck source=bench/price.sh
-source "$ROOT/bench/price.sh" --lib
+# shellcheck source=bench/lib.sh
+source "$ROOT/bench/lib.sh"
 
 BASE=${BENCH_PORT_BASE:-29230}
 P_E1=$BASE P_E1_ADMIN=$((BASE + 1)) P_E2=$((BASE + 2)) P_E2_ADMIN=$((BASE + 3)) P_NOWHERE=$((BASE + 9))

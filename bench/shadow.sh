@@ -27,8 +27,9 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-# shellcheck source=bench/price.sh
-source "$ROOT/bench/price.sh" --lib
+# shellcheck source=bench/lib.sh
+source "$ROOT/bench/lib.sh"
+export BENCH_DRIVER=bench/pricebench.py
 
 BASE=${BENCH_PORT_BASE:-29220}
 P_LEGACY=$BASE P_EDGE=$((BASE + 2)) P_ADMIN=$((BASE + 3))
