@@ -388,26 +388,22 @@ def _cmd_out(cmd: list[str]) -> str:
     return (p.stdout + p.stderr).strip()
 
 
-def cmd_facts(a: argparse.Namespace) -> None:
+def pkg_version(pkg: str) -> str:
     from importlib import metadata
 
-    state = load()
-    cpuinfo = Path("/proc/cpuinfo").read_text()
-    model = re.search(r"^model name\s*:\s*(.+)$", cpuinfo, re.MULTILINE)
+    try:
+        return metadata.version(pkg)
+    except metadata.PackageNotFoundError:
+        return "?"
+
+
+def machine_facts(code_dirs: list[str]) -> dict:
+    """Date, machine, load and commit of a run (the commit starred when `code_dirs` have uncommitted changes)."""
+    model = re.search(r"^model name\s*:\s*(.+)$", Path("/proc/cpuinfo").read_text(), re.MULTILINE)
     mem_kb = int(re.search(r"^MemTotal:\s+(\d+)", Path("/proc/meminfo").read_text(), re.MULTILINE).group(1))
     commit = _cmd_out(["git", "rev-parse", "--short", "HEAD"])
-    dirty = _cmd_out(["git", "status", "--porcelain", "--", "proxy", "handlers", "shop"])
-    nginx_v = _cmd_out(["nginx", "-v"]).rsplit("/", 1)[-1]
-    wrk_v = _cmd_out(["wrk", "-v"]).split("\n", 1)[0].split()[1] if "wrk" in _cmd_out(["wrk", "-v"]) else "?"
-    hey_v = _cmd_out(["dpkg-query", "-W", "-f", "${Version}", "hey"])
-
-    def ver(pkg: str) -> str:
-        try:
-            return metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            return "?"
-
-    state["facts"] = {
+    dirty = _cmd_out(["git", "status", "--porcelain", "--", *code_dirs])
+    return {
         "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "nproc": os.cpu_count(),
         "cpu_model": model.group(1).strip() if model else "?",
@@ -416,8 +412,22 @@ def cmd_facts(a: argparse.Namespace) -> None:
         "loadavg": " ".join(Path("/proc/loadavg").read_text().split()[:3]),
         "commit": commit + ("*" if dirty.strip() else ""),
         "dirty": bool(dirty.strip()),
-        "tools": (f"nginx {nginx_v}, wrk {wrk_v}, hey {hey_v}, Python {platform.python_version()}, "
-                  f"aiohttp {ver('aiohttp')}, uvloop {ver('uvloop')}, gunicorn {ver('gunicorn')}"),
+    }
+
+
+def wrk_version() -> str:
+    out = _cmd_out(["wrk", "-v"])
+    return out.split("\n", 1)[0].split()[1] if out.startswith("wrk") else "?"
+
+
+def cmd_facts(a: argparse.Namespace) -> None:
+    state = load()
+    nginx_v = _cmd_out(["nginx", "-v"]).rsplit("/", 1)[-1]
+    hey_v = _cmd_out(["dpkg-query", "-W", "-f", "${Version}", "hey"])
+    state["facts"] = {
+        **machine_facts(["proxy", "handlers", "shop"]),
+        "tools": (f"nginx {nginx_v}, wrk {wrk_version()}, hey {hey_v}, Python {platform.python_version()}, "
+                  f"aiohttp {pkg_version('aiohttp')}, uvloop {pkg_version('uvloop')}, gunicorn {pkg_version('gunicorn')}"),
         "path": a.path,
         "upstream_workers": a.upstream_workers,
         "body_bytes": a.body_bytes,

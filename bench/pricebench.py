@@ -27,7 +27,6 @@ Helpers for /proc accounting come from bench/edgebench.py (the `make bench-edge`
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
 import platform
@@ -304,36 +303,15 @@ def cmd_check(a: argparse.Namespace) -> None:
 
 
 def cmd_facts(a: argparse.Namespace) -> None:
-    from importlib import metadata
-
-    def ver(pkg: str) -> str:
-        try:
-            return metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            return "?"
-
     state = load()
-    cpuinfo = Path("/proc/cpuinfo").read_text()
-    model = re.search(r"^model name\s*:\s*(.+)$", cpuinfo, re.MULTILINE)
-    mem_kb = int(re.search(r"^MemTotal:\s+(\d+)", Path("/proc/meminfo").read_text(), re.MULTILINE).group(1))
-    commit = eb._cmd_out(["git", "rev-parse", "--short", "HEAD"])
-    dirty = eb._cmd_out(["git", "status", "--porcelain", "--", "proxy", "handlers", "shop", "shadow", "emulators"])
-    wrk_out = eb._cmd_out(["wrk", "-v"])
-    wrk_v = wrk_out.split("\n", 1)[0].split()[1] if wrk_out.startswith("wrk") else "?"
     mariadb_v = eb._cmd_out(["mysql", "-uroot", "-h127.0.0.1", "-N", "-e", "select version()"])
+    v = eb.pkg_version
     state["facts"] = {
-        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "nproc": os.cpu_count(),
-        "cpu_model": model.group(1).strip() if model else "?",
-        "mem": f"{mem_kb / 1024 / 1024:.1f} GiB",
-        "kernel": os.uname().release,
-        "loadavg": " ".join(Path("/proc/loadavg").read_text().split()[:3]),
-        "commit": commit + ("*" if dirty.strip() else ""),
-        "dirty": bool(dirty.strip()),
+        **eb.machine_facts(["proxy", "handlers", "shop", "shadow", "emulators"]),
         "mariadb": mariadb_v.splitlines()[-1] if mariadb_v else "?",
-        "tools": (f"wrk {wrk_v} (LuaJIT), Python {platform.python_version()}, aiohttp {ver('aiohttp')}, "
-                  f"uvloop {ver('uvloop')}, gunicorn {ver('gunicorn')}, SQLAlchemy {ver('sqlalchemy')}, "
-                  f"aiomysql {ver('aiomysql')}, py-spy {ver('py-spy')}"),
+        "tools": (f"wrk {eb.wrk_version()} (LuaJIT), Python {platform.python_version()}, aiohttp {v('aiohttp')}, "
+                  f"uvloop {v('uvloop')}, gunicorn {v('gunicorn')}, SQLAlchemy {v('sqlalchemy')}, "
+                  f"aiomysql {v('aiomysql')}, py-spy {v('py-spy')}"),
     }
     save(state)
 
@@ -786,7 +764,6 @@ SHADOW_SECTION = "## Shadow mode: calc_price (make bench-shadow)"
 
 
 def report_price(state: dict) -> tuple[str, str, list[str]]:
-    f = state.get("facts", {})
     t = state["targets"]
     rows = ["| edge | max req/s (wrk -c32) | edge CPU | edge CPU µs/req | MariaDB CPU (µs/req) | p50 / p99 / p99.9 ms @ 1000 req/s "
             "| achieved rate | client connections per worker (max / paced run) | non-2xx / socket errors "
