@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: run test test-unit venv mariadb bench-edge bench-price bench-shadow bench-order demo-traffic clean
+.PHONY: run test lint test-unit venv mariadb bench-edge bench-price bench-shadow bench-order demo-traffic clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -21,9 +21,15 @@ mariadb:
 run: $(STAMP)
 	$(BIN)/python scripts/stack.py
 
-test: $(STAMP) mariadb
+PY_DIRS := shop handlers proxy shadow emulators consumers scripts bench tests
+
+test: $(STAMP) mariadb lint
 	bash scripts/ensure-promtool.sh
 	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+# Unused imports and names, undefined names, shadowed fixtures: cheap, and caught before the tests run.
+lint: $(STAMP)
+	$(BIN)/python -m pyflakes $(PY_DIRS)
 
 test-unit: $(STAMP)
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests/unit

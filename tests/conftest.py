@@ -5,10 +5,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from shop.db import create_all, drop_all, make_engine
 
 MARIADB_URL = "mysql+aiomysql://root@127.0.0.1:3306/test"
 
@@ -30,3 +33,15 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
         yield f"sqlite+aiosqlite:///{tmp_path / 'shop.db'}"
     else:
         yield MARIADB_URL
+
+
+@pytest.fixture
+async def fresh_engine(db_url: str) -> AsyncIterator[AsyncEngine]:
+    """An engine on freshly created tables; MariaDB's `test` database is shared, so start from scratch."""
+    engine = make_engine(db_url)
+    await drop_all(engine)
+    await create_all(engine)
+    try:
+        yield engine
+    finally:
+        await engine.dispose()

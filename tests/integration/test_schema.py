@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
@@ -20,18 +19,6 @@ CONTRACT_TABLES = {
     "forex_rates", "shipping_rules", "tariff_rules", "addresses", "address_blacklist", "payment_methods",
     "orders", "order_items", "order_status_history", "payments", "refunds", "processed_events", "outbox",
 }
-
-
-@pytest.fixture
-async def fresh_engine(db_url: str) -> AsyncIterator[AsyncEngine]:
-    """An engine on freshly created tables; MariaDB's `test` database is shared, so start from scratch."""
-    engine = make_engine(db_url)
-    await drop_all(engine)
-    await create_all(engine)
-    try:
-        yield engine
-    finally:
-        await engine.dispose()
 
 
 async def _recreate_without_constraints(engine: AsyncEngine, table: Table, **types: object) -> None:

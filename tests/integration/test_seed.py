@@ -19,13 +19,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shop import schema, seed
 from shop.seed import demo_rows, seed_demo
-from tests.integration.test_schema import fresh_engine  # noqa: F401  (fixture shared with the schema tests)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
-async def seeded(fresh_engine: AsyncEngine) -> AsyncIterator[AsyncEngine]:  # noqa: F811
+async def seeded(fresh_engine: AsyncEngine) -> AsyncIterator[AsyncEngine]:
     started = time.monotonic()
     await seed_demo(fresh_engine)
     # The operations budget is < 10 s on MariaDB; leave a wide margin below it.
