@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import asyncio
 import base64
 import socket
@@ -82,6 +83,8 @@ async def test_request_id_is_kept_when_well_formed_and_replaced_when_not(upstrea
     replaced = await client.get("/x", headers={"X-Request-Id": "bad id\twith tabs"})
     assert replaced.headers["X-Request-Id"] not in ("", "bad id\twith tabs")
     assert len(replaced.headers["X-Request-Id"]) == 24
+    made = [(await client.get("/x")).headers["X-Request-Id"] for _ in range(50)]
+    assert len(set(made)) == 50 and all(re.fullmatch(r"[0-9a-f]{24}", rid) for rid in made)
 
 
 async def test_raw_tricky_paths_are_forwarded_as_is_and_never_routed(upstream: TestServer, make_edge) -> None:
