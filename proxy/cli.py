@@ -9,6 +9,8 @@ import sys
 import tempfile
 from typing import Any
 
+BACKLOG = 2048
+
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="shopping-edge", description="The shopping strangler-fig edge.")
@@ -67,7 +69,7 @@ def main(argv: list[str] | None = None) -> None:
     except (RoutingError, OSError) as exc:
         sys.exit(f"shopping-edge: cannot load routing: {exc}")
     uvloop.install()
-    web.run_app(app, host=settings.host, port=settings.port, access_log=None, print=None, backlog=2048)
+    web.run_app(app, host=settings.host, port=settings.port, access_log=None, print=None, backlog=BACKLOG)
 
 
 def _run_gunicorn(settings: Any, workers: int, log_level: str) -> None:
@@ -77,6 +79,7 @@ def _run_gunicorn(settings: Any, workers: int, log_level: str) -> None:
     from handlers.routes import NEW_ROUTES
     from proxy.app import create_app
     from proxy.routing import RoutingError, parse_routing
+    from proxy.workers import reuse_port_worker
 
     try:  # fail in the master with a clear message rather than in every worker
         with open(settings.routing_file, encoding="utf-8") as f:
@@ -84,21 +87,27 @@ def _run_gunicorn(settings: Any, workers: int, log_level: str) -> None:
     except (RoutingError, OSError) as exc:
         sys.exit(f"shopping-edge: cannot load routing: {exc}")
 
+    # Each worker listens on the port itself (proxy/workers.py); the master's bind is a placeholder.
+    placeholder = tempfile.mkdtemp(prefix="edge-master-")
+
     class EdgeGunicorn(BaseApplication):  # type: ignore[misc]
         def load_config(self) -> None:
-            self.cfg.set("bind", f"{settings.host}:{settings.port}")
+            self.cfg.set("bind", f"unix:{placeholder}/unused.sock")
             self.cfg.set("workers", workers)
-            self.cfg.set("worker_class", "aiohttp.GunicornUVLoopWebWorker")
+            self.cfg.set("worker_class", reuse_port_worker(settings.host, settings.port, BACKLOG))
             self.cfg.set("loglevel", log_level)
             self.cfg.set("accesslog", None)
-            self.cfg.set("backlog", 2048)
+            self.cfg.set("backlog", BACKLOG)
             self.cfg.set("graceful_timeout", 10)
             self.cfg.set("child_exit", lambda server, worker: multiprocess.mark_process_dead(worker.pid))
 
         def load(self) -> Any:
             return create_app(settings)
 
-    EdgeGunicorn().run()
+    try:
+        EdgeGunicorn().run()
+    finally:
+        shutil.rmtree(placeholder, ignore_errors=True)
 
 
 if __name__ == "__main__":

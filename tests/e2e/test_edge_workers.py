@@ -25,6 +25,43 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def children(pid: int) -> list[int]:
+    kids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                kids.append(int(entry.name))
+    return kids
+
+
+ESTABLISHED, LISTEN = "01", "0A"
+
+
+def sockets_per_pid(pids: list[int], port: int, state: str) -> dict[int, int]:
+    """Server-side sockets on `port` in `state` held by each pid (from /proc/net/tcp and the fd tables)."""
+    inodes = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        f = line.split()
+        if int(f[1].rsplit(":", 1)[1], 16) == port and f[3] == state:
+            inodes.add(f[9])
+    counts = {}
+    for pid in pids:
+        held = 0
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            try:
+                target = os.readlink(fd)
+            except OSError:
+                continue
+            if target.startswith("socket:[") and target[8:-1] in inodes:
+                held += 1
+        counts[pid] = held
+    return counts
+
+
 def requests_total(metrics_text: str) -> float:
     return sum(
         s.value
@@ -71,6 +108,24 @@ async def test_two_workers_share_the_port_and_metrics_add_up(aiohttp_server, tmp
                 async with aiohttp.ClientSession() as one:
                     async with one.get(f"http://127.0.0.1:{admin}/metrics") as resp:
                         assert requests_total(await resp.text()) == 200
+
+            # 32 keep-alive connections (a load balancer's pool) are spread over both workers, not left to
+            # whichever worker woke first: each worker listens with its own SO_REUSEPORT socket.
+            held = []
+            for _ in range(32):
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                writer.write(b"GET /shopping/cart HTTP/1.1\r\nHost: edge\r\n\r\n")
+                assert (await reader.readline()).startswith(b"HTTP/1.1 200")
+                held.append(writer)
+            workers = children(proc.pid)
+            # One listening socket per worker, none in the master: the kernel, not wake-up luck, picks the worker.
+            assert sockets_per_pid([proc.pid, *workers], port, LISTEN) == {proc.pid: 0, **{w: 1 for w in workers}}
+            per_worker = sockets_per_pid(workers, port, ESTABLISHED)
+            for writer in held:
+                writer.close()
+            assert sum(per_worker.values()) == 32 and len(per_worker) == 2, per_worker
+            # Binomial(32, 1/2): below 6 on either side has odds of about 1 in 8,000.
+            assert min(per_worker.values()) >= 6, per_worker
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=20)
