@@ -138,9 +138,11 @@ async def test_checkouts_cut_mid_flight_end_with_exactly_one_order_each(
         wallet0 = dict((await conn.execute(select(t.wallets.c.user_id, t.wallets.c.balance))).all())
 
     async def cutter() -> None:
-        while True:  # a restart every 30 ms while the checkouts run: some get through, some are cut
-            await asyncio.sleep(0.03)
+        # A restart soon after the checkouts start, then every 30 ms while they run: some get through, some are cut.
+        await asyncio.sleep(0.005)
+        while True:
             proxy.cut()
+            await asyncio.sleep(0.03)
 
     cutting = asyncio.create_task(cutter())
     first = await asyncio.gather(*(post(edge, PLACE, u, bodies[u], key=f"cut-{u}") for u in users))
