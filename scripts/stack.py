@@ -9,9 +9,11 @@ issues add (PSP emulators, consumers) join the list in `components()`.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -83,6 +85,18 @@ def stop_all(procs: list[tuple[str, subprocess.Popen[bytes]]]) -> None:
             proc.wait()
 
 
+def has_demo_data(db_file: Path) -> bool:
+    """A var/shop.db with the demo's reference data in it. A file holding only empty tables (an edge started
+    once with the default database creates them) would give a demo where every price is 400 unknown currency."""
+    if not db_file.exists():
+        return False
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{db_file}?mode=ro", uri=True)) as conn:
+            return conn.execute("SELECT COUNT(*) FROM forex_rates").fetchone()[0] > 0
+    except sqlite3.Error:
+        return False
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description="Run the local shopping stack")
     parser.add_argument("--fresh", action="store_true", help="re-create and re-seed var/shop.db")
@@ -99,7 +113,7 @@ def main() -> int:
     if busy:
         print(f"ports already in use: {busy}; stop whatever holds them first", file=sys.stderr)
         return 1
-    if args.fresh or not db_file.exists():
+    if args.fresh or not has_demo_data(db_file):
         print("seeding the demo database (var/shop.db)…", flush=True)
         subprocess.run([str(BIN / "shopping-db"), "--db-url", db_url, "seed", "--demo"], check=True)
     else:

@@ -59,3 +59,25 @@ def test_stack_serves_through_the_edge_and_stops_cleanly(tmp_path: Path) -> None
     assert "stopped." in rest
     for port in (8080, 8081, 8090, 9092):
         assert not port_open(port + OFFSET), f"something still listens on {port + OFFSET}"
+
+
+def test_an_empty_database_file_is_seeded_not_trusted(tmp_path: Path) -> None:
+    """`make run` seeds var/shop.db when it lacks the demo data, not only when the file is missing."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("stack", ROOT / "scripts" / "stack.py")
+    assert spec and spec.loader
+    stack = importlib.util.module_from_spec(spec)
+    sys.modules["stack"] = stack  # its dataclasses look their module up there
+    try:
+        spec.loader.exec_module(stack)
+    finally:
+        del sys.modules["stack"]
+    db = tmp_path / "shop.db"
+    url = f"sqlite+aiosqlite:///{db}"
+    shopping_db = Path(sys.executable).parent / "shopping-db"
+    assert not stack.has_demo_data(db)  # no file
+    subprocess.run([str(shopping_db), "--db-url", url, "create"], check=True, capture_output=True)
+    assert not stack.has_demo_data(db)  # tables, no rows: what an edge started on the default URL leaves
+    subprocess.run([str(shopping_db), "--db-url", url, "seed", "--demo"], check=True, capture_output=True)
+    assert stack.has_demo_data(db)

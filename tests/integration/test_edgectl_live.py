@@ -52,7 +52,9 @@ def edge(tmp_path: Path) -> Iterator[Edge]:
     shutil.copyfile(REPO_ROUTING, routing)
     port, admin_port = _free_port(), _free_port()
     # Nothing listens on the legacy port: requests forwarded there fail fast with 502, which is fine here.
-    env = {**os.environ, "EDGE_LEGACY_URL": f"http://127.0.0.1:{_free_port()}", "EDGE_ADMIN_TOKEN": TOKEN}
+    env = {**os.environ, "EDGE_LEGACY_URL": f"http://127.0.0.1:{_free_port()}", "EDGE_ADMIN_TOKEN": TOKEN,
+           # Its own database, not the default var/shop.db of the checkout (which `make run` would then find empty).
+           "SHOP_DB_URL": f"sqlite+aiosqlite:///{tmp_path / 'shop.db'}"}
     env.pop("EDGE_ROUTING_FILE", None)
     log = (tmp_path / "edge.log").open("wb")
     proc = subprocess.Popen(
