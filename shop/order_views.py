@@ -104,26 +104,35 @@ def _snapshot(raw: Any) -> Any:
     return raw
 
 
+_CONSISTENT_READ_TRIES = 5
+
+
 async def order_detail(db: AsyncEngine, order_id: str, user_id: int | None) -> dict[str, Any]:
     """The order, its items, money summary, history, address snapshot, payments and refunds."""
     o, i, h, p, r = t.orders.c, t.order_items.c, t.order_status_history.c, t.payments.c, t.refunds.c
     async with db.connect() as conn:
-        order = await _owned(
-            conn, order_id, user_id, o.id, o.status, o.currency, o.region, o.created_at, o.expires_at, o.paid_at,
-            o.address, *(o[name] for name in _SUMMARY),
-        )
-        items = (await conn.execute(
-            select(i.sku_id, i.name, i.qty, *(i[name] for name in _ITEM_MONEY)).where(i.order_id == order.id).order_by(i.id)
-        )).all()
-        history = (await conn.execute(
-            select(h.from_status, h.to_status, h.created_at).where(h.order_id == order.id).order_by(h.created_at, h.id)
-        )).all()
-        payments = (await conn.execute(
-            select(p.provider, p.status, p.amount, p.currency).where(p.order_id == order.id).order_by(p.id)
-        )).all()
-        refunds = (await conn.execute(
-            select(r.amount, r.currency, r.status).where(r.order_id == order.id).order_by(r.id)
-        )).all()
+        for _ in range(_CONSISTENT_READ_TRIES):
+            # Each statement sees the latest commit, so a transition committed between the order row and its
+            # history would show a status with a history that already moved on. Every status change writes
+            # its history row in the same transaction (on both sides): read again until the two agree.
+            order = await _owned(
+                conn, order_id, user_id, o.id, o.status, o.currency, o.region, o.created_at, o.expires_at, o.paid_at,
+                o.address, *(o[name] for name in _SUMMARY),
+            )
+            items = (await conn.execute(
+                select(i.sku_id, i.name, i.qty, *(i[name] for name in _ITEM_MONEY)).where(i.order_id == order.id).order_by(i.id)
+            )).all()
+            history = (await conn.execute(
+                select(h.from_status, h.to_status, h.created_at).where(h.order_id == order.id).order_by(h.created_at, h.id)
+            )).all()
+            payments = (await conn.execute(
+                select(p.provider, p.status, p.amount, p.currency).where(p.order_id == order.id).order_by(p.id)
+            )).all()
+            refunds = (await conn.execute(
+                select(r.amount, r.currency, r.status).where(r.order_id == order.id).order_by(r.id)
+            )).all()
+            if not history or history[-1].to_status == order.status:
+                break
         exponents = await _exponents(conn, [order.currency, *(x.currency for x in payments), *(x.currency for x in refunds)])
     order_exponent = exponents.get(order.currency, DEFAULT_EXPONENT)
 

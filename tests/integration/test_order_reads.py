@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from decimal import Decimal as D
@@ -439,3 +440,37 @@ async def test_detail_and_paid_from_client_on_mariadb(aiohttp_client, tmp_path: 
         assert (await call(client, "GET", detail_path("ord1"), user="2"))[0] == 404
     finally:
         await engine.dispose()
+
+
+async def test_detail_never_shows_a_status_its_history_has_left(mariadb_url: str) -> None:
+    """Transitions committed while detail reads: every answer's status is its history's last step."""
+    from shop.order_states import transition
+
+    await seed_database(mariadb_url)
+    writer, reader = make_engine(mariadb_url), make_engine(mariadb_url, read_only=True)
+    async with writer.begin() as conn:
+        await insert_order(conn, "FLIP1", status="payment_confirming")
+        await conn.execute(insert(t.order_status_history).values(
+            order_id="FLIP1", from_status=None, to_status="payment_confirming", actor="new", created_at=NOW))
+    done = False
+
+    async def flip() -> int:
+        flips = 0
+        while not done:  # payment fails, the app says it paid again, ...: the status goes back and forth
+            for event in ("payment_failed", "paid_from_client"):
+                async with writer.begin() as conn:
+                    await transition(conn, "FLIP1", event, actor="new")
+                flips += 1
+        return flips
+
+    flipping = asyncio.create_task(flip())
+    try:
+        views = [await order_detail(reader, "FLIP1", 1) for _ in range(300)]
+    finally:
+        done = True
+        flips = await flipping
+        await writer.dispose()
+        await reader.dispose()
+    assert flips > 50  # the reads really raced the writes
+    for view in views:
+        assert view["status_history"][-1]["to"] == view["status"], view["status_history"][-3:]
