@@ -33,7 +33,9 @@ def shop_error_response(exc: ShopError) -> web.Response:
 
 def unavailable_response(request: web.Request, exc: Exception) -> web.Response:
     # The cause goes to the log (one line, no stack: the DB being down is not a bug), never to the client.
-    log.warning("db_unavailable", path=request.path, error=type(exc).__name__, detail=str(exc)[:200])
+    # The driver's own message (error code and text), not SQLAlchemy's, which appends the statement.
+    detail = str(getattr(exc, "orig", None) or exc)[:200]
+    log.warning("db_unavailable", path=request.path, error=type(exc).__name__, detail=detail)
     return shop_error_response(Unavailable())
 
 

@@ -55,7 +55,8 @@ def make_engine(url: str, *, read_only: bool = False, **kw: Any) -> AsyncEngine:
     Never write through one: there is no transaction to roll back.
     """
     parsed = make_url(url)
-    options: dict[str, Any] = {"json_serializer": _json_dumps}
+    # hide_parameters: an error's text (logged) never carries the row's values: addresses, phones, PSP references.
+    options: dict[str, Any] = {"json_serializer": _json_dumps, "hide_parameters": True}
     backend = parsed.get_backend_name()
     if backend == "sqlite":
         _prepare_sqlite(parsed)

@@ -156,3 +156,16 @@ async def test_sqlite_engine_creates_its_directory_and_uses_wal(tmp_path: Path) 
         assert db_file.exists()
     finally:
         await engine.dispose()
+
+
+async def test_database_errors_never_carry_the_statement_parameters(db_url: str) -> None:
+    """Error texts end up in logs: the values bound into a failing statement (addresses, PSP references) stay out."""
+    engine = make_engine(db_url)
+    try:
+        with pytest.raises(Exception) as caught:
+            async with engine.connect() as conn:
+                await conn.execute(text("SELECT * FROM no_such_table WHERE x = :secret"), {"secret": "TOPSECRET-123"})
+    finally:
+        await engine.dispose()
+    assert "no_such_table" in str(caught.value)
+    assert "TOPSECRET" not in str(caught.value)
