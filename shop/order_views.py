@@ -74,12 +74,17 @@ def iso(value: datetime | None) -> str | None:
     return None if value is None else value.isoformat(timespec="seconds") + "Z"
 
 
-async def _owned(conn: AsyncConnection, order_id: str, user_id: int | None, *columns: Any) -> Row[Any]:
-    """The order's row (the given columns) when `user_id` owns it; order_not_found otherwise."""
+def _check_caller(order_id: str, user_id: int | None) -> int:
     if user_id is None:
         raise LoginRequired()
     if not well_formed_order_id(order_id):
         raise order_not_found()
+    return user_id
+
+
+async def _owned(conn: AsyncConnection, order_id: str, user_id: int | None, *columns: Any) -> Row[Any]:
+    """The order's row (the given columns) when `user_id` owns it; order_not_found otherwise."""
+    user_id = _check_caller(order_id, user_id)
     o = t.orders.c
     row = (await conn.execute(select(o.user_id, *columns).where(o.id == order_id))).first()
     if row is None or row.user_id != user_id:
@@ -104,35 +109,34 @@ def _snapshot(raw: Any) -> Any:
     return raw
 
 
-_CONSISTENT_READ_TRIES = 5
-
-
 async def order_detail(db: AsyncEngine, order_id: str, user_id: int | None) -> dict[str, Any]:
     """The order, its items, money summary, history, address snapshot, payments and refunds."""
     o, i, h, p, r = t.orders.c, t.order_items.c, t.order_status_history.c, t.payments.c, t.refunds.c
+    user_id = _check_caller(order_id, user_id)
     async with db.connect() as conn:
-        for _ in range(_CONSISTENT_READ_TRIES):
-            # Each statement sees the latest commit, so a transition committed between the order row and its
-            # history would show a status with a history that already moved on. Every status change writes
-            # its history row in the same transaction (on both sides): read again until the two agree.
-            order = await _owned(
-                conn, order_id, user_id, o.id, o.status, o.currency, o.region, o.created_at, o.expires_at, o.paid_at,
-                o.address, *(o[name] for name in _SUMMARY),
-            )
-            items = (await conn.execute(
-                select(i.sku_id, i.name, i.qty, *(i[name] for name in _ITEM_MONEY)).where(i.order_id == order.id).order_by(i.id)
-            )).all()
-            history = (await conn.execute(
-                select(h.from_status, h.to_status, h.created_at).where(h.order_id == order.id).order_by(h.created_at, h.id)
-            )).all()
-            payments = (await conn.execute(
-                select(p.provider, p.status, p.amount, p.currency).where(p.order_id == order.id).order_by(p.id)
-            )).all()
-            refunds = (await conn.execute(
-                select(r.amount, r.currency, r.status).where(r.order_id == order.id).order_by(r.id)
-            )).all()
-            if not history or history[-1].to_status == order.status:
-                break
+        # The order row and its history in ONE statement, so one snapshot: a transition committed between
+        # two statements would show a status whose history has already moved on (every status change
+        # writes its history row in the same transaction, on both sides).
+        rows = (await conn.execute(
+            select(o.user_id, o.id, o.status, o.currency, o.region, o.created_at, o.expires_at, o.paid_at, o.address,
+                   *(o[name] for name in _SUMMARY), h.from_status, h.to_status, h.created_at.label("history_at"))
+            .select_from(t.orders.outerjoin(t.order_status_history, h.order_id == o.id))
+            .where(o.id == order_id)
+            .order_by(h.created_at, h.id)
+        )).all()
+        if not rows or rows[0].user_id != user_id:
+            raise order_not_found()
+        order = rows[0]
+        history = [x for x in rows if x.to_status is not None]
+        items = (await conn.execute(
+            select(i.sku_id, i.name, i.qty, *(i[name] for name in _ITEM_MONEY)).where(i.order_id == order.id).order_by(i.id)
+        )).all()
+        payments = (await conn.execute(
+            select(p.provider, p.status, p.amount, p.currency).where(p.order_id == order.id).order_by(p.id)
+        )).all()
+        refunds = (await conn.execute(
+            select(r.amount, r.currency, r.status).where(r.order_id == order.id).order_by(r.id)
+        )).all()
         exponents = await _exponents(conn, [order.currency, *(x.currency for x in payments), *(x.currency for x in refunds)])
     order_exponent = exponents.get(order.currency, DEFAULT_EXPONENT)
 
@@ -153,7 +157,7 @@ async def order_detail(db: AsyncEngine, order_id: str, user_id: int | None) -> d
             for it in items
         ],
         "summary": {name: m(order._mapping[name]) for name in _SUMMARY},
-        "status_history": [{"from": x.from_status, "to": x.to_status, "at": iso(x.created_at)} for x in history],
+        "status_history": [{"from": x.from_status, "to": x.to_status, "at": iso(x.history_at)} for x in history],
         "address": _snapshot(order.address),
         "payments": [
             {"provider": x.provider, "status": x.status, "amount": m(x.amount, x.currency), "currency": x.currency}
