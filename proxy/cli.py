@@ -30,6 +30,7 @@ def main(argv: list[str] | None = None) -> None:
         # Must be set before prometheus_client is imported anywhere: it picks its value class at import.
         multiproc = tempfile.mkdtemp(prefix="edge-prom-")
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = multiproc
+    master = os.getpid()
     from shop.settings import Settings, SettingsError
 
     overrides: dict[str, Any] = {}
@@ -56,7 +57,7 @@ def main(argv: list[str] | None = None) -> None:
         try:
             _run_gunicorn(settings, args.workers, args.log_level)
         finally:
-            shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)
+            _remove_in_creator(os.environ["PROMETHEUS_MULTIPROC_DIR"], master)
         return
 
     import uvloop
@@ -104,10 +105,23 @@ def _run_gunicorn(settings: Any, workers: int, log_level: str) -> None:
         def load(self) -> Any:
             return create_app(settings)
 
+    master = os.getpid()
     try:
         EdgeGunicorn().run()
     finally:
-        shutil.rmtree(placeholder, ignore_errors=True)
+        _remove_in_creator(placeholder, master)
+
+
+def _remove_in_creator(path: str, creator: int) -> None:
+    """Remove a directory only in the process that made it.
+
+    gunicorn forks workers inside Arbiter.run(), and a worker that exits (SIGTERM, a crash, a recycle)
+    unwinds through the master's inherited frames, running their `finally:` blocks too. Before this
+    guard, such a worker removed the Prometheus multiprocess directory, its replacement failed to
+    start, and gunicorn halted the whole edge.
+    """
+    if os.getpid() == creator:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -126,6 +126,23 @@ async def test_two_workers_share_the_port_and_metrics_add_up(aiohttp_server, tmp
             assert sum(per_worker.values()) == 32 and len(per_worker) == 2, per_worker
             # Binomial(32, 1/2): below 6 on either side has odds of about 1 in 8,000.
             assert min(per_worker.values()) >= 6, per_worker
+
+            # A worker that goes away (SIGTERM here; a crash or a recycle alike) is replaced, and the edge and its
+            # metrics carry on: the exiting worker must not tear down what the master set up for all of them.
+            os.kill(workers[0], signal.SIGTERM)
+            for _ in range(100):
+                now = children(proc.pid)
+                if len(now) == 2 and workers[0] not in now:
+                    break
+                await asyncio.sleep(0.1)
+            assert proc.poll() is None and len(now) == 2 and workers[0] not in now, now
+            for i in range(10):
+                async with aiohttp.ClientSession() as one:
+                    async with one.get(f"http://127.0.0.1:{port}/shopping/cart?after={i}") as resp:
+                        assert resp.status == 200
+            async with aiohttp.ClientSession() as one:
+                async with one.get(f"http://127.0.0.1:{admin}/metrics") as resp:
+                    assert requests_total(await resp.text()) == 200 + 32 + 10
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=20)
