@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> None:
         # Must be set before prometheus_client is imported anywhere: it picks its value class at import.
         multiproc = tempfile.mkdtemp(prefix="edge-prom-")
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = multiproc
-    master = os.getpid()
+        master = os.getpid()
     from shop.settings import Settings, SettingsError
 
     overrides: dict[str, Any] = {}
