@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -13,7 +14,22 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shop.db import create_all, drop_all, make_engine
 
-MARIADB_URL = "mysql+aiomysql://root@127.0.0.1:3306/test"
+# SHOP_TEST_MARIADB_DB gives a second suite running on the same server (another checkout, a
+# developer's helper) its own database; `make test` and CI use `test`, the brief's database.
+MARIADB_DATABASE = os.environ.get("SHOP_TEST_MARIADB_DB") or "test"
+MARIADB_URL = f"mysql+aiomysql://root@127.0.0.1:3306/{MARIADB_DATABASE}"
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    if MARIADB_DATABASE != "test":
+        import pymysql
+
+        try:
+            conn = pymysql.connect(host="127.0.0.1", port=3306, user="root", password="")
+        except pymysql.err.OperationalError:
+            return  # the MariaDB tests will say so themselves
+        with conn, conn.cursor() as cur:
+            cur.execute(f"CREATE DATABASE IF NOT EXISTS `{MARIADB_DATABASE}` CHARACTER SET utf8mb4")
 
 
 @pytest.fixture

@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from proxy.app import create_app
 from shop import schema as t
 from shop.db import make_engine
+from tests.conftest import MARIADB_DATABASE
 from tests.support.edge import calc_price_route, dead_url, detail_route, edge_settings, routing_doc, write_routing
 from tests.support.shopdb import demo_buyers, seed_database
 from tests.support.tcpproxy import TcpProxy
@@ -56,7 +57,7 @@ async def edge(aiohttp_client, tmp_path: Path, shop: AsyncEngine, proxy: TcpProx
         legacy, calc_price=calc_price_route(100), detail=detail_route(100),
         place_order={"match": {"methods": ["POST"], "path": PLACE}, "new_percent": 100, "writes": True},
     ))
-    url = f"mysql+aiomysql://root@127.0.0.1:{proxy.port}/test"
+    url = f"mysql+aiomysql://root@127.0.0.1:{proxy.port}/{MARIADB_DATABASE}"
     return await aiohttp_client(create_app(edge_settings(routing, legacy, db_url=url), registry=CollectorRegistry()))
 
 

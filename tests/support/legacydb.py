@@ -18,7 +18,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shop.db import make_engine
-from tests.conftest import MARIADB_URL
+from tests.conftest import MARIADB_DATABASE, MARIADB_URL
 from tests.support.shopdb import seed_database
 
 
@@ -34,6 +34,8 @@ def copy_seeded(template: Path, tmp_path: Path) -> str:
 
 async def private_mariadb(database: str) -> str:
     """The MariaDB database `database` (created on demand), freshly seeded, as a URL."""
+    if MARIADB_DATABASE != "test":
+        database = f"{MARIADB_DATABASE}_{database}"
     server = make_engine(MARIADB_URL)
     try:
         async with server.begin() as conn:
