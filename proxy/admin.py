@@ -95,7 +95,9 @@ def create_admin_app(
             request.query.get("format") != "json" and "text/html" in request.headers.get("Accept", "")
         )
         if wants_html:
-            return web.Response(text=render_html(report, route), content_type="text/html")
+            # render_html escapes what it is given; backslashreplace still keeps a page whatever slips past.
+            page = render_html(report, route).encode("utf-8", "backslashreplace")
+            return web.Response(body=page, content_type="text/html", charset="utf-8")
         return web.json_response(report)
 
     app = web.Application()

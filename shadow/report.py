@@ -19,12 +19,22 @@ Fields are sorted by mismatch count (then noise count, then name). :func:`render
 renders such a report as one self-contained page (inline CSS, no scripts, no external
 assets); every value from a body, a request or a key goes through :func:`html.escape`.
 Both take a ``route`` filter.
+
+Bodies, field paths and route names come from clients and old shopping, so they may hold
+anything a Python ``str`` can: lone surrogates (which no UTF-8 encoder accepts; one such
+example made the page answer 500 until it left the store) and control characters. Both
+renderers show them as their ``\\uXXXX`` escape: :func:`render_json` returns a report
+any strict JSON encoder serialises (surrogates escaped, other types as text), and
+:func:`render_html` also escapes control characters and markup in whatever report it is
+handed.
 """
 
 from __future__ import annotations
 
 import html
 import json
+import math
+import re
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -37,6 +47,37 @@ __all__ = ["render_html", "render_json"]
 OUTCOMES = ("match", "mismatch", "error", "skipped")
 MAX_EXAMPLES = 5
 HTML_BODY_CHARS = 4000
+# Deeper than any report's own structure; a deeper value from a body is shown as text.
+_MAX_DEPTH = 32
+
+_SURROGATES = re.compile(r"[\ud800-\udfff]")
+# C0 and C1 controls but tab, newline and carriage return, plus surrogates.
+_UNPRINTABLE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
+def _as_escape(match: re.Match[str]) -> str:
+    return f"\\u{ord(match.group()):04x}"
+
+
+def _printable(text: str) -> str:
+    """``text`` with control characters and lone surrogates written as ``\\uXXXX``."""
+    return _UNPRINTABLE.sub(_as_escape, text)
+
+
+def _jsonable(value: Any, depth: int = 0) -> Any:
+    """``value`` as plain JSON types whose strings all encode as UTF-8."""
+    if isinstance(value, str):
+        return _SURROGATES.sub(_as_escape, value)
+    if value is None or isinstance(value, (bool, int)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if depth < _MAX_DEPTH:
+        if isinstance(value, Mapping):
+            return {_jsonable(str(k)): _jsonable(v, depth + 1) for k, v in value.items()}
+        if isinstance(value, (list, tuple, set, frozenset)):
+            return [_jsonable(v, depth + 1) for v in value]
+    return _jsonable(repr(value)[:HTML_BODY_CHARS])
 
 
 def _rate(n: int, total: int) -> float:
@@ -79,13 +120,15 @@ def render_json(
             "compared": compared, "noise_samples": noise_samples,
             "fields": fields,
         }
-    return {
+    report = {
         "generated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "rule": {"relative": stats.rule.relative, "absolute": stats.rule.absolute},
         "store": store.summary(),
         "meta": dict(meta or {}),
         "routes": routes,
     }
+    result: dict[str, Any] = _jsonable(report)
+    return result
 
 
 # --- HTML ---------------------------------------------------------------------------------------
@@ -104,7 +147,15 @@ pre{background:#f7f7f7;border:1px solid #e3e3e3;padding:.5em;max-height:24em;ove
 
 
 def _e(value: Any) -> str:
-    return html.escape(str(value), quote=True)
+    return html.escape(_printable(str(value)), quote=True)
+
+
+def _map(value: Any) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
+def _list(value: Any) -> list[Any]:
+    return list(value) if isinstance(value, (list, tuple)) else []
 
 
 def _pct(value: Any) -> str:
@@ -127,8 +178,8 @@ def _pre(value: Any, limit: int = HTML_BODY_CHARS) -> str:
 
 
 def _example_html(i: int, ex: Mapping[str, Any]) -> str:
-    primary = ex.get("primary") or {}
-    shadow = ex.get("shadow") or {}
+    primary = _map(ex.get("primary"))
+    shadow = _map(ex.get("shadow"))
     title = (f"example {i + 1}: request {_e(ex.get('request_id', '?'))} · {_e(ex.get('kind', 'shadow'))}"
              f" · {_e(ex.get('at', ''))}")
     return (
@@ -144,11 +195,12 @@ def _example_html(i: int, ex: Mapping[str, Any]) -> str:
 
 def render_html(report: Mapping[str, Any], route: str | None = None) -> str:
     """One self-contained HTML page for a :func:`render_json` report."""
-    routes: Mapping[str, Any] = report.get("routes") or {}
+    report = _map(report)
+    routes = _map(report.get("routes"))
     if route is not None:
         routes = {k: v for k, v in routes.items() if k == route}
-    rule = report.get("rule") or {}
-    store = report.get("store") or {}
+    rule = _map(report.get("rule"))
+    store = _map(report.get("store"))
     out = [
         "<!doctype html><html><head><meta charset=utf-8>",
         f"<title>Shadow diffs{' · ' + _e(route) if route else ''}</title><style>{_CSS}</style></head><body>",
@@ -161,15 +213,16 @@ def render_html(report: Mapping[str, Any], route: str | None = None) -> str:
     if not routes:
         out.append("<p>No shadowed routes yet.</p>")
     for name, r in routes.items():
-        req = r.get("requests") or {}
-        rates = r.get("rates") or {}
+        r = _map(r)
+        req = _map(r.get("requests"))
+        rates = _map(r.get("rates"))
         out.append(f"<h2 id=\"route-{_e(name)}\">{_e(name)}</h2>")
         out.append("<table><tr><th>requests</th>" + "".join(f"<th>{_e(o)}</th>" for o in req) + "</tr><tr><td>count</td>"
                    + "".join(f"<td class=num>{_e(n)}</td>" for n in req.values()) + "</tr><tr><td>rate</td>"
                    + "".join(f"<td class=num>{_pct(rates.get(o))}</td>" for o in req)
                    + "</tr></table>")
         out.append(f"<p class=muted>compared {_e(r.get('compared', 0))} · noise samples {_e(r.get('noise_samples', 0))}</p>")
-        fields = r.get("fields") or []
+        fields = [_map(f) for f in _list(r.get("fields"))]
         if not fields:
             out.append("<p>No differing fields.</p>")
             continue
@@ -184,11 +237,11 @@ def render_html(report: Mapping[str, Any], route: str | None = None) -> str:
                 f"<tr class={css}><td><code>{_e(f.get('field', ''))}</code></td><td class={css}>{_e(verdict)}</td>"
                 f"<td class=num>{_e(f.get('mismatches', 0))}</td><td class=num>{m_rate}</td>"
                 f"<td class=num>{_e(f.get('noise', 0))}</td><td class=num>{n_rate}</td>"
-                f"<td class=num>{len(f.get('examples') or [])}</td></tr>"
+                f"<td class=num>{len(_list(f.get('examples')))}</td></tr>"
             )
         out.append("</table>")
         for f in fields:
-            examples = (f.get("examples") or [])[:MAX_EXAMPLES]
+            examples = [_map(ex) for ex in _list(f.get("examples"))[:MAX_EXAMPLES]]
             if not examples:
                 continue
             noise = " <span class=noise>(noise)</span>" if f.get("verdict") == "noise" else ""

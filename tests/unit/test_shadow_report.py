@@ -75,3 +75,61 @@ def test_html_survives_an_empty_or_odd_report() -> None:
     odd = {"routes": {EVIL: {"requests": {EVIL: 1}, "fields": [{"field": EVIL, "examples": [{"primary": {"body": EVIL}}]}]}}}
     page = render_html(odd)
     assert "<script" not in page.lower()
+
+
+LONE = "\ud800"
+CONTROL = "bell\x07nul\x00esc\x1b"
+
+
+def hostile_parts() -> tuple[DiffStats, ExampleStore, dict]:
+    """A route, field, request and both bodies carrying a lone surrogate, control characters and markup."""
+    stats = DiffStats()
+    store = ExampleStore()
+    field = f"data.{LONE}{CONTROL}</script>"
+    stats.record_comparison("calc_price", [field])
+    body = json.dumps({"payment_method": LONE, "note": f"</script><b>{CONTROL}</b>"}).encode()
+    store.add("calc_price", field, make_example(
+        request_id="r1", request_summary={"body": json.dumps({"payment_method": LONE}, ensure_ascii=False)},
+        primary_side="legacy", primary_status=200, primary_body=body, shadow_status=200,
+        shadow_body=body.replace(b"ud800", b"udfff"), diff={"values_changed": {f"root['{LONE}']": {"old": LONE}}}))
+    return stats, store, {"calc_price": {"mismatch": 1}, f"odd{LONE}": {"match": 1}}
+
+
+def test_html_page_with_a_lone_surrogate_encodes_as_utf8_and_shows_it_escaped() -> None:
+    stats, store, counters = hostile_parts()
+    page = render_html(render_json(stats, store, counters), route=f"x{LONE}")
+    page.encode("utf-8")
+    everything = render_html(render_json(stats, store, counters))
+    everything.encode("utf-8")
+    assert "\\ud800" in everything and "</script>" not in everything and "<b>" not in everything
+
+
+def test_html_page_shows_control_characters_escaped_not_raw() -> None:
+    stats, store, counters = hostile_parts()
+    page = render_html(render_json(stats, store, counters))
+    assert not re.search(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]", page)
+    assert "\\u0007" in page and "\\u0000" in page
+
+
+def test_html_page_escapes_whatever_report_it_is_handed() -> None:
+    odd = {"generated_at": LONE, "rule": {"absolute": CONTROL}, "store": {"dropped": "</script>"},
+           "routes": {LONE: {"requests": {LONE: LONE}, "rates": {LONE: LONE}, "fields": [
+               {"field": LONE, "verdict": LONE, "examples": [{"request": {LONE: [LONE]}, "diff": {LONE: b"\xff"},
+                                                             "primary": {"body": LONE, "side": CONTROL}}]}]}}}
+    page = render_html(odd, route=None)
+    page.encode("utf-8")
+    assert "</script>" not in page and not re.search(r"[\x00-\x08]", page)
+
+
+def test_json_report_with_a_lone_surrogate_serialises_strictly() -> None:
+    import orjson
+
+    stats, store, counters = hostile_parts()
+    report = render_json(stats, store, counters)
+    text = json.dumps(report, ensure_ascii=False)
+    text.encode("utf-8")
+    again = orjson.loads(orjson.dumps(report))
+    field = again["routes"]["calc_price"]["fields"][0]
+    assert field["field"].startswith("data.\\ud800")
+    assert "\\ud800" in field["examples"][0]["primary"]["body"]
+    assert "odd\\ud800" in again["routes"]
