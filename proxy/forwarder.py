@@ -11,7 +11,7 @@ from __future__ import annotations
 import aiohttp
 import structlog
 from aiohttp import web
-from multidict import CIMultiDict
+from multidict import CIMultiDict, MultiMapping
 from yarl import URL
 
 from handlers.errors import error_response
@@ -28,19 +28,27 @@ _HOP = frozenset(
     )
 )
 _RESPONSE_DROP = _HOP | {"date", "server"}
+# What a client says about its own address: old shopping would take it as the truth. The edge
+# speaks X-Forwarded-For (appending the peer it saw) and sets X-Real-IP to that peer itself.
+_CLIENT_ADDRESS_CLAIMS = frozenset(("x-real-ip", "forwarded"))
 # Bodies up to this size are read whole; larger or unsized ones are streamed through.
 _BUFFER_LIMIT = 1024 * 1024
 
 
+def named_in_connection(headers: MultiMapping[str]) -> frozenset[str]:
+    """The header names a message's Connection headers list: they are for that hop only (RFC 9110 §7.6.1)."""
+    return frozenset(
+        token.strip().lower() for value in headers.getall("Connection", ()) for token in value.split(",") if token.strip()
+    )
+
+
 def upstream_headers(request: web.Request, request_id: str) -> CIMultiDict[str]:
-    named_in_connection = {
-        token.strip().lower() for token in request.headers.get("Connection", "").split(",") if token.strip()
-    }
+    hop_only = named_in_connection(request.headers)
     out: CIMultiDict[str] = CIMultiDict()
     for name, value in request.headers.items():
         low = name.lower()
-        # A client must not be able to spoof what the edge tells upstream about routing.
-        if low in _HOP or low in named_in_connection or low.startswith("x-edge-"):
+        # A client must not be able to spoof what the edge tells upstream about routing or its address.
+        if low in _HOP or low in hop_only or low in _CLIENT_ADDRESS_CLAIMS or low.startswith("x-edge-"):
             continue
         out.add(name, value)
     out["X-Request-Id"] = request_id
@@ -48,6 +56,7 @@ def upstream_headers(request: web.Request, request_id: str) -> CIMultiDict[str]:
     if peer:
         prior = request.headers.get("X-Forwarded-For")
         out["X-Forwarded-For"] = f"{prior}, {peer}" if prior else peer
+        out["X-Real-IP"] = peer
     return out
 
 
@@ -117,8 +126,10 @@ class Forwarder:
 
     async def _relay(self, request: web.Request, upstream: aiohttp.ClientResponse) -> web.StreamResponse:
         headers: CIMultiDict[str] = CIMultiDict()
+        hop_only = named_in_connection(upstream.headers)
         for name, value in upstream.headers.items():
-            if name.lower() not in _RESPONSE_DROP:
+            low = name.lower()
+            if low not in _RESPONSE_DROP and low not in hop_only:
                 headers.add(name, value)
         length = upstream.content_length
         if request.method == "HEAD" or upstream.status in (204, 304):

@@ -279,3 +279,21 @@ async def test_admin_endpoints(upstream: TestServer, make_edge) -> None:
         assert routes["last_reload"]["ok"] is True and len(routes["hash"]) == 64
     finally:
         await admin.close()
+
+
+async def test_client_claims_about_its_address_are_replaced_by_what_the_edge_saw(upstream: TestServer, make_edge) -> None:
+    client, _ = await make_edge(url_of(upstream))
+    resp = await client.get("/shopping/cart", headers={
+        "X-Real-IP": "203.0.113.7", "Forwarded": "for=203.0.113.7;proto=https", "X-Forwarded-For": "198.51.100.1"})
+    sent = {k.lower(): v for k, v in (await resp.json())["data"]["headers"]}
+    assert "forwarded" not in sent
+    assert sent["x-real-ip"] == "127.0.0.1"
+    assert sent["x-forwarded-for"] == "198.51.100.1, 127.0.0.1"
+
+
+async def test_a_header_old_shopping_names_in_connection_is_not_relayed(upstream: TestServer, make_edge) -> None:
+    client, _ = await make_edge(url_of(upstream))
+    resp = await client.get("/shopping/cart?hop_header=X-Upstream-Hop")
+    assert resp.status == 200
+    assert "X-Upstream-Hop" not in resp.headers
+    assert resp.headers["X-Upstream"] == "echo"

@@ -56,6 +56,11 @@ async def echo(request: web.Request) -> web.StreamResponse:
     resp.headers.add("Set-Cookie", "a=1; Path=/")
     resp.headers.add("Set-Cookie", "b=2; Path=/")
     resp.headers["X-Upstream"] = "echo"
+    if "hop_header" in request.query:
+        # A header this hop alone may see, named in Connection (RFC 9110 §7.6.1): a proxy must drop both.
+        name = request.query["hop_header"]
+        resp.headers[name] = "for-this-hop-only"
+        resp.headers["Connection"] = f"keep-alive, {name}"
     return resp
 
 
