@@ -187,6 +187,20 @@ async def test_legacy_slow_is_504_after_the_route_timeout(upstream: TestServer, 
     assert sample(registry, "edge_upstream_errors_total", route="detail", backend="legacy", kind="timeout") == 1
 
 
+async def test_a_route_timeout_of_five_seconds_fires_on_time_not_at_the_next_whole_second(upstream: TestServer, make_edge) -> None:
+    client, registry = await make_edge(url_of(upstream), {"detail": detail_route(0, timeout_ms=5000)})
+    loop = asyncio.get_running_loop()
+    # aiohttp rounds a timeout of 5 s or more up to the loop clock's next whole second: start just after one,
+    # where rounding up would make it fire almost a second late.
+    await asyncio.sleep(1.05 - loop.time() % 1)
+    started = loop.time()
+    resp = await client.get("/shopping/orders_v43/A1?slow_ms=8000")
+    elapsed = loop.time() - started
+    assert resp.status == 504
+    assert 5.0 <= elapsed < 5.15
+    assert sample(registry, "edge_upstream_errors_total", route="detail", backend="legacy", kind="timeout") == 1
+
+
 async def test_legacy_resetting_connections_is_502(upstream: TestServer, make_edge) -> None:
     client, registry = await make_edge(url_of(upstream))
     for method in ("GET", "POST"):
