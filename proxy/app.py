@@ -152,7 +152,7 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
 
 async def _upstream_session(app: web.Application) -> AsyncIterator[None]:
     session = make_session(app[SETTINGS].upstream_pool_size)
-    app[FORWARDER] = Forwarder(session, app[METRICS])
+    app[FORWARDER] = Forwarder(session, app[METRICS], route_max_inflight=app[SETTINGS].route_inflight_limit)
     shadower = app[SHADOWER] = Shadower(app[SETTINGS], app[METRICS], app[FORWARDER], app[NEW_SIDE])
     shadower.start()
     yield

@@ -1,8 +1,9 @@
 """Forwards a request to old shopping unchanged and brings its answer back.
 
 Method, raw path and query (never re-normalised), body and headers minus hop-by-hop go
-up; status, headers and body come back. Connection failures answer 502 and timeouts
-504, in the legacy envelope, and are counted.
+up; status, headers and body come back. Connection failures answer 502, timeouts 504 and a
+route holding its whole share of the pool (proxy/bulkhead.py) 503, in the legacy envelope,
+and are counted.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from multidict import CIMultiDict, MultiMapping
 from yarl import URL
 
 from handlers.errors import error_response
+from proxy.bulkhead import Bulkhead, RouteBusy
 from proxy.metrics import EdgeMetrics
 
 log = structlog.get_logger("edge.forward")
@@ -82,9 +84,10 @@ def make_session(pool_size: int) -> aiohttp.ClientSession:
 
 
 class Forwarder:
-    def __init__(self, session: aiohttp.ClientSession, metrics: EdgeMetrics) -> None:
+    def __init__(self, session: aiohttp.ClientSession, metrics: EdgeMetrics, *, route_max_inflight: int) -> None:
         self._session = session
         self._metrics = metrics
+        self.bulkhead = Bulkhead(route_max_inflight)
 
     async def forward(
         self,
@@ -102,13 +105,20 @@ class Forwarder:
         # No retry loop here: aiohttp itself retries an idempotent request once when a pooled
         # keep-alive connection turns out closed, and a write must never be sent twice.
         try:
-            async with self._session.request(
-                request.method, url, headers=headers, data=body or None,
-                timeout=timeout, allow_redirects=False,
-            ) as upstream:
-                if upstream.status >= 500:
-                    self._metrics.upstream_error(route, "legacy", "5xx")
-                return await self._relay(request, upstream)
+            with self.bulkhead.slot(route):
+                async with self._session.request(
+                    request.method, url, headers=headers, data=body or None,
+                    timeout=timeout, allow_redirects=False,
+                ) as upstream:
+                    if upstream.status >= 500:
+                        self._metrics.upstream_error(route, "legacy", "5xx")
+                    return await self._relay(request, upstream)
+        except RouteBusy:
+            self._metrics.upstream_error(route, "legacy", "pool_full")
+            log.warning("upstream_busy", route=route, limit=self.bulkhead.limit, request_id=request_id)
+            busy = error_response(503, 50303, "upstream_busy", {"route": route})
+            busy.headers["Retry-After"] = "1"
+            return busy
         except TimeoutError:
             self._metrics.upstream_error(route, "legacy", "timeout")
             log.warning("upstream_timeout", route=route, timeout_ms=timeout_ms, request_id=request_id)

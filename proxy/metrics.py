@@ -29,7 +29,7 @@ class EdgeMetrics:
             ("route", "backend"), buckets=_BUCKETS, registry=registry,
         )
         self.upstream_errors = Counter(
-            "edge_upstream_errors_total", "Failed upstream calls (timeout, connect, 5xx)",
+            "edge_upstream_errors_total", "Failed upstream calls (timeout, connect, 5xx, pool_full)",
             ("route", "backend", "kind"), registry=registry,
         )
         self.new_percent = Gauge(
@@ -88,6 +88,7 @@ class EdgeMetrics:
         for route in (*current, "passthrough"):
             for kind in ("timeout", "connect", "5xx"):
                 self.upstream_errors.labels(route, "legacy", kind)
+            self.upstream_errors.labels(route, "legacy", "pool_full")  # the route's share of the pool was full
         for labels in list(self._gauge_routes()):
             if labels not in current:
                 self.new_percent.remove(labels)

@@ -87,6 +87,12 @@ class Settings:
     cors_origins: tuple[str, ...] = ()
     # Pool size for the one ClientSession that talks to old shopping.
     upstream_pool_size: int = 512
+    # Concurrent upstream calls one route (passthrough is one route) may hold; None = half the pool.
+    route_max_inflight: int | None = None
+    # How long a client may take to send its whole request body.
+    body_read_timeout_seconds: float = 15.0
+    # All request header lines together (names, values, ": " and CRLF), and aiohttp's parser bound per line.
+    max_header_bytes: int = 32 * 1024
     # How often the routing file is checked for changes (the spec asks for < 1 s).
     routing_poll_seconds: float = 0.25
     access_log: bool = True
@@ -132,6 +138,9 @@ class Settings:
             max_body_bytes=_int(env, "EDGE_MAX_BODY_BYTES", 1024 * 1024, low=1, high=1024**3),
             cors_origins=_csv(env, "EDGE_CORS_ORIGINS"),
             upstream_pool_size=_int(env, "EDGE_UPSTREAM_POOL", 512, low=1, high=100_000),
+            route_max_inflight=_int(env, "EDGE_ROUTE_MAX_INFLIGHT", 0, low=0, high=100_000) or None,
+            body_read_timeout_seconds=_float(env, "EDGE_BODY_READ_TIMEOUT_SECONDS", 15.0, low=0.1, high=600.0),
+            max_header_bytes=_int(env, "EDGE_MAX_HEADER_BYTES", 32 * 1024, low=8 * 1024, high=1024 * 1024),
             routing_poll_seconds=_float(env, "EDGE_ROUTING_POLL_SECONDS", 0.25, low=0.01, high=1.0),
             access_log=_bool(env, "EDGE_ACCESS_LOG", True),
             shadow_max_inflight=_int(env, "EDGE_SHADOW_MAX_INFLIGHT", 64, low=1, high=100_000),
@@ -160,6 +169,11 @@ class Settings:
         settings = replace(settings, **overrides) if overrides else settings
         settings.validate()
         return settings
+
+    @property
+    def route_inflight_limit(self) -> int:
+        """Each route's share of the upstream pool (a bulkhead): one slow route can't take it all."""
+        return self.route_max_inflight or max(1, self.upstream_pool_size // 2)
 
     def db_pool_options(self) -> dict[str, Any]:
         """Pool sizing for make_engine; SQLite's file locking makes pools pointless there."""

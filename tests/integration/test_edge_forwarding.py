@@ -15,7 +15,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import CollectorRegistry
 from yarl import URL
 
-from proxy.app import ADMIN_APP, create_app
+from proxy.app import ADMIN_APP, FORWARDER, create_app
 from tests.support.shopdb import seed_database
 from tests.support.edge import calc_price_route, detail_route, edge_settings, routing_doc, write_routing
 from tests.support.upstream import CALLS, create_echo_app
@@ -199,6 +199,30 @@ async def test_a_route_timeout_of_five_seconds_fires_on_time_not_at_the_next_who
     assert resp.status == 504
     assert 5.0 <= elapsed < 5.15
     assert sample(registry, "edge_upstream_errors_total", route="detail", backend="legacy", kind="timeout") == 1
+
+
+async def test_a_slow_path_holding_its_share_of_the_pool_is_refused_at_once_and_never_slows_another_route(
+    upstream: TestServer, make_edge,
+) -> None:
+    client, registry = await make_edge(url_of(upstream), {"detail": detail_route(0)}, upstream_pool_size=8, route_max_inflight=4)
+    loop = asyncio.get_running_loop()
+    slow = [asyncio.create_task(client.get("/shopping/cart?slow_ms=2000")) for _ in range(10)]
+    # The overflow is answered within a second, long before the 2 s upstream calls could free a slot.
+    done, pending = await asyncio.wait(slow, timeout=1.0)
+    refused = [await t.result().json() for t in done]
+    assert len(refused) == 6
+    assert all(body == {"code": 50303, "msg": "upstream_busy", "data": {"route": "passthrough"}} for body in refused)
+    assert {t.result().headers["Retry-After"] for t in done} == {"1"}
+    healthy_started = loop.time()
+    healthy = await asyncio.gather(*(client.get(f"/shopping/orders_v43/A{i}") for i in range(4)))
+    assert [r.status for r in healthy] == [200] * 4
+    assert loop.time() - healthy_started < 0.5
+    assert [r.status for r in await asyncio.gather(*pending)] == [200] * 4
+    assert sample(registry, "edge_upstream_errors_total", route="passthrough", backend="legacy", kind="pool_full") == 6
+    assert client.server.app[FORWARDER].bulkhead.inflight("passthrough") == 0
+    # Pre-created at zero for every route, so the first refusal is an increase alerts can see.
+    labels = {"route": "detail", "backend": "legacy", "kind": "pool_full"}
+    assert registry.get_sample_value("edge_upstream_errors_total", labels) == 0.0
 
 
 async def test_legacy_resetting_connections_is_502(upstream: TestServer, make_edge) -> None:
