@@ -14,9 +14,8 @@ import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 
-import aiohttp_cors
 import structlog
-from aiohttp import hdrs, web
+from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from handlers.app import NEW_ROUTE_NAME, PREFIX, create_new_side
@@ -24,6 +23,7 @@ from handlers.context import db_ready, setup_new_side
 from handlers.errors import answer_new, error_middleware, error_response
 from handlers.routes import NEW_ROUTES, NewRoute
 from proxy.admin import create_admin_app
+from proxy.cors import setup_cors
 from proxy.expiry_task import expiry_sweeper
 from proxy.forwarder import Forwarder, make_session
 from proxy.gray import goes_new, sticky_value
@@ -187,20 +187,6 @@ async def _admin_site(app: web.Application) -> AsyncIterator[None]:
     await runner.cleanup()
 
 
-def _setup_cors(app: web.Application, origins: tuple[str, ...], routes: list[web.AbstractRoute]) -> None:
-    cors = aiohttp_cors.setup(
-        app,
-        defaults={
-            origin: aiohttp_cors.ResourceOptions(
-                allow_credentials=origin != "*", expose_headers="*", allow_headers="*", allow_methods="*", max_age=600,
-            )
-            for origin in origins
-        },
-    )
-    for route in routes:
-        cors.add(route)
-
-
 def create_app(
     settings: Settings,
     *,
@@ -233,14 +219,9 @@ def create_app(
     if settings.admin_port is not None:
         app.cleanup_ctx.append(_admin_site)
 
-    new_side = create_new_side(new_routes)
-    app.add_subapp(PREFIX, new_side)
+    app.add_subapp(PREFIX, create_new_side(new_routes))
+    # Every method of every other path, in CORS mode too: the CORS middleware answers only real preflights.
+    app.router.add_route("*", "/{tail:.*}", dispatch, name="edge")
     if settings.cors_origins:
-        # aiohttp-cors cannot wrap a "*" route, so CORS mode lists the methods; OPTIONS becomes the preflight.
-        resource = app.router.add_resource("/{tail:.*}", name="edge")
-        routes = [resource.add_route(m, dispatch) for m in (hdrs.METH_GET, hdrs.METH_POST, hdrs.METH_PUT, hdrs.METH_PATCH, hdrs.METH_DELETE)]
-        routes += list(new_side.router.routes())
-        _setup_cors(app, settings.cors_origins, routes)
-    else:
-        app.router.add_route("*", "/{tail:.*}", dispatch, name="edge")
+        setup_cors(app, settings.cors_origins)
     return app

@@ -56,6 +56,10 @@ async def echo(request: web.Request) -> web.StreamResponse:
     resp.headers.add("Set-Cookie", "a=1; Path=/")
     resp.headers.add("Set-Cookie", "b=2; Path=/")
     resp.headers["X-Upstream"] = "echo"
+    if "cors" in request.query:
+        # Old shopping's own CORS answer: with the edge in CORS mode, the edge's must replace it.
+        resp.headers["Access-Control-Allow-Origin"] = request.query["cors"] or "*"
+        resp.headers["Access-Control-Expose-Headers"] = "X-Upstream"
     if "hop_header" in request.query:
         # A header this hop alone may see, named in Connection (RFC 9110 §7.6.1): a proxy must drop both.
         name = request.query["hop_header"]
