@@ -20,13 +20,14 @@ from prometheus_client import CollectorRegistry
 
 from handlers.app import NEW_ROUTE_NAME, PREFIX, create_new_side
 from handlers.context import db_ready, setup_new_side
-from handlers.errors import answer_new, error_middleware, error_response
+from handlers.errors import answer_new, error_middleware
 from handlers.routes import NEW_ROUTES, NewRoute
 from proxy.admin import create_admin_app
 from proxy.cors import setup_cors
 from proxy.expiry_task import expiry_sweeper
 from proxy.forwarder import Forwarder, make_session
 from proxy.gray import goes_new, sticky_value
+from proxy.limits import limits_middleware, parser_limits
 from proxy.logs import flush_stdout_periodically
 from proxy.metrics import EdgeMetrics
 from proxy.reloader import RoutingState
@@ -106,19 +107,11 @@ async def _add_edge_headers(request: web.Request, response: web.StreamResponse) 
 async def dispatch(request: web.Request) -> web.StreamResponse:
     """Every path that is not the new side's own: pick a route and a side, then serve it."""
     app = request.app
-    settings = app[SETTINGS]
     table = app[ROUTING].table  # one read: a reload mid-request can't mix two tables
     request[ROUTE] = PASSTHROUGH
     request[BACKEND] = "legacy"
-    length = request.content_length
-    if length is not None and length > settings.max_body_bytes:
-        app[METRICS].body_too_large.inc()
-        return error_response(413, 41301, "body_too_large", {"limit": settings.max_body_bytes})
-    try:
-        body = await request.read() if request.body_exists else b""
-    except web.HTTPRequestEntityTooLarge:
-        app[METRICS].body_too_large.inc()
-        return error_response(413, 41301, "body_too_large", {"limit": settings.max_body_bytes})
+    # Already read by limits_middleware, within the body size and time limits; this returns those bytes.
+    body = await request.read() if request.body_exists else b""
 
     raw_path = request.raw_path
     query_at = raw_path.find("?")
@@ -196,7 +189,11 @@ def create_app(
     """The edge: every legacy path, routed by routing.yaml to the new side or old shopping."""
     registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
     metrics = EdgeMetrics(registry)
-    app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[access_middleware, error_middleware])
+    app = web.Application(
+        client_max_size=settings.max_body_bytes,
+        middlewares=[access_middleware, error_middleware, limits_middleware(settings, metrics)],
+        handler_args=parser_limits(settings),
+    )
     app[SETTINGS] = settings
     app[METRICS] = metrics
     app[NEW_SIDE] = new_routes

@@ -10,6 +10,7 @@ import tempfile
 from typing import Any
 
 BACKLOG = 2048
+GRACEFUL_SECONDS = 10
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
@@ -61,16 +62,16 @@ def main(argv: list[str] | None = None) -> None:
         return
 
     import uvloop
-    from aiohttp import web
 
-    from proxy.app import create_app
+    from proxy.app import METRICS, create_app
+    from proxy.server import serve
 
     try:
         app = create_app(settings)
     except (RoutingError, OSError) as exc:
         sys.exit(f"shopping-edge: cannot load routing: {exc}")
     uvloop.install()
-    web.run_app(app, host=settings.host, port=settings.port, access_log=None, print=None, backlog=BACKLOG)
+    serve(app, settings, app[METRICS], backlog=BACKLOG)
 
 
 def _run_gunicorn(settings: Any, workers: int, log_level: str) -> None:
@@ -78,9 +79,8 @@ def _run_gunicorn(settings: Any, workers: int, log_level: str) -> None:
     from prometheus_client import multiprocess
 
     from handlers.routes import NEW_ROUTES
-    from proxy.app import create_app
     from proxy.routing import RoutingError, parse_routing
-    from proxy.workers import reuse_port_worker
+    from proxy.workers import edge_runner_factory, reuse_port_worker
 
     try:  # fail in the master with a clear message rather than in every worker
         with open(settings.routing_file, encoding="utf-8") as f:
@@ -99,11 +99,13 @@ def _run_gunicorn(settings: Any, workers: int, log_level: str) -> None:
             self.cfg.set("loglevel", log_level)
             self.cfg.set("accesslog", None)
             self.cfg.set("backlog", BACKLOG)
-            self.cfg.set("graceful_timeout", 10)
+            self.cfg.set("graceful_timeout", GRACEFUL_SECONDS)
             self.cfg.set("child_exit", lambda server, worker: multiprocess.mark_process_dead(worker.pid))
 
         def load(self) -> Any:
-            return create_app(settings)
+            # A runner factory, not the app: aiohttp's worker then serves through our EdgeRunner
+            # (proxy/server.py), the same server as one process, instead of a plain AppRunner.
+            return edge_runner_factory(settings, shutdown_timeout=GRACEFUL_SECONDS * 0.95)
 
     master = os.getpid()
     try:

@@ -13,6 +13,11 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from proxy.routing import HTTP_METHODS
 
 _METHODS = frozenset(HTTP_METHODS)
+# Why a request was refused before routing (proxy/limits.py); anything else counts as bad_request.
+BAD_REQUEST_REASONS = (
+    "bad_method", "bad_request_line", "bad_url", "request_line_too_long", "headers_too_large",
+    "bad_body", "body_timeout", "bad_request",
+)
 # Latency buckets tuned for an edge: sub-millisecond passthrough up to route timeouts.
 _BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
@@ -61,9 +66,15 @@ class EdgeMetrics:
         self.body_too_large = Counter(
             "edge_body_too_large_total", "Requests refused with 413 before any upstream call", registry=registry,
         )
+        self.bad_requests = Counter(
+            "edge_bad_requests_total", "Requests refused as malformed or over a limit before routing, by reason",
+            ("reason",), registry=registry,
+        )
         # Zero-valued children exist from the start, so the first error is an increase alerts can see.
         for result in ("ok", "error"):
             self.reloads.labels(result)
+        for reason in BAD_REQUEST_REASONS:
+            self.bad_requests.labels(reason)
         # Children cached per label tuple: .labels() takes a lock and builds a key every call.
         self._req_children: dict[tuple[str, str, str, str], Counter] = {}
         self._dur_children: dict[tuple[str, str], Histogram] = {}
@@ -79,6 +90,9 @@ class EdgeMetrics:
         if dchild is None:
             dchild = self._dur_children[dkey] = self.duration.labels(*dkey)
         dchild.observe(seconds)
+
+    def bad_request(self, reason: str) -> None:
+        self.bad_requests.labels(reason if reason in BAD_REQUEST_REASONS else "bad_request").inc()
 
     def upstream_error(self, route: str, backend: str, kind: str) -> None:
         self.upstream_errors.labels(route, backend, kind).inc()

@@ -14,8 +14,12 @@ accepted from would strand the connections hashed to it.
 from __future__ import annotations
 
 import socket
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from aiohttp.worker import GunicornUVLoopWebWorker
+
+from shop.settings import Settings
 
 
 def listen_socket(host: str, port: int, backlog: int) -> socket.socket:
@@ -46,3 +50,17 @@ def reuse_port_worker(host: str, port: int, backlog: int) -> type[GunicornUVLoop
             super().init_process()
 
     return ReusePortWorker
+
+
+def edge_runner_factory(settings: Settings, **runner_args: Any) -> Callable[[], Awaitable[Any]]:
+    """What gunicorn's app loads: aiohttp's worker awaits it in the worker process and serves the
+    EdgeRunner it returns, so workers answer malformed requests like one process does."""
+
+    async def make_runner() -> Any:
+        from proxy.app import METRICS, create_app
+        from proxy.server import EdgeRunner
+
+        app = create_app(settings)
+        return EdgeRunner(app, settings=settings, metrics=app[METRICS], access_log=None, **runner_args)
+
+    return make_runner

@@ -69,7 +69,8 @@ async def echo(request: web.Request) -> web.StreamResponse:
 
 
 def create_echo_app() -> web.Application:
-    app = web.Application(client_max_size=64 * 1024 * 1024)
+    # Bounds far above the edge's, so a test sees what the edge itself lets through.
+    app = web.Application(client_max_size=64 * 1024 * 1024, handler_args={"max_field_size": 1024 * 1024, "max_headers": 4096})
     app[CALLS] = []
     app.router.add_route("*", "/{tail:.*}", echo)
     return app
