@@ -105,7 +105,8 @@ def _run_gunicorn(settings: Any, workers: int, log_level: str) -> None:
         def load(self) -> Any:
             # A runner factory, not the app: aiohttp's worker then serves through our EdgeRunner
             # (proxy/server.py), the same server as one process, instead of a plain AppRunner.
-            return edge_runner_factory(settings, shutdown_timeout=GRACEFUL_SECONDS * 0.95)
+            # The runner arguments aiohttp's worker would have used itself.
+            return edge_runner_factory(settings, keepalive_timeout=self.cfg.keepalive, shutdown_timeout=GRACEFUL_SECONDS * 0.95)
 
     master = os.getpid()
     try:

@@ -94,7 +94,11 @@ async def _serve(runner: EdgeRunner, host: str, port: int, backlog: int) -> None
 
 def serve(app: web.Application, settings: Settings, metrics: EdgeMetrics, *, backlog: int) -> None:
     """``web.run_app`` for the edge: serve ``app`` on settings.host:port until SIGINT or SIGTERM."""
-    runner = EdgeRunner(app, settings=settings, metrics=metrics, access_log=None, handle_signals=True)
+    # web.run_app's defaults for the rest.
+    runner = EdgeRunner(
+        app, settings=settings, metrics=metrics, access_log=None, handle_signals=True,
+        keepalive_timeout=75.0, shutdown_timeout=60.0,
+    )
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     main = loop.create_task(_serve(runner, settings.host, settings.port, backlog))
