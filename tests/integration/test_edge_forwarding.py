@@ -197,7 +197,7 @@ async def test_a_route_timeout_of_five_seconds_fires_on_time_not_at_the_next_who
     resp = await client.get("/shopping/orders_v43/A1?slow_ms=8000")
     elapsed = loop.time() - started
     assert resp.status == 504
-    assert 5.0 <= elapsed < 5.15
+    assert 5.0 <= elapsed < 5.25  # slack for a busy test machine; rounding up made it 5.95
     assert sample(registry, "edge_upstream_errors_total", route="detail", backend="legacy", kind="timeout") == 1
 
 
