@@ -190,6 +190,11 @@ class Settings:
             bytes.fromhex(self.adyen_hmac_key)
         except ValueError:
             raise SettingsError("ADYEN_HMAC_KEY is not hex") from None
+        if self.route_max_inflight is not None and self.route_max_inflight > self.upstream_pool_size:
+            raise SettingsError(
+                f"EDGE_ROUTE_MAX_INFLIGHT={self.route_max_inflight} is above EDGE_UPSTREAM_POOL={self.upstream_pool_size}:"
+                " a route's share of the pool cannot be more than the pool"
+            )
         for origin in self.cors_origins:
             if origin != "*" and urlsplit(origin).scheme not in ("http", "https"):
                 raise SettingsError(f"EDGE_CORS_ORIGINS has {origin!r}, not an http(s) origin")
