@@ -16,9 +16,11 @@ the edge removes any ``Access-Control-*`` header old shopping sent and, for an a
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Iterable
 
 from aiohttp import hdrs, web
+
+from handlers.errors import Handler
 
 PREFLIGHT = web.RequestKey("cors_preflight", bool)
 MAX_AGE_SECONDS = 600
@@ -28,7 +30,6 @@ _NOT_EXPOSED = frozenset(
      "set-cookie", "vary")
 )
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 class CorsPolicy:

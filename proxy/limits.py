@@ -32,7 +32,7 @@ from aiohttp.http_exceptions import (
 )
 from aiohttp.web_protocol import RequestPayloadError
 
-from handlers.errors import error_response
+from handlers.errors import Handler, error_response
 from proxy.metrics import EdgeMetrics
 from shop.settings import Settings
 
@@ -44,7 +44,6 @@ MAX_HEADERS = 128
 # ": " and CRLF around each header's name and value on the wire.
 _HEADER_FRAMING = 4
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def parser_limits(settings: Settings) -> dict[str, Any]:
