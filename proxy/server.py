@@ -52,8 +52,11 @@ class EdgeRequestHandler(RequestHandler):
 
     def log_exception(self, *args: Any, **kw: Any) -> None:
         # aiohttp's own failures (not a client's): one JSON line with the exception, not a multi-line traceback.
-        message = args[0] % args[1:] if len(args) > 1 else (args[0] if args else "")
-        log.error("server_error", detail=str(message)[:200], exc_info=kw.get("exc_info", True))
+        try:
+            message = str(args[0]) % args[1:] if len(args) > 1 else str(args[0] if args else "")
+        except (TypeError, ValueError):
+            message = repr(args)
+        log.error("server_error", detail=message[:200], exc_info=kw.get("exc_info", True))
 
 
 class EdgeServer(Server):
