@@ -44,6 +44,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from emulators.legacy import envelope
+from emulators.legacy.body import read_json
 from emulators.legacy.caller import require_user
 from emulators.legacy.envelope import ApiError, bad_request, ok
 from emulators.legacy.order_rows import (
@@ -62,7 +63,6 @@ from emulators.legacy.pricing import (
     load,
     parse_request,
     price_json,
-    read_json,
 )
 from emulators.legacy.state import ENGINE
 from shop.schema import (

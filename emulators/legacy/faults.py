@@ -27,6 +27,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from emulators.legacy.body import read_json
 from emulators.legacy.envelope import bad_request, error_response
 
 log = logging.getLogger(__name__)
@@ -194,11 +195,7 @@ async def list_faults(request: web.Request) -> web.Response:
 
 
 async def set_fault(request: web.Request) -> web.Response:
-    try:
-        body = await request.json()
-    except ValueError:
-        raise bad_request("body", "malformed JSON") from None
-    rule = FaultRule.from_json(body)
+    rule = FaultRule.from_json(await read_json(request))
     table = request.app[FAULTS]
     table.set(rule)
     log.info("fault rule set: %s", rule)

@@ -186,6 +186,22 @@ async def test_cart_rejects_bad_input_and_changes_nothing(client: TestClient, db
         assert await cart_rows(db) == [(1, 1, True)], body
 
 
+@pytest.mark.parametrize("raw", ["\u00b2", "\uff11", "\u0661", "1\u00b2", "-1", "0", "1.0", "0x10", "9" * 19])
+async def test_a_user_id_that_is_not_ascii_digits_is_400_naming_the_header(bare_client: TestClient, raw: str) -> None:
+    """str.isdigit() takes superscripts and other scripts' digits; int() refuses "²" and reads "１" as user 1."""
+    resp = await bare_client.get("/shopping/cart", headers={"X-User-Id": raw})
+    err = await envelope(resp, 400)
+    assert err == {"code": 40001, "msg": "bad_request", "data": {"field": "X-User-Id", "reason": "must be a positive integer"}}
+
+
+@pytest.mark.parametrize("body", [b"[" * 990 + b"]" * 990, b'{"sku_id": 1, "qty": 1, "x": ' + b"[" * 100_000 + b"}"])
+async def test_cart_refuses_json_nested_past_the_stack_and_changes_nothing(client: TestClient, db: AsyncEngine, body: bytes) -> None:
+    resp = await client.post("/shopping/cart", data=body, headers={**AUTH, "Content-Type": "application/json"})
+    err = await envelope(resp, 400)
+    assert err["data"] == {"field": "body", "reason": "nested deeper than 64 levels"}
+    assert await cart_rows(db) == []
+
+
 async def test_inactive_sku_cannot_be_added(client: TestClient, db: AsyncEngine) -> None:
     async with db.begin() as conn:
         await conn.execute(update(skus).where(skus.c.id == 2).values(active=False))
