@@ -63,6 +63,12 @@ def check_document(doc: Any) -> None:
             stack.extend((item, (*path, i), depth + 1) for i, item in enumerate(value))
 
 
+def has_lone_surrogate(text: str) -> bool:
+    """True for a str no UTF-8 encoder takes: a lone surrogate from a JSON escape, or header bytes
+    that were not UTF-8 (aiohttp decodes them with surrogateescape)."""
+    return _SURROGATE.search(text) is not None
+
+
 def json_path(path: tuple[str | int, ...]) -> str:
     """``("items", 0, "name")`` → ``items[0].name``; a lone surrogate is shown as the escape the client sent."""
     out = ""

@@ -43,6 +43,11 @@ async def read_json(request: web.Request) -> Any:
     return body
 
 
+def lone_surrogate(text: str) -> bool:
+    """A str no UTF-8 write takes: a JSON \\ud800 escape, or header bytes that were not UTF-8."""
+    return _LONE.search(text) is not None
+
+
 def _deeper_than(text: str, limit: int) -> bool:
     if "[" not in text and "{" not in text:
         return False

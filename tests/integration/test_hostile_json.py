@@ -4,11 +4,13 @@ Nesting deep enough to run the decoder out of stack (990 levels, 100,000 levels)
 surrogates (``"\\ud800"``: json.loads gives a str no UTF-8 encoder will write) reach the new
 handlers through the edge and old shopping (the emulator) directly; both answer 400 with
 ``data.field`` naming the body or the JSON path of the string, before anything is written.
-A real character written as a surrogate pair is still accepted.
+A real character written as a surrogate pair is still accepted. The headers place_order stores
+(X-Platform, X-App-Version) are held to the same rule when their bytes are not UTF-8.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 from typing import Any
@@ -135,3 +137,30 @@ async def test_an_unknown_charset_or_an_endless_integer_is_400_on_the_body(side,
     resp = await client.post(CALC, data=text.encode(), headers={**USER1, "Content-Type": f"application/json; charset={charset}"})
     body = await envelope(resp, 400)
     assert body["data"]["field"] == "body", body
+
+
+async def raw_post(client: TestClient, path: str, body: bytes, headers: bytes) -> tuple[int, dict[str, Any]]:
+    """A request written byte by byte: header values that are not UTF-8, which aiohttp's client will not send."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", client.server.port)
+    try:
+        writer.write(b"POST " + path.encode() + b" HTTP/1.1\r\nHost: shop\r\nConnection: close\r\n"
+                     b"Content-Type: application/json\r\nContent-Length: " + str(len(body)).encode() + b"\r\n"
+                     + headers + b"\r\n" + body)
+        await writer.drain()
+        raw = await reader.read()
+    finally:
+        writer.close()
+    head, _, payload = raw.partition(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1]), json.loads(payload)
+
+
+@pytest.mark.parametrize("header", ["X-Platform", "X-App-Version"])
+async def test_a_stored_header_that_is_not_utf8_is_400_naming_it_and_nothing_is_written(side, header: str) -> None:
+    """aiohttp hands undecodable header bytes over as lone surrogates; place_order stores these two headers."""
+    client, url = side
+    before = await written(url)
+    status, body = await raw_post(client, PLACE, json.dumps(WORKED).encode(),
+                                  b"X-User-Id: 1\r\nIdempotency-Key: hdr-1\r\n" + header.encode() + b": ios\xff\r\n")
+    assert status == 400 and body["code"] == 40001, body
+    assert body["data"]["field"] == header
+    assert await written(url) == before
