@@ -21,8 +21,10 @@ from aiohttp import web
 from emulators.legacy.envelope import bad_request
 
 MAX_DEPTH = 64
-# A JSON string literal (skipped whole: brackets inside it do not nest) or one bracket.
-_TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{}]', re.DOTALL)
+# A JSON string literal (skipped whole: brackets inside it do not nest) or one bracket. A string
+# left open runs to the end of the text: then every match succeeds on its first try and the scan
+# is linear (requiring the closing quote made a text of `"\` pairs rescan the rest from every quote).
+_TOKEN = re.compile(r'"(?:[^"\\]|\\.)*(?:"|\\?\Z)|[\[\]{}]', re.DOTALL)
 _LONE = re.compile("[\ud800-\udfff]")
 
 

@@ -208,6 +208,15 @@ async def test_cart_refuses_json_nested_past_the_stack_and_changes_nothing(clien
     assert await cart_rows(db) == []
 
 
+async def test_a_body_of_strings_left_open_is_refused_in_linear_time(bare_client: TestClient) -> None:
+    """Every quote of `["\\"\\"\\…` opens a string no quote closes; the depth scan must not restart from each."""
+    body = b"[" + b'"\\' * 400_000
+    started = time.monotonic()
+    resp = await bare_client.post("/shopping/cal_price/v4_4", data=body, headers={**AUTH, "Content-Type": "application/json"})
+    assert (await envelope(resp, 400))["data"] == {"field": "body", "reason": "malformed JSON"}
+    assert time.monotonic() - started < 5  # quadratic, it took 15 s for a tenth of this
+
+
 async def test_inactive_sku_cannot_be_added(client: TestClient, db: AsyncEngine) -> None:
     async with db.begin() as conn:
         await conn.execute(update(skus).where(skus.c.id == 2).values(active=False))
