@@ -27,6 +27,7 @@ from emulators.legacy import create_admin_app, create_app
 from shop.db import create_all, drop_all, make_engine
 from shop.schema import cart_items, orders, skus
 from shop.seed import seed_demo
+from tests.conftest import MARIADB_DATABASE
 from tests.support.legacydb import envelope
 from tests.support.shopdb import seed_database
 
@@ -36,7 +37,8 @@ ClientFactory = Callable[..., Awaitable[TestClient]]
 USER = 5_000_001
 OTHER_USER = 5_000_002
 AUTH = {"X-User-Id": str(USER)}
-PRIVATE_MARIADB_DATABASE = "test_legacy_emulator"
+# Prefixed like tests.support.legacydb.private_mariadb, so a second suite (SHOP_TEST_MARIADB_DB) has its own.
+PRIVATE_MARIADB_DATABASE = "test_legacy_emulator" if MARIADB_DATABASE == "test" else f"{MARIADB_DATABASE}_test_legacy_emulator"
 
 
 @pytest.fixture
