@@ -10,12 +10,12 @@ Subcommands (state in OUT/results.json, OUT = $BENCH_OUT, default bench/out/pric
                                       legacy envelope (and, through the edge, X-Edge-Route calc_price / Backend new)
   facts    [--db-pid P]               machine, tools, commit, load average
   speed                               bench/pricing_speed.py (the pure pricing function)
-  measure  NAME URL --pid P [--db-pid P] [--emulator-pid P] [--metrics URL]
+  measure  NAME URL --pid P [--db-pid P] [--emulator-pid P] [--emulator-url ADMIN_URL] [--metrics URL]
                                       warm-up, max throughput (wrk -c32, unpaced), latency at a fixed rate
                                       (wrk paced by the Lua delay() hook), CPU accounting per process group
   profile  NAME URL --pid P           py-spy record -f raw of the target (workers included) under the paced load;
                                       top frames by own and by inclusive time
-  soak     URL --pid P --admin URL --emulator URL --seconds S
+  soak     URL --pid P --admin URL --emulator ADMIN_URL --seconds S
                                       every legacy answer gets a random field (emulator fault knob), shadow-100 load
                                       for S seconds, VmRSS sampled; then GET /_edge/shadow and /metrics
   report   --kind price|shadow [--results-md FILE]
@@ -422,7 +422,7 @@ def cmd_measure(a: argparse.Namespace) -> None:
 
 
 def _legacy_calls(emulator_url: str | None) -> int | None:
-    """calc_price requests the emulator has received so far (its /_emulator/stats)."""
+    """calc_price requests the emulator has received so far (its /_emulator/stats, on its loopback control port)."""
     if not emulator_url:
         return None
     try:
@@ -1118,7 +1118,7 @@ def main() -> None:
     m.add_argument("--pid", type=int, required=True)
     m.add_argument("--db-pid", type=int)
     m.add_argument("--emulator-pid", type=int)
-    m.add_argument("--emulator-url")
+    m.add_argument("--emulator-url", help="the emulator's control API (python -m emulators.legacy --admin-port)")
     m.add_argument("--metrics")
     m.add_argument("--label")
     m.add_argument("--group", default="")
@@ -1134,7 +1134,7 @@ def main() -> None:
     s.add_argument("url")
     s.add_argument("--pid", type=int, required=True)
     s.add_argument("--admin", required=True)
-    s.add_argument("--emulator", required=True)
+    s.add_argument("--emulator", required=True, help="the emulator's control API (python -m emulators.legacy --admin-port)")
     s.add_argument("--seconds", type=int, default=600)
     s.add_argument("--interval", type=int, default=30)
     s.add_argument("--rate", type=int, default=0)

@@ -3,7 +3,8 @@
 # when every shadowed answer differs (issue 4's targets).
 #
 # Starts (all on 127.0.0.1, all stopped again on exit, Ctrl-C or failure):
-#   legacy    :29220  old-shopping emulator (python -m emulators.legacy) on the MariaDB database bench_shop
+#   legacy    :29220  old-shopping emulator (python -m emulators.legacy) on the MariaDB database bench_shop,
+#                     its control API (/_emulator/*: fault knobs, stats) on 127.0.0.1:29221
 #   edge      :29222  shopping-edge (admin :29223), calc_price at new_percent 100 on bench_shop, access log on,
 #                     one fresh process (or gunicorn --workers N) per configuration, in this order:
 #                     shadow off (bench/routing-price.yaml), shadow 100 % (bench/routing-shadow-100.yaml),
@@ -32,12 +33,14 @@ source "$ROOT/bench/lib.sh"
 export BENCH_DRIVER=bench/pricebench.py
 
 BASE=${BENCH_PORT_BASE:-29220}
-P_LEGACY=$BASE P_EDGE=$((BASE + 2)) P_ADMIN=$((BASE + 3))
+P_LEGACY=$BASE P_LEGACY_ADMIN=$((BASE + 1)) P_EDGE=$((BASE + 2)) P_ADMIN=$((BASE + 3))
 # Each group is WORKERS[:NICE]: the edge's worker count and the emulator's nice level meanwhile.
 GROUPS_=${BENCH_SHADOW_GROUPS:-1:0 2:0 2:19}
 SOAK=${BENCH_SHADOW_SOAK:-600}
 SOAK_RATE=${BENCH_SHADOW_SOAK_RATE:-0}
 LEGACY_URL=http://$HOST:$P_LEGACY
+# The emulator serves its knobs on loopback only, never on the port the edge forwards to.
+LEGACY_ADMIN_URL=http://127.0.0.1:$P_LEGACY_ADMIN
 export BENCH_OUT=$ROOT/bench/out/shadow
 
 need_tools
@@ -50,7 +53,7 @@ if [[ $SOAK == 0 && -f $BENCH_OUT/results.json ]]; then
 fi
 rm -rf "$BENCH_OUT"
 mkdir -p "$BENCH_OUT"
-check_ports "$P_LEGACY" "$P_EDGE" "$P_ADMIN"
+check_ports "$P_LEGACY" "$P_LEGACY_ADMIN" "$P_EDGE" "$P_ADMIN"
 
 bench_py facts
 if [[ -n $prev ]]; then
@@ -61,9 +64,9 @@ prepare_db
 bench_py workload --users "$BENCH_USERS"
 
 say "starting the old-shopping emulator on :$P_LEGACY (database $BENCH_DB)"
-start legacy "$PY" -m emulators.legacy --host "$HOST" --port "$P_LEGACY" --db-url "$DB_URL"
-wait_http legacy "$PID_legacy" "$LEGACY_URL/_emulator/health"
-curl -fsS -X DELETE -o /dev/null "$LEGACY_URL/_emulator/faults"
+start legacy "$PY" -m emulators.legacy --host "$HOST" --port "$P_LEGACY" --admin-port "$P_LEGACY_ADMIN" --db-url "$DB_URL"
+wait_http legacy "$PID_legacy" "$LEGACY_ADMIN_URL/_emulator/health"
+curl -fsS -X DELETE -o /dev/null "$LEGACY_ADMIN_URL/_emulator/faults"
 bench_py check legacy "$LEGACY_URL"
 
 # set_emulator_nice N: every thread of the emulator (setpriority is per thread on Linux) and, since every server
@@ -98,7 +101,7 @@ for grp in $GROUPS_; do
         var="PID_${name//-/_}"
         pid=${!var}
         bench_py check "$name" "http://$HOST:$P_EDGE" --edge
-        bench_py measure "$name" "http://$HOST:$P_EDGE" --pid "$pid" --db-pid "$DB_PID" --emulator-pid "$PID_legacy" --emulator-url "$LEGACY_URL" \
+        bench_py measure "$name" "http://$HOST:$P_EDGE" --pid "$pid" --db-pid "$DB_PID" --emulator-pid "$PID_legacy" --emulator-url "$LEGACY_ADMIN_URL" \
             --metrics "http://$HOST:$P_ADMIN/metrics" --label "$label" --group "$label" --shadow "$conf" --workers "$w"
         if [[ $conf == 100 && $BENCH_PROFILE != 0 ]]; then
             bench_py profile "$name-shadow100" "http://$HOST:$P_EDGE" --pid "$pid" --label "$label, shadow 100 %"
@@ -114,7 +117,7 @@ if [[ $SOAK != 0 ]]; then
     start_edge soak bench/routing-shadow-100.yaml "$P_EDGE" "$P_ADMIN" 1 "$LEGACY_URL"
     bench_py check soak "http://$HOST:$P_EDGE" --edge
     bench_py soak "http://$HOST:$P_EDGE" --pid "$PID_soak" --admin "http://$HOST:$P_ADMIN" \
-        --emulator "$LEGACY_URL" --seconds "$SOAK" --rate "$SOAK_RATE"
+        --emulator "$LEGACY_ADMIN_URL" --seconds "$SOAK" --rate "$SOAK_RATE"
     stop soak
 else
     say "BENCH_SHADOW_SOAK=0: skipping the memory soak (the report keeps the last one's figures, with their date)"

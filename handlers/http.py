@@ -8,6 +8,7 @@ from typing import Any
 from aiohttp import web
 
 from shop.errors import BadRequest, envelope
+from shop.json_input import parse_json_body
 
 
 def caller_id(request: web.Request) -> int | None:
@@ -21,10 +22,8 @@ def caller_id(request: web.Request) -> int | None:
 
 
 async def json_body(request: web.Request) -> Any:
-    try:
-        return await request.json(loads=json.loads)
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise BadRequest(data={"field": "body", "reason": "malformed JSON"}) from None
+    """The request's JSON body, held to shop.json_input's rules (depth, lone surrogates): 400 otherwise."""
+    return parse_json_body(await request.read(), request.charset)
 
 
 def ok(data: Any) -> web.Response:

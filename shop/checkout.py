@@ -29,6 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from shop import schema as t
 from shop.errors import BadRequest, Conflict, LoginRequired, ShopError, Unprocessable
+from shop.json_input import has_lone_surrogate
 from shop.money import money_str
 from shop.price_view import price_view
 from shop.pricing import PriceResult
@@ -89,9 +90,16 @@ def parse_order_request(
         expected_total=expected,
         payment_method=method,
         idempotency_key=idempotency_key,
-        platform=(platform or "")[:16] or None,
-        app_version=(app_version or "")[:32] or None,
+        platform=_stored_header("X-Platform", platform, 16),
+        app_version=_stored_header("X-App-Version", app_version, 32),
     )
+
+
+def _stored_header(name: str, value: str | None, max_len: int) -> str | None:
+    """A header the order row keeps; bytes that were not UTF-8 would fail the row's write, so they are a 400."""
+    if value and has_lone_surrogate(value):
+        raise BadRequest(data={"field": name, "reason": "not valid UTF-8"})
+    return (value or "")[:max_len] or None
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,12 +7,12 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Numeric, Table, UniqueConstraint, event, inspect
+from sqlalchemy import Numeric, Table, UniqueConstraint, event, inspect, text
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL, Connection, Inspector, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from shop.schema import metadata
+from shop.schema import ExactKey, exact_key_collation, exact_key_ddl, metadata
 
 # Writers on SQLite (edge, consumers, legacy emulator) share one file; wait instead of failing on a lock.
 SQLITE_BUSY_TIMEOUT_MS = 5000
@@ -161,9 +161,32 @@ def _schema_problems(conn: Connection) -> list[str]:
                     problems.append(
                         f"column {name}.{column.name} is {found['type']}, expected NUMERIC{want}"
                     )
+        problems.extend(_exact_key_problems(conn, table, set(reflected)))
         have_keys = _unique_keys(inspector, name)
         for key in sorted(_expected_unique_keys(table) - have_keys):
             problems.append(f"missing unique key {name}({', '.join(key)})")
+    return problems
+
+
+def _exact_key_problems(conn: Connection, table: Table, present: set[str]) -> list[str]:
+    """Key columns (shop.schema.ExactKey) whose collation is not the byte-exact one, with the statement that fixes each."""
+    if conn.dialect.name not in ("mysql", "mariadb"):
+        return []  # SQLite compares text BINARY unless a column says otherwise, and create_all never does
+    want = exact_key_collation(conn.dialect)
+    problems: list[str] = []
+    for column in table.columns:
+        if not isinstance(column.type, ExactKey) or column.name not in present:
+            continue
+        have = conn.execute(text(
+            "SELECT COLLATION_NAME FROM information_schema.COLUMNS"
+            " WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = :t AND COLUMN_NAME = :c"
+        ), {"t": table.name, "c": column.name}).scalar()
+        if have != want:
+            null = "NULL" if column.nullable else "NOT NULL"
+            problems.append(
+                f"column {table.name}.{column.name} compares with {have}, expected {want} (keys compare byte for byte);"
+                f" fix: ALTER TABLE {table.name} MODIFY {column.name} {exact_key_ddl(column.type, conn.dialect)} {null}"
+            )
     return problems
 
 

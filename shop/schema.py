@@ -9,6 +9,7 @@ Every money column is ``Numeric`` with ``asdecimal=True`` so values come back as
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import (
     JSON,
@@ -28,6 +29,8 @@ from sqlalchemy import (
     true,
 )
 from sqlalchemy.dialects import mysql
+from sqlalchemy.engine import Dialect
+from sqlalchemy.ext.compiler import compiles
 
 # Deterministic constraint names so MariaDB and SQLite agree and `check` output is readable.
 metadata = MetaData(
@@ -50,6 +53,40 @@ Percent = Numeric(12, 4, asdecimal=True)  # percentages and discount values
 
 # Old shopping's MySQL tables are InnoDB/utf8mb4; be explicit rather than trust the server default.
 _TABLE_OPTIONS = {"mysql_engine": "InnoDB", "mysql_charset": "utf8mb4"}
+
+
+
+class ExactKey(String):
+    """A key or reference that must compare byte for byte: idempotency keys, request and event ids.
+
+    MariaDB/MySQL compare text with the column's collation, and utf8mb4's default one is case and
+    accent insensitive and pads with spaces: `Case-Key-A`, `case-key-a` and `Case-Key-A ` would be
+    one key (one user's second checkout answered with the first order). On MySQL/MariaDB the column
+    is declared with a binary NO PAD collation (``exact_key_collation``); SQLite compares BINARY
+    unless told otherwise, so there it is a plain VARCHAR.
+    """
+
+    cache_ok = True
+
+
+def exact_key_collation(dialect: Dialect) -> str:
+    """The binary, NO PAD utf8mb4 collation of this server (MySQL before 8.0.17 has only the PAD SPACE one)."""
+    if getattr(dialect, "is_mariadb", False):
+        return "utf8mb4_nopad_bin"
+    if (dialect.server_version_info or (0,)) >= (8, 0, 17):
+        return "utf8mb4_0900_bin"
+    return "utf8mb4_bin"
+
+
+def exact_key_ddl(type_: ExactKey, dialect: Dialect) -> str:
+    return f"VARCHAR({type_.length}) CHARACTER SET utf8mb4 COLLATE {exact_key_collation(dialect)}"
+
+
+@compiles(ExactKey, "mysql")
+@compiles(ExactKey, "mariadb")
+def _exact_key_mysql(type_: ExactKey, compiler: Any, **kw: Any) -> str:
+    return exact_key_ddl(type_, compiler.dialect)
+
 
 ORDER_ID = String(32)
 USER_ID = BigInteger
@@ -253,7 +290,7 @@ orders = Table(
     Column("address", JSON, nullable=True),  # snapshot at order time
     Column("platform", String(16), nullable=True),
     Column("app_version", String(32), nullable=True),
-    Column("idempotency_key", String(64), nullable=True),
+    Column("idempotency_key", ExactKey(64), nullable=True),
     Column("expires_at", Timestamp, nullable=True),
     _created(),
     _updated(),
@@ -309,7 +346,7 @@ payments = Table(
     Column("psp_reference", String(64), nullable=True, index=True),
     Column("paypal_order_id", String(64), nullable=True, index=True),
     Column("capture_id", String(64), nullable=True),
-    Column("idempotency_key", String(64), nullable=True),
+    Column("idempotency_key", ExactKey(64), nullable=True),
     _created(),
     _updated(),
     **_TABLE_OPTIONS,
@@ -328,7 +365,7 @@ refunds = Table(
     Column("next_attempt_at", Timestamp, nullable=True),
     Column("psp_reference", String(64), nullable=True, index=True),
     Column("reason", String(255), nullable=True),
-    Column("request_id", String(64), nullable=False, unique=True),
+    Column("request_id", ExactKey(64), nullable=False, unique=True),
     _created(),
     _updated(),
     # The retry loop picks due refunds by status and time.
@@ -340,7 +377,7 @@ processed_events = Table(
     "processed_events",
     metadata,
     Column("consumer", String(64), nullable=False),
-    Column("event_id", String(128), nullable=False),
+    Column("event_id", ExactKey(128), nullable=False),
     PrimaryKeyConstraint("consumer", "event_id"),
     **_TABLE_OPTIONS,
 )

@@ -1,9 +1,10 @@
 """Composition root of the old-shopping emulator: ``create_app(db_url)``.
 
-Middlewares, outermost first: request stats (counts every non-admin request),
-errors (legacy envelope, never a stack trace), faults (injected latency, errors,
-resets). The database engine lives in a cleanup context; nothing is created at
-import time.
+Middlewares, outermost first: request stats (counts every request), errors (legacy
+envelope, never a stack trace), faults (injected latency, errors, resets). The knobs
+that drive faults and read the stats are not on this app: ``admin.create_admin_app``
+serves them on a loopback listener of their own. The database engine lives in a
+cleanup context; nothing is created at import time.
 """
 
 from __future__ import annotations
@@ -14,9 +15,9 @@ from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
 
-from emulators.legacy import faults, routes, stats
+from emulators.legacy import routes
 from emulators.legacy.errors import error_middleware
-from emulators.legacy.faults import ADMIN_PREFIX, FAULTS, FaultTable, fault_middleware
+from emulators.legacy.faults import FAULTS, FaultTable, fault_middleware
 from emulators.legacy.state import ENGINE
 from emulators.legacy.stats import STATS, RequestStats, stats_middleware
 from shop.db import create_all, make_engine
@@ -40,9 +41,6 @@ def create_app(
     app[STATS] = RequestStats()
     app.cleanup_ctx.append(_database(db_url, create_schema=create_schema))
     routes.add_routes(app)
-    faults.add_routes(app)
-    stats.add_routes(app)
-    app.router.add_get(ADMIN_PREFIX + "/health", health, name="emulator_health")
     return app
 
 
@@ -58,7 +56,3 @@ def _database(db_url: str, *, create_schema: bool) -> Callable[[web.Application]
             await engine.dispose()
 
     return database
-
-
-async def health(request: web.Request) -> web.Response:
-    return web.json_response({"ok": True})

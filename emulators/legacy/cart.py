@@ -16,6 +16,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from emulators.legacy import envelope
+from emulators.legacy.body import read_json
 from emulators.legacy.caller import require_user
 from emulators.legacy.envelope import ApiError, bad_request, ok
 from emulators.legacy.state import ENGINE
@@ -33,7 +34,7 @@ async def get_cart(request: web.Request) -> web.Response:
 
 async def post_cart(request: web.Request) -> web.Response:
     uid = require_user(request)
-    sku_id, qty, selected = _parse(await _json_body(request))
+    sku_id, qty, selected = _parse(await read_json(request))
     engine = request.app[ENGINE]
     async with engine.connect() as conn:
         sku = (await conn.execute(select(skus.c.id, skus.c.active).where(skus.c.id == sku_id))).first()
@@ -91,13 +92,6 @@ async def _upsert(engine: AsyncEngine, uid: int, sku_id: int, qty: int, selected
         # Someone (the other side, or a double tap) inserted the line meanwhile.
         async with engine.begin() as conn:
             await conn.execute(update(cart_items).where(*where).values(**changes))
-
-
-async def _json_body(request: web.Request) -> Any:
-    try:
-        return await request.json()
-    except ValueError:
-        raise bad_request("body", "malformed JSON") from None
 
 
 def _parse(body: Any) -> tuple[int, int, bool | None]:

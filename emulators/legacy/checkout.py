@@ -44,6 +44,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from emulators.legacy import envelope
+from emulators.legacy.body import lone_surrogate, read_json
 from emulators.legacy.caller import require_user
 from emulators.legacy.envelope import ApiError, bad_request, ok
 from emulators.legacy.order_rows import (
@@ -62,7 +63,6 @@ from emulators.legacy.pricing import (
     load,
     parse_request,
     price_json,
-    read_json,
 )
 from emulators.legacy.state import ENGINE
 from shop.schema import (
@@ -119,6 +119,8 @@ def _parse(body: Any) -> tuple[PriceRequest, Decimal, str | None]:
 
 def _header(request: web.Request, name: str, max_len: int) -> str | None:
     value = request.headers.get(name, "").strip()
+    if lone_surrogate(value):  # the bytes were not UTF-8: the order row could not be written
+        raise bad_request(name, "not valid UTF-8")
     return value[:max_len] or None
 
 

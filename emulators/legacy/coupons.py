@@ -15,10 +15,11 @@ from typing import Any
 from aiohttp import web
 from sqlalchemy import select
 
+from emulators.legacy.body import read_json
 from emulators.legacy.caller import user_id as caller_user_id
 from emulators.legacy.envelope import ok
 from emulators.legacy.pricing import (
-    Picked, coupon_by_code, coupon_row, compute, load, money, parse_request, read_json, with_coupon,
+    Picked, coupon_by_code, coupon_row, compute, load, money, parse_request, with_coupon,
 )
 from emulators.legacy.state import ENGINE
 from shop.schema import coupons as coupons_table

@@ -6,7 +6,8 @@ path pattern (a second POST for the same pattern replaces it). A pattern is an e
 path, a prefix ending in ``*`` (``"/shopping/*"``) or ``"*"`` for everything.
 Every rule that matches a request applies, in the order they were set: first the
 delay, then the reset draw, then the error draw. ``GET`` lists the rules, ``DELETE``
-clears them (``?path=PATTERN`` removes one). ``/_emulator/*`` is never faulted.
+clears them (``?path=PATTERN`` removes one). The knobs are served on the emulator's
+admin listener (``admin.py``), never on the public port the rules apply to.
 
 Draws come from one ``random.Random`` per app (seeded by ``create_app``), so rates of
 0 and 1 are exact and other rates are reproducible.
@@ -27,11 +28,11 @@ from typing import Any
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from emulators.legacy.body import read_json
 from emulators.legacy.envelope import bad_request, error_response
 
 log = logging.getLogger(__name__)
 
-ADMIN_PREFIX = "/_emulator"
 MAX_DELAY_MS = 600_000
 _FIELDS = {"path", "delay_ms", "error_rate", "error_status", "reset_rate", "random_field"}
 
@@ -133,14 +134,8 @@ class FaultTable:
 FAULTS = web.AppKey("legacy_faults", FaultTable)
 
 
-def is_admin_path(path: str) -> bool:
-    return path == ADMIN_PREFIX or path.startswith(ADMIN_PREFIX + "/")
-
-
 @web.middleware
 async def fault_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    if is_admin_path(request.path):
-        return await handler(request)
     table = request.app[FAULTS]
     for rule in table.matching(request.path):
         if rule.delay_ms:
@@ -194,11 +189,7 @@ async def list_faults(request: web.Request) -> web.Response:
 
 
 async def set_fault(request: web.Request) -> web.Response:
-    try:
-        body = await request.json()
-    except ValueError:
-        raise bad_request("body", "malformed JSON") from None
-    rule = FaultRule.from_json(body)
+    rule = FaultRule.from_json(await read_json(request))
     table = request.app[FAULTS]
     table.set(rule)
     log.info("fault rule set: %s", rule)
@@ -214,9 +205,3 @@ async def clear_faults(request: web.Request) -> web.Response:
     else:
         removed = table.remove(pattern)
     return web.json_response({"removed": removed, "faults": [r.to_json() for r in table.rules()]})
-
-
-def add_routes(app: web.Application) -> None:
-    app.router.add_get(ADMIN_PREFIX + "/faults", list_faults, name="emulator_faults_list")
-    app.router.add_post(ADMIN_PREFIX + "/faults", set_fault, name="emulator_faults_set")
-    app.router.add_delete(ADMIN_PREFIX + "/faults", clear_faults, name="emulator_faults_clear")

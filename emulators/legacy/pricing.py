@@ -27,6 +27,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from emulators.legacy import envelope
+from emulators.legacy.body import read_json
 from emulators.legacy.caller import user_id as caller_user_id
 from emulators.legacy.envelope import ApiError, bad_request, ok
 from emulators.legacy.state import ENGINE
@@ -63,13 +64,6 @@ class PriceRequest:
     region: str | None
     currency: str
     use_wallet: bool
-
-
-async def read_json(request: web.Request) -> Any:
-    try:
-        return await request.json()
-    except ValueError:  # JSONDecodeError and UnicodeDecodeError
-        raise bad_request("body", "malformed JSON") from None
 
 
 def _is_int(value: Any) -> bool:

@@ -2,8 +2,9 @@
 
 ``GET /_emulator/stats`` → ``{"total": n, "paths": {"/shopping/cart": 2},
 "routes": {"cart_get": 1, ...}, "methods": {"GET /shopping/cart": 1}}``;
-``DELETE /_emulator/stats`` resets. Every request except ``/_emulator/*`` counts,
-including ones a fault rule delays, fails or resets and ones that match no route.
+``DELETE /_emulator/stats`` resets (both on the admin listener, ``admin.py``). Every request
+to the public port counts, including ones a fault rule delays, fails or resets and ones
+that match no route.
 """
 
 from __future__ import annotations
@@ -13,8 +14,6 @@ from typing import Any
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
-
-from emulators.legacy.faults import ADMIN_PREFIX, is_admin_path
 
 UNMATCHED = "_unmatched"
 
@@ -52,8 +51,7 @@ STATS = web.AppKey("legacy_stats", RequestStats)
 
 @web.middleware
 async def stats_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    if not is_admin_path(request.path):
-        request.app[STATS].record(request.method, request.path, request.match_info.route.name)
+    request.app[STATS].record(request.method, request.path, request.match_info.route.name)
     return await handler(request)
 
 
@@ -64,8 +62,3 @@ async def get_stats(request: web.Request) -> web.Response:
 async def reset_stats(request: web.Request) -> web.Response:
     request.app[STATS].reset()
     return web.json_response(request.app[STATS].to_json())
-
-
-def add_routes(app: web.Application) -> None:
-    app.router.add_get(ADMIN_PREFIX + "/stats", get_stats, name="emulator_stats")
-    app.router.add_delete(ADMIN_PREFIX + "/stats", reset_stats, name="emulator_stats_reset")

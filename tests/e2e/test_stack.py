@@ -1,4 +1,8 @@
-"""`make run`'s stack as real processes: curl through the edge reaches old shopping; Ctrl-C stops all."""
+"""`make run`'s stack as real processes: curl through the edge reaches old shopping; Ctrl-C stops all.
+
+Everything listens on 127.0.0.1 (the edge too, unless `--host` says otherwise), and old shopping's
+fault knobs are on their own loopback port, not reachable through the edge.
+"""
 
 from __future__ import annotations
 
@@ -8,12 +12,16 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
+from tests.support.listeners import listening_addresses
+
 ROOT = Path(__file__).resolve().parents[2]
 # Below the ephemeral port range (32768+), so no client socket can be holding one of them.
-OFFSET = 21000  # edge 29080, admin 29081, legacy 29090, broker 30092
+OFFSET = 21000  # edge 29080, admin 29081, legacy 29090, its knobs 29099, broker 30092
+PORTS = (8080, 8081, 8090, 8099, 9092)
 
 
 def port_open(port: int) -> bool:
@@ -26,6 +34,16 @@ def get(url: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str,
     req = urllib.request.Request(url, headers=headers or {})
     with urllib.request.urlopen(req, timeout=10) as resp:
         return resp.status, dict(resp.headers), json.loads(resp.read())
+
+
+def status_of(method: str, url: str) -> int:
+    req = urllib.request.Request(url, method=method, data=b'{"path": "*", "error_rate": 1.0}' if method == "POST" else None,
+                                 headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return resp.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
 
 
 def test_stack_serves_through_the_edge_and_stops_cleanly(tmp_path: Path) -> None:
@@ -52,12 +70,21 @@ def test_stack_serves_through_the_edge_and_stops_cleanly(tmp_path: Path) -> None
         _, _, routes = get(f"http://127.0.0.1:{8081 + OFFSET}/_edge/routes")
         assert "calc_price" in routes["routes"]
         assert port_open(9092 + OFFSET)
+        # A demo stack is for this machine: every listener, the edge's public port included, is on loopback.
+        for port in PORTS:
+            assert listening_addresses(port + OFFSET) == {"127.0.0.1"}, port
+        assert any("only from this machine" in line for line in output), "".join(output)
+        # Old shopping's knobs answer on their own port, and the edge's public port does not reach them.
+        edge = f"http://127.0.0.1:{8080 + OFFSET}"
+        assert [status_of(m, edge + "/_emulator/faults") for m in ("GET", "POST", "DELETE")] == [404, 404, 404]
+        _, _, faults = get(f"http://127.0.0.1:{8099 + OFFSET}/_emulator/faults")
+        assert faults == {"faults": []}
     finally:
         proc.send_signal(signal.SIGINT)
         rest, _ = proc.communicate(timeout=30)
     assert proc.returncode == 0, "".join(output) + rest
     assert "stopped." in rest
-    for port in (8080, 8081, 8090, 9092):
+    for port in PORTS:
         assert not port_open(port + OFFSET), f"something still listens on {port + OFFSET}"
 
 

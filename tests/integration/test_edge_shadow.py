@@ -13,6 +13,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import CollectorRegistry
 from sqlalchemy import insert
 
+from emulators.legacy import create_admin_app as create_legacy_admin_app
 from emulators.legacy import create_app as create_legacy_app
 from proxy.app import ADMIN_APP, ROUTING, SHADOWER, create_app
 from shop import schema as t
@@ -35,8 +36,8 @@ async def add_tie_sku(url: str) -> None:
 
 
 class Stack:
-    def __init__(self, edge: TestClient, admin: TestClient, legacy: TestClient, registry: CollectorRegistry) -> None:
-        self.edge, self.admin, self.legacy, self.registry = edge, admin, legacy, registry
+    def __init__(self, edge: TestClient, admin: TestClient, legacy_admin: TestClient, registry: CollectorRegistry) -> None:
+        self.edge, self.admin, self.legacy_admin, self.registry = edge, admin, legacy_admin, registry
 
     @property
     def shadower(self):
@@ -58,7 +59,7 @@ class Stack:
         return (await resp.json())["routes"].get(route, {})
 
     async def fault(self, **rule: Any) -> None:
-        resp = await self.legacy.post("/_emulator/faults", json=rule)
+        resp = await self.legacy_admin.post("/_emulator/faults", json=rule)
         assert resp.status == 200, await resp.text()
 
 
@@ -76,11 +77,12 @@ async def make_stack(aiohttp_server: Callable[..., Awaitable[TestServer]], aioht
         app = create_app(edge_settings(routing, legacy_url, db_url=db, **settings), registry=registry)
         edge = await aiohttp_client(app)
         admin = TestClient(TestServer(app[ADMIN_APP]))
-        legacy = TestClient(legacy_server)
-        for c in (admin, legacy):
+        # Old shopping's knobs (/_emulator/*) are on its own loopback listener, not the port the edge forwards to.
+        legacy_admin = TestClient(TestServer(create_legacy_admin_app(legacy_server.app)))
+        for c in (admin, legacy_admin):
             await c.start_server()
             opened.append(c)
-        return Stack(edge, admin, legacy, registry)
+        return Stack(edge, admin, legacy_admin, registry)
 
     yield make
     for c in opened:
@@ -191,10 +193,10 @@ async def test_writes_are_never_shadowed(make_stack) -> None:
     legacy_url = state[ROUTING].table.legacy_url
     write_routing(path, routing_doc(legacy_url, calc_price=calc_price_route(0), place_order=place_order))
     assert state[ROUTING].reload("test").ok
-    await stack.legacy.delete("/_emulator/stats")
+    await stack.legacy_admin.delete("/_emulator/stats")
     await stack.edge.post("/shopping/cart/checkout/entries", json={}, headers={"X-User-Id": "1", "Idempotency-Key": "k1"})
     await asyncio.sleep(0.2)
-    stats = await (await stack.legacy.get("/_emulator/stats")).json()
+    stats = await (await stack.legacy_admin.get("/_emulator/stats")).json()
     assert stats["paths"] == {"/shopping/cart/checkout/entries": 1}
     assert stack.shadower.inflight == 0 and stack.shadower.worker.submitted == 0
 

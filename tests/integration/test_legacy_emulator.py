@@ -23,10 +23,11 @@ from sqlalchemy import insert, select, text, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from emulators.legacy import create_app
+from emulators.legacy import create_admin_app, create_app
 from shop.db import create_all, drop_all, make_engine
 from shop.schema import cart_items, orders, skus
 from shop.seed import seed_demo
+from tests.conftest import MARIADB_DATABASE
 from tests.support.legacydb import envelope
 from tests.support.shopdb import seed_database
 
@@ -36,7 +37,8 @@ ClientFactory = Callable[..., Awaitable[TestClient]]
 USER = 5_000_001
 OTHER_USER = 5_000_002
 AUTH = {"X-User-Id": str(USER)}
-PRIVATE_MARIADB_DATABASE = "test_legacy_emulator"
+# Prefixed like tests.support.legacydb.private_mariadb, so a second suite (SHOP_TEST_MARIADB_DB) has its own.
+PRIVATE_MARIADB_DATABASE = "test_legacy_emulator" if MARIADB_DATABASE == "test" else f"{MARIADB_DATABASE}_test_legacy_emulator"
 
 
 @pytest.fixture
@@ -78,6 +80,12 @@ async def client(db: AsyncEngine, emulator_db_url: str, aiohttp_client: ClientFa
 async def bare_client(sqlite_url: str, aiohttp_client: ClientFactory) -> TestClient:
     """An emulator on an empty SQLite file: enough for routing, envelopes and fault knobs."""
     return await aiohttp_client(create_app(sqlite_url))
+
+
+@pytest.fixture
+async def bare_admin(bare_client: TestClient, aiohttp_client: ClientFactory) -> TestClient:
+    """The control API (/_emulator/*) of ``bare_client``'s emulator, on its own listener."""
+    return await aiohttp_client(create_admin_app(bare_client.server.app))
 
 
 async def cart_rows(engine: AsyncEngine, user_id: int = USER) -> list[tuple[int, int, bool]]:
@@ -184,6 +192,31 @@ async def test_cart_rejects_bad_input_and_changes_nothing(client: TestClient, db
         else:
             assert err["msg"] == "sku_not_found" and err["data"] == {"sku_id": 999999}, (body, err)
         assert await cart_rows(db) == [(1, 1, True)], body
+
+
+@pytest.mark.parametrize("raw", ["\u00b2", "\uff11", "\u0661", "1\u00b2", "-1", "0", "1.0", "0x10", "9" * 19])
+async def test_a_user_id_that_is_not_ascii_digits_is_400_naming_the_header(bare_client: TestClient, raw: str) -> None:
+    """str.isdigit() takes superscripts and other scripts' digits; int() refuses "²" and reads "１" as user 1."""
+    resp = await bare_client.get("/shopping/cart", headers={"X-User-Id": raw})
+    err = await envelope(resp, 400)
+    assert err == {"code": 40001, "msg": "bad_request", "data": {"field": "X-User-Id", "reason": "must be a positive integer"}}
+
+
+@pytest.mark.parametrize("body", [b"[" * 990 + b"]" * 990, b'{"sku_id": 1, "qty": 1, "x": ' + b"[" * 100_000 + b"}"])
+async def test_cart_refuses_json_nested_past_the_stack_and_changes_nothing(client: TestClient, db: AsyncEngine, body: bytes) -> None:
+    resp = await client.post("/shopping/cart", data=body, headers={**AUTH, "Content-Type": "application/json"})
+    err = await envelope(resp, 400)
+    assert err["data"] == {"field": "body", "reason": "nested deeper than 64 levels"}
+    assert await cart_rows(db) == []
+
+
+async def test_a_body_of_strings_left_open_is_refused_in_linear_time(bare_client: TestClient) -> None:
+    """Every quote of `["\\"\\"\\…` opens a string no quote closes; the depth scan must not restart from each."""
+    body = b"[" + b'"\\' * 400_000
+    started = time.monotonic()
+    resp = await bare_client.post("/shopping/cal_price/v4_4", data=body, headers={**AUTH, "Content-Type": "application/json"})
+    assert (await envelope(resp, 400))["data"] == {"field": "body", "reason": "malformed JSON"}
+    assert time.monotonic() - started < 5  # quadratic, it took 15 s for a tenth of this
 
 
 async def test_inactive_sku_cannot_be_added(client: TestClient, db: AsyncEngine) -> None:
@@ -302,20 +335,33 @@ async def test_unexpected_error_is_500_envelope_without_trace(
     assert resp.status == 500 and "Traceback" not in text and "no such table" not in text
 
 
-async def test_health_and_stats(bare_client: TestClient) -> None:
-    resp = await bare_client.get("/_emulator/health")
+async def test_health_and_stats(bare_client: TestClient, bare_admin: TestClient) -> None:
+    resp = await bare_admin.get("/_emulator/health")
     assert resp.status == 200 and await resp.json() == {"ok": True}
 
     await bare_client.post("/shopping/cal_price/v4_4", json={})
     await bare_client.post("/shopping/cal_price/v4_4", json={})
     await bare_client.get("/nope")
-    stats = await (await bare_client.get("/_emulator/stats")).json()
+    stats = await (await bare_admin.get("/_emulator/stats")).json()
     assert stats["total"] == 3
     assert stats["paths"] == {"/shopping/cal_price/v4_4": 2, "/nope": 1}
     assert stats["routes"]["calc_price"] == 2
 
-    resp = await bare_client.delete("/_emulator/stats")
+    resp = await bare_admin.delete("/_emulator/stats")
     assert (await resp.json())["total"] == 0
+
+
+@pytest.mark.parametrize(("method", "path"), [
+    ("GET", "/_emulator/health"), ("GET", "/_emulator/faults"), ("POST", "/_emulator/faults"),
+    ("DELETE", "/_emulator/faults"), ("GET", "/_emulator/stats"), ("DELETE", "/_emulator/stats"),
+])
+async def test_the_public_port_serves_no_control_api(bare_client: TestClient, bare_admin: TestClient, method: str, path: str) -> None:
+    await set_fault(bare_admin, path="/shopping/cart", delay_ms=1)
+    resp = await bare_client.request(method, path, json={"path": "*", "error_rate": 1.0})
+    assert await envelope(resp, 404) == {"code": 40400, "msg": "not_found", "data": None}
+    assert [r["path"] for r in (await (await bare_admin.get("/_emulator/faults")).json())["faults"]] == ["/shopping/cart"]
+    # To the public port it is just another path old shopping does not have: counted like any other.
+    assert (await (await bare_admin.get("/_emulator/stats")).json())["paths"] == {path: 1}
 
 
 # --- fault knobs ------------------------------------------------------------------------------
@@ -326,8 +372,8 @@ async def set_fault(client: TestClient, **rule: Any) -> None:
     assert resp.status == 200, await resp.text()
 
 
-async def test_fault_delay(bare_client: TestClient) -> None:
-    await set_fault(bare_client, path="/shopping/orders_v43/*", delay_ms=300)
+async def test_fault_delay(bare_client: TestClient, bare_admin: TestClient) -> None:
+    await set_fault(bare_admin, path="/shopping/orders_v43/*", delay_ms=300)
     started = time.monotonic()
     resp = await bare_client.get("/shopping/orders_v43/O-1")
     elapsed = time.monotonic() - started
@@ -339,8 +385,8 @@ async def test_fault_delay(bare_client: TestClient) -> None:
     assert resp.status == 501 and time.monotonic() - started < 0.3
 
 
-async def test_fault_error_rate_one_answers_error_status(bare_client: TestClient) -> None:
-    await set_fault(bare_client, path="/shopping/*", error_rate=1.0, error_status=503)
+async def test_fault_error_rate_one_answers_error_status(bare_client: TestClient, bare_admin: TestClient) -> None:
+    await set_fault(bare_admin, path="/shopping/*", error_rate=1.0, error_status=503)
     for _ in range(3):
         resp = await bare_client.get("/shopping/cart", headers=AUTH)
         err = await envelope(resp, 503)
@@ -350,8 +396,8 @@ async def test_fault_error_rate_one_answers_error_status(bare_client: TestClient
     assert resp.status == 501
 
 
-async def test_fault_reset_rate_one_drops_the_connection(bare_client: TestClient) -> None:
-    await set_fault(bare_client, path="/shopping/cal_price/v4_4", reset_rate=1.0)
+async def test_fault_reset_rate_one_drops_the_connection(bare_client: TestClient, bare_admin: TestClient) -> None:
+    await set_fault(bare_admin, path="/shopping/cal_price/v4_4", reset_rate=1.0)
     with pytest.raises((aiohttp.ServerDisconnectedError, aiohttp.ClientOSError)):
         await bare_client.post("/shopping/cal_price/v4_4", json={})
     # The server keeps serving other requests.
@@ -359,26 +405,28 @@ async def test_fault_reset_rate_one_drops_the_connection(bare_client: TestClient
     assert resp.status == 501
 
 
-async def test_fault_list_replace_clear_and_admin_paths_exempt(bare_client: TestClient) -> None:
-    await set_fault(bare_client, path="*", error_rate=1.0, error_status=500)
-    await set_fault(bare_client, path="/shopping/cart", delay_ms=10)
-    await set_fault(bare_client, path="/shopping/cart", delay_ms=20)  # replaces the previous rule
-    resp = await bare_client.get("/_emulator/faults")
-    assert resp.status == 200  # /_emulator/* is never faulted, even by "*"
+async def test_fault_list_replace_clear_and_the_control_api_is_never_faulted(
+    bare_client: TestClient, bare_admin: TestClient
+) -> None:
+    await set_fault(bare_admin, path="*", error_rate=1.0, error_status=500)
+    await set_fault(bare_admin, path="/shopping/cart", delay_ms=10)
+    await set_fault(bare_admin, path="/shopping/cart", delay_ms=20)  # replaces the previous rule
+    resp = await bare_admin.get("/_emulator/faults")
+    assert resp.status == 200  # the control API is never faulted, even by "*"
     assert await resp.json() == {
         "faults": [
             {"path": "*", "delay_ms": 0, "error_rate": 1.0, "error_status": 500, "reset_rate": 0.0, "random_field": None},
             {"path": "/shopping/cart", "delay_ms": 20, "error_rate": 0.0, "error_status": 500, "reset_rate": 0.0, "random_field": None},
         ]
     }
-    assert (await bare_client.get("/_emulator/health")).status == 200
+    assert (await bare_admin.get("/_emulator/health")).status == 200
     resp = await bare_client.get("/nope")
     assert (await envelope(resp, 500))["msg"] == "injected_fault"
 
-    resp = await bare_client.delete("/_emulator/faults")
+    resp = await bare_admin.delete("/_emulator/faults")
     assert resp.status == 200 and (await resp.json())["faults"] == []
-    assert (await bare_client.get("/_emulator/faults")).status == 200
-    assert await (await bare_client.get("/_emulator/faults")).json() == {"faults": []}
+    assert (await bare_admin.get("/_emulator/faults")).status == 200
+    assert await (await bare_admin.get("/_emulator/faults")).json() == {"faults": []}
     resp = await bare_client.get("/nope")
     assert (await envelope(resp, 404))["code"] == 40400
 
@@ -396,17 +444,24 @@ async def test_fault_list_replace_clear_and_admin_paths_exempt(bare_client: Test
         ({"path": "/x", "colour": "red"}, "colour"),
     ],
 )
-async def test_fault_knob_validation(bare_client: TestClient, rule: dict[str, Any], field: str) -> None:
-    resp = await bare_client.post("/_emulator/faults", json=rule)
+async def test_fault_knob_validation(bare_admin: TestClient, rule: dict[str, Any], field: str) -> None:
+    resp = await bare_admin.post("/_emulator/faults", json=rule)
     err = await envelope(resp, 400)
     assert err["data"]["field"] == field
-    assert await (await bare_client.get("/_emulator/faults")).json() == {"faults": []}
+    assert await (await bare_admin.get("/_emulator/faults")).json() == {"faults": []}
+
+
+@pytest.mark.parametrize("body", [b"[" * 990 + b"]" * 990, b'{"path": "\\ud800"}', b'{"path": "/x", "\\udc00": 1}'])
+async def test_fault_knobs_refuse_hostile_json(bare_admin: TestClient, body: bytes) -> None:
+    resp = await bare_admin.post("/_emulator/faults", data=body, headers={"Content-Type": "application/json"})
+    assert (await envelope(resp, 400))["msg"] == "bad_request"
+    assert await (await bare_admin.get("/_emulator/faults")).json() == {"faults": []}
 
 
 async def test_fractional_rates_are_reproducible_per_seed(sqlite_url: str, aiohttp_client: ClientFactory) -> None:
     async def statuses(seed: int) -> list[int]:
         client = await aiohttp_client(create_app(sqlite_url, random_seed=seed))
-        await set_fault(client, path="/refund/refund", error_rate=0.5, error_status=502)
+        await set_fault(await aiohttp_client(create_admin_app(client.server.app)), path="/refund/refund", error_rate=0.5, error_status=502)
         return [(await client.post("/refund/refund")).status for _ in range(20)]
 
     first, second = await statuses(7), await statuses(7)
@@ -424,11 +479,12 @@ async def test_oversized_body_is_413_envelope(bare_client: TestClient) -> None:
 async def test_random_field_knob_stamps_each_answer_differently(sqlite_url: str, aiohttp_client) -> None:
     await seed_database(sqlite_url)
     client = await aiohttp_client(create_app(sqlite_url))
-    resp = await client.post("/_emulator/faults", json={"path": "/shopping/cart", "random_field": "quote_time"})
+    admin = await aiohttp_client(create_admin_app(client.server.app))
+    resp = await admin.post("/_emulator/faults", json={"path": "/shopping/cart", "random_field": "quote_time"})
     assert resp.status == 200
     first = (await (await client.get("/shopping/cart", headers={"X-User-Id": "1"})).json())["data"]
     second = (await (await client.get("/shopping/cart", headers={"X-User-Id": "1"})).json())["data"]
     assert first["quote_time"] != second["quote_time"]
     assert first["items"] == second["items"]
-    bad = await client.post("/_emulator/faults", json={"path": "/x", "random_field": "not a key"})
+    bad = await admin.post("/_emulator/faults", json={"path": "/x", "random_field": "not a key"})
     assert bad.status == 400

@@ -123,6 +123,52 @@ async def test_processed_event_and_refund_request_are_unique(fresh_engine: Async
             await conn.execute(insert(schema.refunds), {**refund, "order_id": "o2"})
 
 
+@pytest.mark.parametrize("other", ["case-key-a", "CASE-KEY-A", "Case-Key-A ", "Case-Key-\u00c0"])
+async def test_keys_and_references_compare_byte_exact(fresh_engine: AsyncEngine, other: str) -> None:
+    """Case, trailing spaces and accents all make another key (MariaDB's default collation calls them equal)."""
+    key = "Case-Key-A"
+    async with fresh_engine.begin() as conn:
+        await conn.execute(insert(schema.orders), [_order("o1", key), _order("o2", other)])
+        await conn.execute(insert(schema.processed_events), [
+            {"consumer": "purchased", "event_id": key}, {"consumer": "purchased", "event_id": other},
+        ])
+        refund = {"payment_id": 1, "amount": Decimal("5"), "currency": "EUR", "status": "pending"}
+        await conn.execute(insert(schema.refunds), [
+            {**refund, "order_id": "o1", "request_id": key}, {**refund, "order_id": "o2", "request_id": other},
+        ])
+        payment = {"provider": "adyen", "status": "created", "amount": Decimal("5"), "currency": "EUR"}
+        await conn.execute(insert(schema.payments), [
+            {**payment, "order_id": "o1", "idempotency_key": key}, {**payment, "order_id": "o2", "idempotency_key": other},
+        ])
+    async with fresh_engine.connect() as conn:
+        o, r, p = schema.orders.c, schema.refunds.c, schema.payments.c
+        assert (await conn.execute(select(o.id).where(o.user_id == 1, o.idempotency_key == key))).scalars().all() == ["o1"]
+        assert (await conn.execute(select(r.order_id).where(r.request_id == other))).scalars().all() == ["o2"]
+        assert (await conn.execute(select(p.order_id).where(p.idempotency_key == key))).scalars().all() == ["o1"]
+        e = schema.processed_events.c
+        assert (await conn.execute(select(e.event_id).where(e.event_id == other))).scalars().all() == [other]
+
+
+async def test_check_reports_a_key_column_that_compares_case_insensitively(mariadb_url: str) -> None:
+    """A database created before keys were byte-exact: `shopping-db check` names the column and the fix."""
+    engine = make_engine(mariadb_url)
+    try:
+        await drop_all(engine)
+        await create_all(engine)
+        async with engine.begin() as conn:
+            await conn.execute(text(
+                "ALTER TABLE orders MODIFY idempotency_key VARCHAR(64) CHARACTER SET utf8mb4 COLLATE utf8mb4_general_ci NULL"
+            ))
+        problems = await check_schema(engine)
+        assert len(problems) == 1, problems
+        assert problems[0].startswith("column orders.idempotency_key compares with utf8mb4_general_ci, expected utf8mb4_nopad_bin")
+        async with engine.begin() as conn:  # the statement the message gives is the fix
+            await conn.execute(text(problems[0].split("fix: ", 1)[1]))
+        assert await check_schema(engine) == []
+    finally:
+        await engine.dispose()
+
+
 async def test_money_json_and_timestamps_round_trip_exactly(fresh_engine: AsyncEngine) -> None:
     created = datetime(2025, 3, 4, 5, 6, 7, 123456)
     address = {"country": "DE", "zip": "10115", "line1": "Unter den Linden 1", "deposit": Decimal("1.10")}

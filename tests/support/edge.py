@@ -59,3 +59,8 @@ def edge_settings(routing_file: Path, legacy_url: str, **overrides: Any) -> Sett
     }
     base.update(overrides)
     return Settings.from_env(env, **base)
+
+
+def place_order_route(new_percent: float | int = 0, **extra: Any) -> dict[str, Any]:
+    return {"match": {"methods": ["POST"], "path": "/shopping/cart/checkout/entries"}, "new_percent": new_percent,
+            "writes": True, **extra}
