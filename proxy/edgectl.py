@@ -20,7 +20,6 @@ from collections.abc import Callable, Mapping
 from decimal import Decimal
 from pathlib import Path
 
-from handlers.routes import NEW_ROUTES
 from proxy.edgectl_admin import (
     DEFAULT_ADMIN_URL,
     AdminClient,
@@ -31,7 +30,9 @@ from proxy.edgectl_admin import (
     summarise_metrics,
 )
 from proxy.edgectl_yaml import Change, EditError, format_percent, parse_percent, route_names, set_percents, write_atomic
-from proxy.routing import RoutingError, RoutingTable, parse_routing
+from proxy.routing import RoutingError, RoutingTable
+from proxy.routing_file import RoutingFileError, RoutingLoader, decode
+from proxy.routing_yaml import read_document
 from shop.settings import Settings, SettingsError
 
 
@@ -50,23 +51,25 @@ def _warn(message: str) -> None:
 # --- routing file --------------------------------------------------------------------------------
 
 
-def _read(path: Path) -> bytes:
+def _loader(settings: Settings) -> RoutingLoader:
+    """The edge's own loader (proxy/routing_file.py), so edgectl accepts exactly what the edge accepts."""
+    return RoutingLoader.for_settings(settings)
+
+
+def _read(path: Path, loader: RoutingLoader) -> tuple[bytes, str]:
+    """The file's bytes and text, read with the edge's bounds (regular file, size cap)."""
     try:
-        return path.read_bytes()
-    except OSError as exc:
-        raise CtlError(f"cannot read {path}: {exc.strerror or exc}") from None
+        data = loader.read(path).data
+        return data, decode(path, data)
+    except RoutingFileError as exc:
+        raise CtlError(str(exc)) from None
 
 
-def _decode(path: Path, raw: bytes) -> str:
+def _parse(text: str, loader: RoutingLoader, path: Path, prefix: str = "") -> RoutingTable:
     try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise CtlError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-
-
-def _parse(text: str, settings: Settings) -> RoutingTable:
-    """The edge's own parse (proxy/cli.py does the same), so edgectl accepts exactly what it accepts."""
-    return parse_routing(text, settings.interpolation_env, new_routes=NEW_ROUTES.keys(), default_legacy_url=settings.legacy_url)
+        return loader.parse(text)
+    except RoutingError as exc:
+        raise CtlError(f"{path}: {prefix}{exc}") from None
 
 
 def _route_summary(table: RoutingTable) -> list[str]:
@@ -82,11 +85,9 @@ def _route_summary(table: RoutingTable) -> list[str]:
 
 def cmd_validate(args: argparse.Namespace, settings: Settings) -> int:
     path = Path(args.path or args.file or settings.routing_file)
-    text = _decode(path, _read(path))
-    try:
-        table = _parse(text, settings)
-    except RoutingError as exc:
-        raise CtlError(f"{path}: {exc}") from None
+    loader = _loader(settings)
+    _, text = _read(path, loader)
+    table = _parse(text, loader, path)
     for line in _route_summary(table):
         _say(line)
     _say(f"{path}: valid, {len(table.routes)} routes, sha256 {table.source_hash}")
@@ -96,11 +97,13 @@ def cmd_validate(args: argparse.Namespace, settings: Settings) -> int:
 def _edit(args: argparse.Namespace, settings: Settings, wanted_for: Callable[[str], Mapping[str, Decimal]]) -> tuple[list[Change], RoutingTable, str]:
     """Compute, validate and atomically write the edit; returns the changes, the new table and text."""
     path = Path(args.file or settings.routing_file)
-    original = _read(path)
-    text = _decode(path, original)
+    loader = _loader(settings)
+    original, text = _read(path, loader)
     try:
+        # The bounded reader first: the round-trip YAML library would expand an alias bomb.
+        read_document(text)
         new_text, changes = set_percents(text, wanted_for(text))
-    except EditError as exc:
+    except (RoutingError, EditError) as exc:
         raise CtlError(f"{path}: {exc}") from None
     expect = getattr(args, "expect", None)
     if expect is not None and changes[0].old != expect:
@@ -108,10 +111,7 @@ def _edit(args: argparse.Namespace, settings: Settings, wanted_for: Callable[[st
             f"{changes[0].route} is at {format_percent(changes[0].old)}, not the expected {format_percent(expect)}"
             " (someone else changed it?); nothing written"
         )
-    try:
-        table = _parse(new_text, settings)
-    except RoutingError as exc:
-        raise CtlError(f"{path}: the edited file would be rejected, nothing written: {exc}") from None
+    table = _parse(new_text, loader, path, "the edited file would be rejected, nothing written: ")
     if new_text != text:
         try:
             write_atomic(path, new_text.encode("utf-8"), original)

@@ -231,12 +231,12 @@ def test_rollback_one_route_keeps_allow_new_and_warns(routing: Path, ctl: Ctl) -
 
 
 def test_rollback_all_zeroes_every_route_and_nothing_else(routing: Path, ctl: Ctl) -> None:
-    for route, percent in (("calc_price", "10"), ("place_order", "0.5"), ("events", "100")):
+    for route, percent in (("calc_price", "10"), ("place_order", "0.5"), ("paid_from_client", "100")):
         assert ctl("set", route, percent, "--file", str(routing), "--no-reload")[0] == 0
     before = routing.read_text()
     code, out, _ = ctl("rollback", "--all", "--file", str(routing), "--no-reload")
     assert code == 0
-    assert "calc_price: 10 → 0" in out and "place_order: 0.5 → 0" in out and "events: 100 → 0" in out
+    assert "calc_price: 10 → 0" in out and "place_order: 0.5 → 0" in out and "paid_from_client: 100 → 0" in out
     assert "8 other route(s) already at 0" in out
     changed = _changed_lines(before, routing.read_text())
     assert [new for _, new in changed] == ["    new_percent: 0\n"] * 3
