@@ -8,7 +8,9 @@
 
 Exit codes: 0 ok, 1 a user-facing error (one message on stderr, no traceback), 2 usage.
 Edits touch only the new_percent values (proxy/edgectl_yaml.py) and are validated with the
-edge's own parser before an atomic replace, so the edge never sees a half-written or invalid file.
+edge's own loader (proxy/routing_file.py: same size cap, YAML bounds and placeholder rule) before
+an atomic replace, so the edge never sees a half-written or invalid file. The admin token goes
+only to a loopback address or over https unless ``--insecure-token`` says otherwise.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from proxy.edgectl_admin import (
     AdminClient,
     AdminUnreachable,
     ReportError,
+    TokenNotSent,
     render_shadow,
     render_status,
     summarise_metrics,
@@ -134,7 +137,7 @@ def _report_changes(changes: list[Change]) -> None:
 
 def _reload(args: argparse.Namespace, settings: Settings, written: str) -> int:
     """Ask the edge to load the file now; it would notice by itself within 1 s, so only a rejection fails."""
-    client = AdminClient(args.admin, settings.admin_token)
+    client = _admin(args, settings)
     try:
         resp = client.post("/_edge/reload")
     except AdminUnreachable as exc:
@@ -157,6 +160,16 @@ def _reload(args: argparse.Namespace, settings: Settings, written: str) -> int:
     return 0
 
 
+def _admin(args: argparse.Namespace, settings: Settings) -> AdminClient:
+    return AdminClient(args.admin, settings.admin_token, insecure_token=args.insecure_token)
+
+
+def _check_reload_possible(args: argparse.Namespace, settings: Settings) -> None:
+    """Before anything is written: refuse an edit whose reload would have to leak the token."""
+    if not args.no_reload:
+        _admin(args, settings).check_token_destination()
+
+
 def _finish_edit(args: argparse.Namespace, settings: Settings, changes: list[Change], text: str) -> int:
     if not any(c.changed for c in changes) or args.no_reload:
         return 0
@@ -164,11 +177,13 @@ def _finish_edit(args: argparse.Namespace, settings: Settings, changes: list[Cha
 
 
 def cmd_set(args: argparse.Namespace, settings: Settings) -> int:
+    _check_reload_possible(args, settings)
     changes, _, text = _edit(args, settings, lambda _text: {args.route: args.percent})
     return _finish_edit(args, settings, changes, text)
 
 
 def cmd_rollback(args: argparse.Namespace, settings: Settings) -> int:
+    _check_reload_possible(args, settings)
     def wanted(text: str) -> Mapping[str, Decimal]:
         names = route_names(text) if args.all else [args.route]
         return {name: Decimal(0) for name in names}
@@ -193,7 +208,7 @@ def _get_json(client: AdminClient, path: str) -> object:
 
 
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
-    client = AdminClient(args.admin, settings.admin_token)
+    client = _admin(args, settings)
     described = _get_json(client, "/_edge/routes")
     metrics = client.get("/metrics")
     if metrics.status != 200:
@@ -205,7 +220,7 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_shadow(args: argparse.Namespace, settings: Settings) -> int:
-    client = AdminClient(args.admin, settings.admin_token)
+    client = _admin(args, settings)
     resp = client.get("/_edge/shadow", route=args.route)
     if resp.status == 404:
         raise CtlError("shadow report not available on this edge")
@@ -230,6 +245,10 @@ def _parser() -> argparse.ArgumentParser:
     file_opt.add_argument("--file", help="routing.yaml to edit (default: $EDGE_ROUTING_FILE or routing.yaml)")
     admin_opt = argparse.ArgumentParser(add_help=False)
     admin_opt.add_argument("--admin", default=DEFAULT_ADMIN_URL, metavar="URL", help=f"the edge's admin API (default {DEFAULT_ADMIN_URL})")
+    admin_opt.add_argument(
+        "--insecure-token", action="store_true",
+        help="send EDGE_ADMIN_TOKEN even over plain http to a non-loopback --admin URL (it is sent only to loopback or https otherwise)",
+    )
     reload_opt = argparse.ArgumentParser(add_help=False, parents=[file_opt, admin_opt])
     reload_opt.add_argument("--no-reload", action="store_true", help="only write the file (the edge still notices it within 1 s)")
 
@@ -271,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.run(args, settings))
     except SettingsError as exc:
         _warn(f"bad setting: {exc}")
-    except (CtlError, ReportError, AdminUnreachable) as exc:
+    except (CtlError, ReportError, AdminUnreachable, TokenNotSent) as exc:
         _warn(str(exc))
     except KeyboardInterrupt:
         return 130
