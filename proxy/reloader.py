@@ -153,6 +153,9 @@ class RoutingState:
         job: asyncio.Future[_Loaded] = asyncio.ensure_future(asyncio.to_thread(self._load))
         try:
             loaded = await asyncio.wait_for(asyncio.shield(job), self._budget)
+        except asyncio.CancelledError:
+            self._straggler = job  # our caller went away (shutdown); the thread runs on, and no other parse beside it
+            raise
         except TimeoutError:
             # A thread can't be stopped; bounded input makes this unlikely, and its result is dropped.
             self._straggler = job
@@ -212,13 +215,14 @@ class RoutingState:
         if signature == self._seen:
             self._pending = None
             return
-        if self._pending is None or self._pending.signature != signature:
+        pending = self._pending
+        if pending is None or pending.signature != signature:
             self._pending = _Pending(signature, time.monotonic())
             return
         async with self._lock:
-            if self._seen == signature:
-                return  # an explicit reload got there first
-            await self._reload("file_changed", self._pending)
+            if self._pending is not pending:
+                return  # an explicit reload judged the file meanwhile
+            await self._reload("file_changed", pending)
 
     async def watch(self, interval: float) -> None:
         """Poll the file's identity (device, inode, size, mtime, ctime); cheap at 4 Hz and needs no inotify."""

@@ -130,7 +130,8 @@ def _syntax_error(text: str, exc: yaml.YAMLError, stack: list[_Open]) -> Routing
     if stack:  # the key being read when the parser gave up
         top = stack[-1]
         where = f"{top.where}.{top.key}".lstrip(".") if isinstance(top.items, dict) and top.key is not None else top.where or where
-    return RoutingError(f"{where}{line}: not valid YAML: {getattr(exc, 'problem', None) or exc}{hint}")
+    problem = " ".join(str(getattr(exc, "problem", None) or exc).split())  # one line, for the log and /_edge/routes
+    return RoutingError(f"{where}{line}: not valid YAML: {problem}{hint}")
 
 
 def read_document(text: str) -> Node | None:
@@ -166,9 +167,9 @@ def _build(loader: Any, stack: list[_Open]) -> Node | None:
             line = event.start_mark.line + 1
             if top is not None and isinstance(top.items, dict) and top.key is None:
                 # The next event is a key: only a plain scalar will do.
+                _check_event(top.where, event)
                 if not isinstance(event, yaml.ScalarEvent):
                     raise _at(top.where, line, "keys must be plain strings")
-                _check_event(top.where, event)
                 key = str(event.value)
                 sub = f"{top.where}.{key}" if top.where else key
                 if key in top.keys:

@@ -233,12 +233,14 @@ async def test_after_every_kind_of_bad_file_a_rollback_to_zero_still_lands(make_
 
     await wait_for(is_new, within=1.0)
     errors = edge.reloads("error")
-    bad.install(edge.path, edge.legacy_url)
+    with structlog.testing.capture_logs() as logs:
+        bad.install(edge.path, edge.legacy_url)
 
-    async def rejected() -> bool:
-        return edge.reloads("error") > errors
+        async def rejected() -> bool:
+            return edge.reloads("error") > errors
 
-    await wait_for(rejected, within=2.0)
+        await wait_for(rejected, within=2.0)
+    assert [e for e in logs if e["event"] == "routing_reload_rejected" and bad.names in e["error"]], logs
     last = (await edge.described())["last_reload"]
     assert last["ok"] is False and bad.names in last["error"], last
     if bad.line is not None:
