@@ -439,3 +439,29 @@ def write_atomic_text(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text)
     tmp.replace(path)
+
+
+async def test_a_configmap_style_symlink_flip_is_followed(make_edge, tmp_path: Path) -> None:
+    """Kubernetes mounts routing.yaml as ..data/routing.yaml and flips the ..data link to a new directory."""
+    mount = tmp_path / "mount"
+    mount.mkdir()
+
+    def version(name: str, percent: int) -> None:
+        (mount / name).mkdir()
+        write_routing(mount / name / "routing.yaml", routing_doc(edge.legacy_url, calc_price=calc_price_route(percent)))
+        link = mount / "..data_tmp"
+        link.symlink_to(name)
+        link.replace(mount / "..data")  # the atomic flip
+
+    edge = await make_edge(poll=0.25)
+    version("..v1", 0)
+    remove(edge.path)
+    edge.path.symlink_to(mount / "..data" / "routing.yaml")
+    assert (await (await edge.admin.post("/_edge/reload")).json())["ok"] is True
+    version("..v2", 100)
+
+    async def is_new() -> bool:
+        return await edge.side() == "new"
+
+    assert await wait_for(is_new, within=1.0) < 1.0
+    assert edge.reloads("error") == 0
