@@ -68,13 +68,6 @@ def _read(path: Path, loader: RoutingLoader) -> tuple[bytes, str]:
         raise CtlError(str(exc)) from None
 
 
-def _parse(text: str, loader: RoutingLoader, path: Path, prefix: str = "") -> RoutingTable:
-    try:
-        return loader.parse(text)
-    except RoutingError as exc:
-        raise CtlError(f"{path}: {prefix}{exc}") from None
-
-
 def _route_summary(table: RoutingTable) -> list[str]:
     lines = []
     for name, r in table.routes.items():
@@ -88,9 +81,12 @@ def _route_summary(table: RoutingTable) -> list[str]:
 
 def cmd_validate(args: argparse.Namespace, settings: Settings) -> int:
     path = Path(args.path or args.file or settings.routing_file)
-    loader = _loader(settings)
-    _, text = _read(path, loader)
-    table = _parse(text, loader, path)
+    try:
+        table, _ = _loader(settings).load(path)  # exactly what the edge runs on a reload
+    except RoutingFileError as exc:
+        raise CtlError(str(exc)) from None
+    except RoutingError as exc:
+        raise CtlError(f"{path}: {exc}") from None
     for line in _route_summary(table):
         _say(line)
     _say(f"{path}: valid, {len(table.routes)} routes, sha256 {table.source_hash}")
@@ -114,7 +110,10 @@ def _edit(args: argparse.Namespace, settings: Settings, wanted_for: Callable[[st
             f"{changes[0].route} is at {format_percent(changes[0].old)}, not the expected {format_percent(expect)}"
             " (someone else changed it?); nothing written"
         )
-    table = _parse(new_text, loader, path, "the edited file would be rejected, nothing written: ")
+    try:
+        table = loader.parse(new_text)
+    except RoutingError as exc:
+        raise CtlError(f"{path}: the edited file would be rejected, nothing written: {exc}") from None
     if new_text != text:
         try:
             write_atomic(path, new_text.encode("utf-8"), original)
