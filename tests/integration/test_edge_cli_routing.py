@@ -4,9 +4,13 @@ with the same bounded loader as the running edge: quickly, with one clear line, 
 from __future__ import annotations
 
 import os
+import shutil
+import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -54,3 +58,50 @@ def test_the_gunicorn_master_refuses_a_placeholder_route_dialled_up(tmp_path: Pa
     routing.write_text(text[:at] + text[at:].replace("new_percent: 0", "new_percent: 10", 1))
     done, _ = _start(routing, tmp_path, 2)
     assert done.returncode != 0 and "routes.refund (line" in done.stderr and "placeholder" in done.stderr
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _healthy(admin: str) -> bool:
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(f"{admin}/healthz", timeout=0.5) as resp:
+            return resp.status == 200
+    except OSError:
+        return False
+
+
+def test_a_running_edge_keeps_answering_and_obeys_sigterm_after_routing_yaml_becomes_dev_zero(tmp_path: Path) -> None:
+    """The probe's case: the edge read /dev/zero on its event loop, grew to 6.9 GB and ignored SIGTERM."""
+    routing = tmp_path / "routing.yaml"
+    shutil.copyfile(ALL_ROUTES, routing)
+    admin = f"http://127.0.0.1:{_free_port()}"
+    env = {**os.environ, "SHOP_DB_URL": f"sqlite+aiosqlite:///{tmp_path / 'shop.db'}", "EDGE_ROUTING_POLL_SECONDS": "0.05"}
+    env.pop("EDGE_ROUTING_FILE", None)
+    with (tmp_path / "edge.log").open("wb") as log:
+        proc = subprocess.Popen(
+            [str(BIN / "shopping-edge"), "--routing", str(routing), "--host", "127.0.0.1", "--port", str(_free_port()),
+             "--admin-port", admin.rsplit(":", 1)[1], "--no-access-log"],
+            env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        )
+        try:
+            deadline = time.monotonic() + 15
+            while not _healthy(admin):
+                assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "edge.log").read_text()
+                time.sleep(0.05)
+            routing.unlink()
+            routing.symlink_to("/dev/zero")
+            time.sleep(1.0)  # twenty polls of /dev/zero
+            started = time.monotonic()
+            assert _healthy(admin) and time.monotonic() - started < 0.5
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=10) is not None
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert "is a character device" in (tmp_path / "edge.log").read_text()
