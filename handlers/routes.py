@@ -27,6 +27,9 @@ class NewRoute:
     method: str
     path: str  # under /order2
     handler: NewHandler
+    # True while the handler is a 501 stand-in (its issue has not landed): routing.yaml then treats
+    # the route as having no new handler, so it can't be dialled above 0 % (proxy/routing_file.py).
+    placeholder: bool = False
 
 
 def not_migrated(name: str) -> NewHandler:
@@ -35,6 +38,11 @@ def not_migrated(name: str) -> NewHandler:
 
     handler.__name__ = f"{name}_not_migrated"
     return handler
+
+
+def placeholder(name: str, method: str, path: str) -> NewRoute:
+    """A route whose new handler is not written yet: it answers 501 not_migrated and stays at 0 %."""
+    return NewRoute(name, method, path, not_migrated(name), placeholder=True)
 
 
 def _routes(*routes: NewRoute) -> Mapping[str, NewRoute]:
@@ -46,11 +54,11 @@ NEW_ROUTES: Mapping[str, NewRoute] = _routes(
     NewRoute("coupons", "POST", "/coupons", coupons),
     NewRoute("place_order", "POST", "/place_order", place_order),
     NewRoute("detail", "GET", "/detail/{order_id}", detail),
-    NewRoute("paypal_pay", "POST", "/paypal/pay/{ptype}/{order_id}", not_migrated("paypal_pay")),
-    NewRoute("paypal_finished", "POST", "/Paypal/{order_id}/{pay_id}", not_migrated("paypal_finished")),
-    NewRoute("adyen_pay", "POST", "/adyen/any/{order_id}", not_migrated("adyen_pay")),
+    placeholder("paypal_pay", "POST", "/paypal/pay/{ptype}/{order_id}"),
+    placeholder("paypal_finished", "POST", "/Paypal/{order_id}/{pay_id}"),
+    placeholder("adyen_pay", "POST", "/adyen/any/{order_id}"),
     NewRoute("payment_methods", "GET", "/payment_methods/{order_id}", payment_methods),
     NewRoute("paid_from_client", "POST", "/paid_from_client/{order_id}", paid_from_client),
-    NewRoute("refund", "POST", "/refund", not_migrated("refund")),
-    NewRoute("events", "POST", "/event/{name}", not_migrated("events")),
+    placeholder("refund", "POST", "/refund"),
+    placeholder("events", "POST", "/event/{name}"),
 )

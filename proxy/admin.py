@@ -57,7 +57,7 @@ def create_admin_app(
     readiness: list[ReadinessCheck],
     shadower: Callable[[], Shadower | None],
 ) -> web.Application:
-    multiproc_dir = settings.interpolation_env.get("PROMETHEUS_MULTIPROC_DIR") or None
+    multiproc_dir = settings.prometheus_multiproc_dir
 
     async def get_metrics(request: web.Request) -> web.Response:
         body = metrics_payload(metrics.registry, multiproc_dir)
@@ -78,7 +78,7 @@ def create_admin_app(
         refusal = _authorised(request, settings.admin_token)
         if refusal is not None:
             return refusal
-        result = routing.reload("admin_api")
+        result = await routing.reload("admin_api")
         body = {"ok": result.ok, "changed": result.changed, "error": result.error, "hash": routing.table.source_hash}
         return web.json_response(body, status=200 if result.ok else 422)
 

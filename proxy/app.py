@@ -32,6 +32,7 @@ from proxy.logs import flush_stdout_periodically
 from proxy.metrics import EdgeMetrics
 from proxy.reloader import RoutingState
 from proxy.routing import PASSTHROUGH
+from proxy.routing_file import RoutingLoader
 from proxy.shadowing import Shadower, wants_shadow
 from shop.settings import Settings
 
@@ -159,7 +160,7 @@ async def _routing_watcher(app: web.Application) -> AsyncIterator[None]:
     loop = asyncio.get_running_loop()
     hup = False
     with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-        loop.add_signal_handler(signal.SIGHUP, state.reload, "sighup")
+        loop.add_signal_handler(signal.SIGHUP, state.reload_soon, "sighup")
         hup = True
     yield
     if hup:
@@ -167,6 +168,7 @@ async def _routing_watcher(app: web.Application) -> AsyncIterator[None]:
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
+    await state.close()
 
 
 async def _admin_site(app: web.Application) -> AsyncIterator[None]:
@@ -201,10 +203,10 @@ def create_app(
     # Loaded now, not lazily: an edge with a bad routing.yaml must refuse to start.
     app[ROUTING] = RoutingState(
         settings.routing_file,
-        env=settings.interpolation_env,
-        new_routes=new_routes.keys(),
-        default_legacy_url=settings.legacy_url,
+        loader=RoutingLoader.for_settings(settings, new_routes),
         metrics=metrics,
+        parse_budget=settings.routing_parse_budget_seconds,
+        drop_settle=settings.routing_drop_settle_seconds,
     )
     app[ADMIN_APP] = create_admin_app(app[ROUTING], metrics, settings, app[READINESS], lambda: app.get(SHADOWER))
     app.on_response_prepare.append(_add_edge_headers)

@@ -78,14 +78,13 @@ def _run_gunicorn(settings: Any, workers: int, log_level: str) -> None:
     from gunicorn.app.base import BaseApplication
     from prometheus_client import multiprocess
 
-    from handlers.routes import NEW_ROUTES
-    from proxy.routing import RoutingError, parse_routing
+    from proxy.routing import RoutingError
+    from proxy.routing_file import RoutingLoader
     from proxy.workers import edge_runner_factory, reuse_port_worker
 
-    try:  # fail in the master with a clear message rather than in every worker
-        with open(settings.routing_file, encoding="utf-8") as f:
-            parse_routing(f.read(), settings.interpolation_env, new_routes=NEW_ROUTES.keys(), default_legacy_url=settings.legacy_url)
-    except (RoutingError, OSError) as exc:
+    try:  # fail in the master with a clear message rather than in every worker; the edge's own loader
+        RoutingLoader.for_settings(settings).load(settings.routing_file)
+    except RoutingError as exc:
         sys.exit(f"shopping-edge: cannot load routing: {exc}")
 
     # Each worker listens on the port itself (proxy/workers.py); the master's bind is a placeholder.

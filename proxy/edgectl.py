@@ -8,7 +8,9 @@
 
 Exit codes: 0 ok, 1 a user-facing error (one message on stderr, no traceback), 2 usage.
 Edits touch only the new_percent values (proxy/edgectl_yaml.py) and are validated with the
-edge's own parser before an atomic replace, so the edge never sees a half-written or invalid file.
+edge's own loader (proxy/routing_file.py: same size cap, YAML bounds and placeholder rule) before
+an atomic replace, so the edge never sees a half-written or invalid file. The admin token goes
+only to a loopback address or over https unless ``--insecure-token`` says otherwise.
 """
 
 from __future__ import annotations
@@ -20,18 +22,20 @@ from collections.abc import Callable, Mapping
 from decimal import Decimal
 from pathlib import Path
 
-from handlers.routes import NEW_ROUTES
 from proxy.edgectl_admin import (
     DEFAULT_ADMIN_URL,
     AdminClient,
     AdminUnreachable,
     ReportError,
+    TokenNotSent,
     render_shadow,
     render_status,
     summarise_metrics,
 )
 from proxy.edgectl_yaml import Change, EditError, format_percent, parse_percent, route_names, set_percents, write_atomic
-from proxy.routing import RoutingError, RoutingTable, parse_routing
+from proxy.routing import RoutingError, RoutingTable
+from proxy.routing_file import RoutingFileError, RoutingLoader, decode
+from proxy.routing_yaml import read_document
 from shop.settings import Settings, SettingsError
 
 
@@ -50,23 +54,18 @@ def _warn(message: str) -> None:
 # --- routing file --------------------------------------------------------------------------------
 
 
-def _read(path: Path) -> bytes:
+def _loader(settings: Settings) -> RoutingLoader:
+    """The edge's own loader (proxy/routing_file.py), so edgectl accepts exactly what the edge accepts."""
+    return RoutingLoader.for_settings(settings)
+
+
+def _read(path: Path, loader: RoutingLoader) -> tuple[bytes, str]:
+    """The file's bytes and text, read with the edge's bounds (regular file, size cap)."""
     try:
-        return path.read_bytes()
-    except OSError as exc:
-        raise CtlError(f"cannot read {path}: {exc.strerror or exc}") from None
-
-
-def _decode(path: Path, raw: bytes) -> str:
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise CtlError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-
-
-def _parse(text: str, settings: Settings) -> RoutingTable:
-    """The edge's own parse (proxy/cli.py does the same), so edgectl accepts exactly what it accepts."""
-    return parse_routing(text, settings.interpolation_env, new_routes=NEW_ROUTES.keys(), default_legacy_url=settings.legacy_url)
+        data = loader.read(path).data
+        return data, decode(path, data)
+    except RoutingFileError as exc:
+        raise CtlError(str(exc)) from None
 
 
 def _route_summary(table: RoutingTable) -> list[str]:
@@ -82,9 +81,10 @@ def _route_summary(table: RoutingTable) -> list[str]:
 
 def cmd_validate(args: argparse.Namespace, settings: Settings) -> int:
     path = Path(args.path or args.file or settings.routing_file)
-    text = _decode(path, _read(path))
     try:
-        table = _parse(text, settings)
+        table, _ = _loader(settings).load(path)  # exactly what the edge runs on a reload
+    except RoutingFileError as exc:
+        raise CtlError(str(exc)) from None
     except RoutingError as exc:
         raise CtlError(f"{path}: {exc}") from None
     for line in _route_summary(table):
@@ -96,11 +96,13 @@ def cmd_validate(args: argparse.Namespace, settings: Settings) -> int:
 def _edit(args: argparse.Namespace, settings: Settings, wanted_for: Callable[[str], Mapping[str, Decimal]]) -> tuple[list[Change], RoutingTable, str]:
     """Compute, validate and atomically write the edit; returns the changes, the new table and text."""
     path = Path(args.file or settings.routing_file)
-    original = _read(path)
-    text = _decode(path, original)
+    loader = _loader(settings)
+    original, text = _read(path, loader)
     try:
+        # The bounded reader first: the round-trip YAML library would expand an alias bomb.
+        read_document(text)
         new_text, changes = set_percents(text, wanted_for(text))
-    except EditError as exc:
+    except (RoutingError, EditError) as exc:
         raise CtlError(f"{path}: {exc}") from None
     expect = getattr(args, "expect", None)
     if expect is not None and changes[0].old != expect:
@@ -109,7 +111,7 @@ def _edit(args: argparse.Namespace, settings: Settings, wanted_for: Callable[[st
             " (someone else changed it?); nothing written"
         )
     try:
-        table = _parse(new_text, settings)
+        table = loader.parse(new_text)
     except RoutingError as exc:
         raise CtlError(f"{path}: the edited file would be rejected, nothing written: {exc}") from None
     if new_text != text:
@@ -134,7 +136,7 @@ def _report_changes(changes: list[Change]) -> None:
 
 def _reload(args: argparse.Namespace, settings: Settings, written: str) -> int:
     """Ask the edge to load the file now; it would notice by itself within 1 s, so only a rejection fails."""
-    client = AdminClient(args.admin, settings.admin_token)
+    client = _admin(args, settings)
     try:
         resp = client.post("/_edge/reload")
     except AdminUnreachable as exc:
@@ -157,6 +159,16 @@ def _reload(args: argparse.Namespace, settings: Settings, written: str) -> int:
     return 0
 
 
+def _admin(args: argparse.Namespace, settings: Settings) -> AdminClient:
+    return AdminClient(args.admin, settings.admin_token, insecure_token=args.insecure_token)
+
+
+def _check_reload_possible(args: argparse.Namespace, settings: Settings) -> None:
+    """Before anything is written: refuse an edit whose reload would have to leak the token."""
+    if not args.no_reload:
+        _admin(args, settings).check_token_destination()
+
+
 def _finish_edit(args: argparse.Namespace, settings: Settings, changes: list[Change], text: str) -> int:
     if not any(c.changed for c in changes) or args.no_reload:
         return 0
@@ -164,11 +176,13 @@ def _finish_edit(args: argparse.Namespace, settings: Settings, changes: list[Cha
 
 
 def cmd_set(args: argparse.Namespace, settings: Settings) -> int:
+    _check_reload_possible(args, settings)
     changes, _, text = _edit(args, settings, lambda _text: {args.route: args.percent})
     return _finish_edit(args, settings, changes, text)
 
 
 def cmd_rollback(args: argparse.Namespace, settings: Settings) -> int:
+    _check_reload_possible(args, settings)
     def wanted(text: str) -> Mapping[str, Decimal]:
         names = route_names(text) if args.all else [args.route]
         return {name: Decimal(0) for name in names}
@@ -193,7 +207,7 @@ def _get_json(client: AdminClient, path: str) -> object:
 
 
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
-    client = AdminClient(args.admin, settings.admin_token)
+    client = _admin(args, settings)
     described = _get_json(client, "/_edge/routes")
     metrics = client.get("/metrics")
     if metrics.status != 200:
@@ -205,7 +219,7 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_shadow(args: argparse.Namespace, settings: Settings) -> int:
-    client = AdminClient(args.admin, settings.admin_token)
+    client = _admin(args, settings)
     resp = client.get("/_edge/shadow", route=args.route)
     if resp.status == 404:
         raise CtlError("shadow report not available on this edge")
@@ -230,6 +244,10 @@ def _parser() -> argparse.ArgumentParser:
     file_opt.add_argument("--file", help="routing.yaml to edit (default: $EDGE_ROUTING_FILE or routing.yaml)")
     admin_opt = argparse.ArgumentParser(add_help=False)
     admin_opt.add_argument("--admin", default=DEFAULT_ADMIN_URL, metavar="URL", help=f"the edge's admin API (default {DEFAULT_ADMIN_URL})")
+    admin_opt.add_argument(
+        "--insecure-token", action="store_true",
+        help="send EDGE_ADMIN_TOKEN even over plain http to a non-loopback --admin URL (it is sent only to loopback or https otherwise)",
+    )
     reload_opt = argparse.ArgumentParser(add_help=False, parents=[file_opt, admin_opt])
     reload_opt.add_argument("--no-reload", action="store_true", help="only write the file (the edge still notices it within 1 s)")
 
@@ -271,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.run(args, settings))
     except SettingsError as exc:
         _warn(f"bad setting: {exc}")
-    except (CtlError, ReportError, AdminUnreachable) as exc:
+    except (CtlError, ReportError, AdminUnreachable, TokenNotSent) as exc:
         _warn(str(exc))
     except KeyboardInterrupt:
         return 130

@@ -2,10 +2,13 @@
 
 Blocking urllib is enough for a command that makes two or three calls and exits; proxies are
 switched off because the admin port is loopback or an internal address, never via a proxy.
+The admin token is sent only to a loopback address or over https (``--insecure-token`` to send it
+anyway), and redirects are not followed, so a wrong ``--admin`` URL can't collect it.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import urllib.error
 import urllib.request
@@ -14,7 +17,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -30,6 +33,32 @@ class ReportError(Exception):
     """The admin API answered something edgectl cannot use; the message says what."""
 
 
+class TokenNotSent(Exception):
+    """The admin token would travel in clear text to another machine; the message says what to do."""
+
+
+def token_may_go_to(base_url: str) -> bool:
+    """https anywhere, plain http only to this machine (a loopback address or ``localhost``)."""
+    parts = urlsplit(base_url)
+    if parts.scheme == "https":
+        return True
+    host = (parts.hostname or "").lower()
+    if parts.scheme != "http" or not host:
+        return False
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    # urllib would re-send the Authorization header to wherever a 3xx points.
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
 @dataclass(frozen=True, slots=True)
 class AdminResponse:
     status: int
@@ -43,11 +72,20 @@ class AdminResponse:
 
 
 class AdminClient:
-    def __init__(self, base_url: str, token: str | None, timeout: float = 5.0) -> None:
+    def __init__(self, base_url: str, token: str | None, timeout: float = 5.0, *, insecure_token: bool = False) -> None:
         self.base_url = base_url.rstrip("/")
         self._token = token
         self._timeout = timeout
-        self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        self._insecure_token = insecure_token
+        self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}), _NoRedirects())
+
+    def check_token_destination(self) -> None:
+        """Raise TokenNotSent when a write would carry the token over plain http to another machine."""
+        if self._token and not self._insecure_token and not token_may_go_to(self.base_url):
+            raise TokenNotSent(
+                f"not sending EDGE_ADMIN_TOKEN to {self.base_url}: plain http to another machine would expose it "
+                "(use https or a loopback address, or pass --insecure-token to send it anyway)"
+            )
 
     def get(self, path: str, **query: str) -> AdminResponse:
         url = f"{self.base_url}{path}" + (f"?{urlencode(query)}" if query else "")
@@ -55,6 +93,7 @@ class AdminClient:
 
     def post(self, path: str) -> AdminResponse:
         request = urllib.request.Request(f"{self.base_url}{path}", data=b"", method="POST")
+        self.check_token_destination()
         if self._token:  # only writes need it; GETs don't carry the secret around
             request.add_header("Authorization", f"Bearer {self._token}")
         return self._send(request)

@@ -12,12 +12,13 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from types import MappingProxyType
-from typing import Any
-from urllib.parse import unquote
+from urllib.parse import unquote, urlsplit
 
-import yaml
-
+from proxy.routing_yaml import Node as _Node
+from proxy.routing_yaml import RoutingError, read_document
+from proxy.routing_yaml import fail as _fail
 from shadow.normalise import CompareRules
+from shop.settings import ROUTING_INTERPOLATION_VARS
 
 CONSUMER_EVENTS = ("payment_notified", "payment_failed", "purchased", "refund_notified", "group_update")
 CONSUMER_OWNERS = ("legacy", "new")
@@ -30,10 +31,6 @@ _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _PARAM = re.compile(r"^\{([A-Za-z_][A-Za-z0-9_]*)\}$")
 _ROUTE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 _HEADER_NAME = re.compile(r"^[A-Za-z0-9-]{1,64}$")
-
-
-class RoutingError(ValueError):
-    """routing.yaml was rejected; the message names the key and the line."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,46 +119,6 @@ def _safe_param(raw: str) -> bool:
 # --- loading -------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class _Node:
-    value: Any
-    line: int
-
-
-def _fail(where: str, node: _Node | yaml.Node | None, message: str) -> RoutingError:
-    line = node.line if isinstance(node, _Node) else (node.start_mark.line + 1 if node is not None else 0)
-    return RoutingError(f"{where} (line {line}): {message}" if line else f"{where}: {message}")
-
-
-def _to_nodes(node: yaml.Node, where: str) -> _Node:
-    """YAML node tree → plain values wrapped with their line, rejecting duplicate keys."""
-    line = node.start_mark.line + 1
-    if isinstance(node, yaml.MappingNode):
-        out: dict[str, _Node] = {}
-        for key_node, value_node in node.value:
-            if not isinstance(key_node, yaml.ScalarNode):
-                raise _fail(where, key_node, "keys must be plain strings")
-            key = str(key_node.value)
-            sub = f"{where}.{key}" if where else key
-            if key in out:
-                raise _fail(sub, key_node, "duplicate key")
-            out[key] = _to_nodes(value_node, sub)
-        return _Node(out, line)
-    if isinstance(node, yaml.SequenceNode):
-        return _Node([_to_nodes(item, f"{where}[{i}]") for i, item in enumerate(node.value)], line)
-    value = yaml.SafeLoader.construct_scalar(yaml.SafeLoader(""), node)  # type: ignore[arg-type]
-    tag = node.tag
-    if tag.endswith(":int"):
-        return _Node(int(str(value).replace("_", ""), 0), line)
-    if tag.endswith(":float"):
-        return _Node(Decimal(str(value)), line)
-    if tag.endswith(":bool"):
-        return _Node(str(value).lower() in ("true", "yes", "on"), line)
-    if tag.endswith(":null"):
-        return _Node(None, line)
-    return _Node(str(value), line)
-
-
 def _keys(where: str, node: _Node, allowed: Collection[str], required: Collection[str] = ()) -> dict[str, _Node]:
     if not isinstance(node.value, dict):
         raise _fail(where, node, "must be a mapping")
@@ -174,18 +131,30 @@ def _keys(where: str, node: _Node, allowed: Collection[str], required: Collectio
     return node.value
 
 
+def _shown(raw: object, limit: int = 40) -> str:
+    """A value from the file, short enough for a log line and an error body."""
+    text = str(raw)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def _percent(where: str, node: _Node) -> Decimal:
     raw = node.value
     if isinstance(raw, bool) or not isinstance(raw, int | Decimal | str):
         raise _fail(where, node, "must be a number from 0 to 100")
     try:
-        value = Decimal(str(raw))
+        value = Decimal(str(raw)) if len(str(raw)) <= 40 else None
     except InvalidOperation:
-        raise _fail(where, node, f"{raw!r} is not a number from 0 to 100") from None
+        value = None
+    if value is None:
+        raise _fail(where, node, f"{_shown(raw)!r} is not a number from 0 to 100")
     if not value.is_finite() or not Decimal(0) <= value <= Decimal(100):
-        raise _fail(where, node, f"{raw} is outside 0..100")
-    if value != value.quantize(Decimal("0.01")):
-        raise _fail(where, node, f"{raw} has more than two decimals (the bucket resolution is 0.01 %)")
+        raise _fail(where, node, f"{_shown(raw)} is outside 0..100")
+    try:
+        exact = value == value.quantize(Decimal("0.01"))
+    except ArithmeticError:
+        exact = False
+    if not exact:
+        raise _fail(where, node, f"{_shown(raw)} has more than two decimals (the bucket resolution is 0.01 %)")
     return value
 
 
@@ -212,19 +181,48 @@ def _str_list(where: str, node: _Node) -> tuple[str, ...]:
     return tuple(out)
 
 
-def _interpolate(where: str, node: _Node, env: Mapping[str, str]) -> str:
+def _interpolate(where: str, node: _Node, env: Mapping[str, str], allowed: Collection[str]) -> tuple[str, tuple[str, ...]]:
+    """The value with ${VAR} / ${VAR:-default} filled in, and the variables used.
+
+    Only ``allowed`` variables may appear: routing.yaml is shown by the unauthenticated
+    ``GET /_edge/routes`` and in logs, so ``${EDGE_ADMIN_TOKEN}`` must not be able to put a secret there.
+    """
     if not isinstance(node.value, str):
         raise _fail(where, node, "must be a string")
+    used: list[str] = []
 
     def sub(m: re.Match[str]) -> str:
-        value = env.get(m.group(1))
+        name = m.group(1)
+        if name not in allowed:
+            raise _fail(where, node, f"${{{name}}} cannot be used here (routing.yaml may interpolate only {', '.join(allowed) or 'nothing'})")
+        value = env.get(name)
         if value:
+            used.append(name)
             return value
         if m.group(2) is not None:
             return m.group(2)
-        raise _fail(where, node, f"${{{m.group(1)}}} is not set and has no default")
+        raise _fail(where, node, f"${{{name}}} is not set and has no default")
 
-    return _ENV_REF.sub(sub, node.value)
+    return _ENV_REF.sub(sub, node.value), tuple(used)
+
+
+def _legacy_url(where: str, node: _Node | None, url: str, source: str | None) -> str:
+    """An http(s) base URL without credentials. ``source`` names where the value came from when it
+    must not be echoed (an environment variable); literal values from the file are shown."""
+    shown = source or repr(_shown(url, 80))
+    try:
+        parts = urlsplit(url)
+        _ = parts.port  # raises ValueError for a port that is not a number
+    except ValueError:
+        raise _fail(where, node, f"{shown} is not an http(s) URL") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname or any(c.isspace() for c in url):
+        raise _fail(where, node, f"{shown} is not an http(s) URL")
+    if parts.username is not None or parts.password is not None:
+        # Never shown: the URL is in /_edge/routes and the logs. Old shopping is called without credentials.
+        raise _fail(where, node, f"{source or 'the URL'} must not carry credentials (user:password@)")
+    if parts.query or parts.fragment:
+        raise _fail(where, node, f"{shown} must not have a query or fragment")
+    return url.rstrip("/")
 
 
 def _template(where: str, node: _Node) -> tuple[tuple[str | None, ...], tuple[str, ...]]:
@@ -251,7 +249,7 @@ def _template(where: str, node: _Node) -> tuple[tuple[str | None, ...], tuple[st
     return tuple(segments), tuple(names)
 
 
-def _route(name: str, node: _Node, default_timeout: int, new_routes: Collection[str] | None) -> RouteSpec:
+def _route(name: str, node: _Node, default_timeout: int, new_routes: Collection[str] | None, placeholders: Collection[str]) -> RouteSpec:
     where = f"routes.{name}"
     if not _ROUTE_NAME.match(name):
         raise _fail(where, node, "route names are letters, digits and _ (at most 64)")
@@ -282,6 +280,8 @@ def _route(name: str, node: _Node, default_timeout: int, new_routes: Collection[
     if allow & deny:
         raise _fail(f"{where}.allow_new", keys["allow_new"], f"user ids both allowed and denied: {sorted(allow & deny)}")
     if new_routes is not None and name not in new_routes and (new_percent > 0 or allow or shadow):
+        if name in placeholders:
+            raise _fail(where, node, f"the new-side handler of {name!r} is a placeholder (not migrated yet, it answers 501), so it can only have new_percent: 0 and no shadow or allow_new")
         raise _fail(where, node, f"no new-side handler is named {name!r}, so it can only have new_percent: 0 and no shadow")
     timeout = _timeout(f"{where}.timeout_ms", keys["timeout_ms"]) if "timeout_ms" in keys else default_timeout
     return RouteSpec(
@@ -327,32 +327,45 @@ def parse_routing(
     env: Mapping[str, str] | None = None,
     *,
     new_routes: Collection[str] | None = None,
+    placeholders: Collection[str] = (),
     default_legacy_url: str = "http://127.0.0.1:8090",
+    interpolation_vars: Collection[str] = ROUTING_INTERPOLATION_VARS,
 ) -> RoutingTable:
-    """Validate a whole routing.yaml text into a RoutingTable, or raise RoutingError.
+    """Validate a whole routing.yaml text into a RoutingTable, or raise RoutingError (and nothing else).
 
-    ``new_routes`` are the route names the new side has handlers for; routes outside it may
+    ``new_routes`` are the route names the new side has real handlers for; routes outside it may
     exist (for their own metrics label and timeout) but can never send traffic to new.
+    ``placeholders`` only sharpens the message for routes whose new handler is a 501 stand-in.
+    Processes build these through proxy/routing_file.py's RoutingLoader, not by hand.
     """
-    env = env or {}
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = f" (line {mark.line + 1})" if mark is not None else ""
-        lines = text.splitlines()
-        hint = ""
-        if mark is not None and mark.line < len(lines) and "path:" in lines[mark.line]:
-            hint = ' (a path with {params} inside {...} flow style must be quoted: path: "/a/{id}")'
-        raise RoutingError(f"routing.yaml{line}: not valid YAML: {getattr(exc, 'problem', exc)}{hint}") from None
+        return _parse(text, env or {}, new_routes, placeholders, default_legacy_url, interpolation_vars)
+    except RoutingError:
+        raise
+    except Exception as exc:  # a value no rule above foresaw: still a rejection, never a crash of the caller
+        raise RoutingError(f"routing.yaml: rejected, a value could not be checked ({exc.__class__.__name__})") from exc
+
+
+def _parse(
+    text: str,
+    env: Mapping[str, str],
+    new_routes: Collection[str] | None,
+    placeholders: Collection[str],
+    default_legacy_url: str,
+    interpolation_vars: Collection[str],
+) -> RoutingTable:
+    root = read_document(text)
     if root is None:
         raise RoutingError("routing.yaml: the file is empty")
-    top = _keys("", _to_nodes(root, ""), ("version", "legacy_url", "defaults", "routes", "consumers"), ("version", "routes"))
+    top = _keys("", root, ("version", "legacy_url", "defaults", "routes", "consumers"), ("version", "routes"))
     if top["version"].value != 1 or isinstance(top["version"].value, bool):
         raise _fail("version", top["version"], "only version 1 is understood")
-    legacy_url = _interpolate("legacy_url", top["legacy_url"], env) if "legacy_url" in top else default_legacy_url
-    if not re.match(r"^https?://[^/\s]+", legacy_url):
-        raise _fail("legacy_url", top.get("legacy_url"), f"{legacy_url!r} is not an http(s) URL")
+    if "legacy_url" in top:
+        legacy_url, used = _interpolate("legacy_url", top["legacy_url"], env, interpolation_vars)
+        source = " and ".join(f"the value of ${{{name}}}" for name in used) or None
+        legacy_url = _legacy_url("legacy_url", top["legacy_url"], legacy_url, source)
+    else:
+        legacy_url = _legacy_url("legacy_url", None, default_legacy_url, "the default legacy URL (EDGE_LEGACY_URL)")
 
     timeout = DEFAULT_TIMEOUT_MS
     sticky = DEFAULT_STICKY_KEY
@@ -376,7 +389,7 @@ def parse_routing(
     routes: dict[str, RouteSpec] = {}
     seen: dict[tuple[str, tuple[str | None, ...]], str] = {}
     for name, node in route_nodes.items():
-        route = _route(name, node, timeout, new_routes)
+        route = _route(name, node, timeout, new_routes, placeholders)
         for method in route.methods:
             other = seen.get((method, route.segments))
             if other is not None:
@@ -401,7 +414,7 @@ def parse_routing(
                 static[(method, route.path)] = route
     return RoutingTable(
         version=1,
-        legacy_url=legacy_url.rstrip("/"),
+        legacy_url=legacy_url,
         timeout_ms=timeout,
         sticky_key=sticky,
         routes=MappingProxyType(routes),

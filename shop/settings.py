@@ -13,6 +13,11 @@ from typing import Any
 from urllib.parse import urlsplit
 
 
+# The environment variables routing.yaml may name in ${VAR} (proxy/routing.py). Only these are
+# captured in Settings.interpolation_env, so the file can never pull a secret out of the environment.
+ROUTING_INTERPOLATION_VARS = ("EDGE_LEGACY_URL",)
+
+
 class SettingsError(ValueError):
     """A setting has a value the process cannot run with; the message names the variable."""
 
@@ -95,6 +100,13 @@ class Settings:
     max_header_bytes: int = 32 * 1024
     # How often the routing file is checked for changes (the spec asks for < 1 s).
     routing_poll_seconds: float = 0.25
+    # routing.yaml bigger than this is refused unread (the repo's file is ~3 KB).
+    routing_max_bytes: int = 1024 * 1024
+    # A parse of routing.yaml (off the event loop) taking longer than this is a rejection.
+    routing_parse_budget_seconds: float = 2.0
+    # A watched change that removes routes or consumer entries of the table in force (what a
+    # half-written file looks like) waits until the file has been unchanged this long.
+    routing_drop_settle_seconds: float = 2.0
     access_log: bool = True
     shadow_max_inflight: int = 64
     shadow_timeout_ms: int = 3000
@@ -120,8 +132,10 @@ class Settings:
     adyen_api_key: str = field(default="emulator", repr=False)
     adyen_merchant_account: str = "EmulatorMerchant"
     adyen_hmac_key: str = field(default="00" * 32, repr=False)
-    # Everything routing.yaml may interpolate with ${VAR}; captured here so the loader never reads os.environ.
+    # The ROUTING_INTERPOLATION_VARS that are set; captured here so the loader never reads os.environ.
     interpolation_env: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
+    # prometheus_client's own variable (it reads it at import): set by `shopping-edge --workers N`.
+    prometheus_multiproc_dir: str | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -142,6 +156,9 @@ class Settings:
             body_read_timeout_seconds=_float(env, "EDGE_BODY_READ_TIMEOUT_SECONDS", 15.0, low=0.1, high=600.0),
             max_header_bytes=_int(env, "EDGE_MAX_HEADER_BYTES", 32 * 1024, low=8 * 1024, high=1024 * 1024),
             routing_poll_seconds=_float(env, "EDGE_ROUTING_POLL_SECONDS", 0.25, low=0.01, high=1.0),
+            routing_max_bytes=_int(env, "EDGE_ROUTING_MAX_BYTES", 1024 * 1024, low=1024, high=64 * 1024 * 1024),
+            routing_parse_budget_seconds=_float(env, "EDGE_ROUTING_PARSE_BUDGET_SECONDS", 2.0, low=0.05, high=60.0),
+            routing_drop_settle_seconds=_float(env, "EDGE_ROUTING_DROP_SETTLE_SECONDS", 2.0, low=0.0, high=60.0),
             access_log=_bool(env, "EDGE_ACCESS_LOG", True),
             shadow_max_inflight=_int(env, "EDGE_SHADOW_MAX_INFLIGHT", 64, low=1, high=100_000),
             shadow_timeout_ms=_int(env, "EDGE_SHADOW_TIMEOUT_MS", 3000, low=1, high=600_000),
@@ -164,7 +181,8 @@ class Settings:
             adyen_api_key=env.get("ADYEN_API_KEY") or "emulator",
             adyen_merchant_account=env.get("ADYEN_MERCHANT_ACCOUNT") or "EmulatorMerchant",
             adyen_hmac_key=env.get("ADYEN_HMAC_KEY") or "00" * 32,
-            interpolation_env=env,
+            interpolation_env={name: env[name] for name in ROUTING_INTERPOLATION_VARS if env.get(name)},
+            prometheus_multiproc_dir=env.get("PROMETHEUS_MULTIPROC_DIR") or None,
         )
         settings = replace(settings, **overrides) if overrides else settings
         settings.validate()

@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry
 from yarl import URL
 
 from proxy.app import ADMIN_APP, FORWARDER, create_app
+from proxy.routing import RoutingError
 from tests.support.shopdb import seed_database
 from tests.support.edge import calc_price_route, detail_route, edge_settings, routing_doc, write_routing
 from tests.support.upstream import CALLS, create_echo_app
@@ -117,13 +118,15 @@ async def test_route_at_hundred_goes_to_the_new_side_in_process(upstream: TestSe
     assert sample(registry, "edge_requests_total", route="calc_price", backend="new", method="POST", status_class="2xx") == 1
 
 
-async def test_route_not_migrated_yet_answers_501_from_the_new_side(upstream: TestServer, make_edge) -> None:
+async def test_route_not_migrated_yet_cannot_be_dialled_up(upstream: TestServer, make_edge) -> None:
+    # Its new handler is a 501 placeholder (handlers/routes.py): at 100 % every refund would fail.
     refund = {"match": {"methods": ["POST"], "path": "/refund/refund"}, "new_percent": 100, "writes": True}
-    client, registry = await make_edge(url_of(upstream), {"refund": refund})
+    with pytest.raises(RoutingError, match=r"routes.refund \(line \d+\): the new-side handler of 'refund' is a placeholder"):
+        await make_edge(url_of(upstream), {"refund": refund})
+    client, _ = await make_edge(url_of(upstream), {"refund": {**refund, "new_percent": 0}})
     resp = await client.post("/refund/refund", json={}, headers={"X-User-Id": "1"})
-    assert resp.status == 501
-    assert await resp.json() == {"code": 50101, "msg": "not_migrated", "data": {"route": "refund"}}
-    assert upstream.app[CALLS] == []
+    assert resp.status == 200 and resp.headers["X-Edge-Backend"] == "legacy"
+    assert upstream.app[CALLS] == [("POST", "/refund/refund")]
 
 
 async def test_allow_and_deny_lists(upstream: TestServer, make_edge) -> None:

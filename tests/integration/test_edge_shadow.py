@@ -192,7 +192,7 @@ async def test_writes_are_never_shadowed(make_stack) -> None:
     path = state[ROUTING].path
     legacy_url = state[ROUTING].table.legacy_url
     write_routing(path, routing_doc(legacy_url, calc_price=calc_price_route(0), place_order=place_order))
-    assert state[ROUTING].reload("test").ok
+    assert (await state[ROUTING].reload("test")).ok
     await stack.legacy_admin.delete("/_emulator/stats")
     await stack.edge.post("/shopping/cart/checkout/entries", json={}, headers={"X-User-Id": "1", "Idempotency-Key": "k1"})
     await asyncio.sleep(0.2)
@@ -208,7 +208,7 @@ async def test_ten_thousand_random_fields_keep_labels_bounded(make_stack, aiohtt
     # Point the route's old side at an upstream that answers 200 random keys every time.
     state = stack.edge.server.app[ROUTING]
     write_routing(state.path, routing_doc(str(echo.make_url("")).rstrip("/"), calc_price=calc_price_route(100, shadow={"percent": 100, "noise_percent": 0})))
-    assert state.reload("test").ok
+    assert (await state.reload("test")).ok
     for _ in range(50):
         assert (await stack.edge.post(CALC + "?random_keys=200", json=PLAIN_BODY)).status == 200
     await stack.settle()

@@ -48,8 +48,8 @@ def write_routing(path: Path, doc: dict[str, Any]) -> Path:
     return path
 
 
-def edge_settings(routing_file: Path, legacy_url: str, **overrides: Any) -> Settings:
-    env = {"EDGE_LEGACY_URL": legacy_url}
+def edge_settings(routing_file: Path, legacy_url: str, *, env: dict[str, str] | None = None, **overrides: Any) -> Settings:
+    env = {"EDGE_LEGACY_URL": legacy_url, **(env or {})}
     base: dict[str, Any] = {
         "routing_file": str(routing_file),
         "admin_port": None,

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
+import time
 from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
@@ -14,12 +16,14 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from handlers.routes import NEW_ROUTES
 from proxy.edgectl import main
+from proxy.edgectl_admin import AdminClient, TokenNotSent, token_may_go_to
 from proxy.edgectl_yaml import EditError, set_percents, write_atomic
 from proxy.metrics import EdgeMetrics
 from shadow.noise import DiffStats, NoiseRule
 from shadow.report import render_json
 from shadow.store import ExampleStore
 from proxy.routing import parse_routing
+from tests.support.bad_routing import alias_bomb, routing_text
 
 # A frozen copy of routing.yaml with every route on old shopping: the live file changes with each gray step.
 REPO_ROUTING = Path(__file__).resolve().parents[1] / "fixtures" / "routing-all-legacy.yaml"
@@ -30,7 +34,7 @@ Ctl = Callable[..., tuple[int, str, str]]
 @pytest.fixture(autouse=True)
 def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
     # edgectl reads its defaults through Settings.from_env(); the developer's shell must not leak in.
-    for name in ("EDGE_ADMIN_TOKEN", "EDGE_ROUTING_FILE", "EDGE_LEGACY_URL", "EDGE_ADMIN_ADDR"):
+    for name in ("EDGE_ADMIN_TOKEN", "EDGE_ROUTING_FILE", "EDGE_LEGACY_URL", "EDGE_ADMIN_ADDR", "EDGE_ROUTING_MAX_BYTES"):
         monkeypatch.delenv(name, raising=False)
 
 
@@ -231,12 +235,12 @@ def test_rollback_one_route_keeps_allow_new_and_warns(routing: Path, ctl: Ctl) -
 
 
 def test_rollback_all_zeroes_every_route_and_nothing_else(routing: Path, ctl: Ctl) -> None:
-    for route, percent in (("calc_price", "10"), ("place_order", "0.5"), ("events", "100")):
+    for route, percent in (("calc_price", "10"), ("place_order", "0.5"), ("paid_from_client", "100")):
         assert ctl("set", route, percent, "--file", str(routing), "--no-reload")[0] == 0
     before = routing.read_text()
     code, out, _ = ctl("rollback", "--all", "--file", str(routing), "--no-reload")
     assert code == 0
-    assert "calc_price: 10 → 0" in out and "place_order: 0.5 → 0" in out and "events: 100 → 0" in out
+    assert "calc_price: 10 → 0" in out and "place_order: 0.5 → 0" in out and "paid_from_client: 100 → 0" in out
     assert "8 other route(s) already at 0" in out
     changed = _changed_lines(before, routing.read_text())
     assert [new for _, new in changed] == ["    new_percent: 0\n"] * 3
@@ -423,3 +427,114 @@ def test_status_with_no_edge_is_a_clean_error(ctl: Ctl, unused_tcp_port: int) ->
     assert (code, out) == (1, "")
     assert "unreachable" in err and "Traceback" not in err
 
+
+
+# --- issue 9: the edge's bounded loader, placeholders, where the token may go -----------------------
+
+
+def test_set_refuses_a_placeholder_route_and_names_it(routing: Path, ctl: Ctl) -> None:
+    before = routing.read_bytes()
+    code, out, err = ctl("set", "paypal_pay", "10", "--file", str(routing), "--no-reload")
+    assert (code, out) == (1, "")
+    assert "would be rejected" in err and "routes.paypal_pay (line" in err and "placeholder" in err
+    assert routing.read_bytes() == before
+
+
+def test_validate_refuses_an_alias_bomb_at_once(tmp_path: Path, ctl: Ctl) -> None:
+    path = tmp_path / "routing.yaml"
+    path.write_text(routing_text("http://old:9000", "0", alias_bomb(9)))  # 9**9 values once expanded
+    started = time.monotonic()
+    code, _, err = ctl("validate", str(path))
+    assert code == 1 and "bomb.a0 (line 8): YAML anchors (&a0) are not allowed" in err
+    assert time.monotonic() - started < 1.0
+
+
+def test_set_refuses_a_file_with_an_alias_bomb_before_the_round_trip_parser_sees_it(tmp_path: Path, ctl: Ctl) -> None:
+    path = tmp_path / "routing.yaml"
+    path.write_text(routing_text("http://old:9000", "0", alias_bomb(9)))
+    started = time.monotonic()
+    code, _, err = ctl("set", "calc_price", "5", "--file", str(path), "--no-reload")
+    assert code == 1 and "YAML anchors (&a0) are not allowed" in err
+    assert time.monotonic() - started < 1.0
+
+
+@pytest.mark.parametrize("target", ["/dev/zero", "fifo"])
+def test_validate_refuses_what_is_not_a_regular_file(tmp_path: Path, ctl: Ctl, target: str) -> None:
+    path = tmp_path / "routing.yaml"
+    if target == "fifo":
+        os.mkfifo(path)
+    else:
+        path.symlink_to(target)
+    started = time.monotonic()
+    code, _, err = ctl("validate", str(path))
+    assert code == 1 and "must be a regular file" in err and "Traceback" not in err
+    assert time.monotonic() - started < 1.0
+
+
+def test_validate_follows_a_symlink_to_a_regular_file_as_kubernetes_mounts_it(tmp_path: Path, ctl: Ctl) -> None:
+    data = tmp_path / "..2026_12_02" / "routing.yaml"
+    data.parent.mkdir()
+    shutil.copyfile(REPO_ROUTING, data)
+    link = tmp_path / "routing.yaml"
+    link.symlink_to(data)
+    code, out, err = ctl("validate", str(link))
+    assert (code, err) == (0, "") and "valid, 11 routes" in out
+
+
+def test_validate_obeys_the_edge_s_size_cap(tmp_path: Path, ctl: Ctl, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EDGE_ROUTING_MAX_BYTES", "1024")
+    code, _, err = ctl("validate", str(REPO_ROUTING))
+    assert code == 1 and "more than the 1024 allowed (EDGE_ROUTING_MAX_BYTES)" in err
+
+
+@pytest.mark.parametrize(
+    ("url", "allowed"),
+    [
+        ("http://127.0.0.1:8081", True), ("http://127.9.9.9:8081", True), ("http://[::1]:8081", True),
+        ("http://localhost:8081", True), ("https://edge.internal:8081", True),
+        ("http://10.0.0.5:8081", False), ("http://edge.internal:8081", False), ("http://127.0.0.1.evil.example", False),
+        ("ftp://127.0.0.1", False),
+    ],
+)
+def test_the_token_goes_only_to_loopback_or_https(url: str, allowed: bool) -> None:
+    assert token_may_go_to(url) is allowed
+
+
+def test_an_edit_whose_reload_would_send_the_token_in_clear_text_is_refused_before_writing(
+    routing: Path, ctl: Ctl, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("EDGE_ADMIN_TOKEN", "s3cret")
+    before = routing.read_bytes()
+    code, out, err = ctl("set", "calc_price", "5", "--file", str(routing), "--admin", "http://10.0.0.5:8081")
+    assert (code, out) == (1, "")
+    assert "not sending EDGE_ADMIN_TOKEN to http://10.0.0.5:8081" in err and "--insecure-token" in err
+    assert "s3cret" not in err
+    assert routing.read_bytes() == before
+    # Only writing the file needs no token; --insecure-token is the explicit override.
+    assert ctl("set", "calc_price", "5", "--file", str(routing), "--admin", "http://10.0.0.5:8081", "--no-reload")[0] == 0
+    AdminClient("http://10.0.0.5:8081", "s3cret", insecure_token=True).check_token_destination()
+    with pytest.raises(TokenNotSent):
+        AdminClient("http://10.0.0.5:8081", "s3cret").post("/_edge/reload")
+
+
+async def test_the_token_does_not_follow_a_redirect(aiohttp_server, ctl: Ctl, routing: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("EDGE_ADMIN_TOKEN", "s3cret")
+    collected: list[str] = []
+
+    async def collect(request: web.Request) -> web.Response:
+        collected.append(request.headers.get("Authorization", ""))
+        return web.json_response({"ok": True, "changed": True, "hash": "x"})
+
+    collector = web.Application()
+    collector.router.add_route("*", "/{tail:.*}", collect)
+    elsewhere = await aiohttp_server(collector)
+
+    async def redirect(request: web.Request) -> web.Response:
+        raise web.HTTPFound(str(elsewhere.make_url("/steal")))
+
+    redirector = web.Application()
+    redirector.router.add_post("/_edge/reload", redirect)
+    admin = await aiohttp_server(redirector)
+    code, _, err = await _ctl_async(ctl, "set", "calc_price", "5", "--file", str(routing), "--admin", str(admin.make_url("")))
+    assert collected == []
+    assert code == 1 and "302" in err

@@ -1,8 +1,9 @@
-"""routing.yaml validation and matching (proxy/routing.py)."""
+"""routing.yaml validation and matching (proxy/routing.py): every bad file is one RoutingError naming key and line."""
 
 from __future__ import annotations
 
 import re
+import time
 from decimal import Decimal
 from pathlib import Path
 
@@ -10,6 +11,10 @@ import pytest
 
 from handlers.routes import NEW_ROUTES
 from proxy.routing import PASSTHROUGH, RoutingError, parse_routing
+from proxy.routing_file import RoutingLoader
+from proxy.routing_yaml import MAX_DEPTH, MAX_VALUES
+from shop.settings import ROUTING_INTERPOLATION_VARS, Settings
+from tests.support.bad_routing import BAD_VALUES, BadFile, alias_bomb, deep, routing_text
 
 REPO_ROUTING = Path(__file__).resolve().parents[2] / "routing.yaml"
 
@@ -186,3 +191,143 @@ def test_bad_shadow_blocks_are_rejected(shadow: str, where: str) -> None:
     text = GOOD.replace("""shadow: {percent: 25, ignore: ["root['data']['server_time']"], tolerance: 0.01}""", f"shadow: {shadow}")
     with pytest.raises(RoutingError, match=re.escape(where)):
         parse(text)
+
+
+# --- bounded, unambiguous YAML (issue 9) ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("bad", BAD_VALUES, ids=lambda b: b.name)
+def test_a_misleading_or_unbounded_value_is_rejected_naming_key_and_line(bad: BadFile, tmp_path: Path) -> None:
+    path = tmp_path / "routing.yaml"
+    bad.install(path, "http://old:9000")
+    with pytest.raises(RoutingError) as err:
+        parse(path.read_text())
+    assert bad.names in str(err.value) and f"(line {bad.line})" in str(err.value)
+    assert len(str(err.value)) < 400  # a log line, not the file echoed back
+
+
+@pytest.mark.parametrize(
+    ("value", "says"),
+    [("05", "leading 0"), ("017", "leading 0"), ("1:30", "base-60"), (".nan", "not a finite"), (".inf", "not a finite"), ("0x10", "not a plain decimal")],
+)
+def test_yaml_1_1_surprises_say_what_they_would_have_meant(value: str, says: str) -> None:
+    with pytest.raises(RoutingError, match=says):
+        parse(routing_text("http://old:9000", value))
+
+
+def test_decimal_values_with_underscores_and_plain_zero_still_parse() -> None:
+    assert parse(routing_text("http://old:9000", "0")).routes["calc_price"].new_percent == 0
+    assert parse(routing_text("http://old:9000", "1_0")).routes["calc_price"].new_percent == 10
+    assert parse(routing_text("http://old:9000", "12.5")).routes["calc_price"].new_percent == Decimal("12.5")
+    assert parse(routing_text("http://old:9000", '"08"')).routes["calc_price"].new_percent == 8  # quoted: the string 08
+
+
+def test_an_alias_bomb_is_refused_at_its_first_anchor_in_milliseconds() -> None:
+    started = time.monotonic()
+    with pytest.raises(RoutingError, match=r"bomb.a0 \(line 8\): YAML anchors \(&a0\) are not allowed"):
+        parse(routing_text("http://old:9000", "0", alias_bomb()))
+    assert time.monotonic() - started < 0.5
+
+
+def test_an_alias_alone_is_refused_too() -> None:
+    with pytest.raises(RoutingError, match=r"routes.calc_price.new_percent \(line 6\): YAML aliases \(\*x\)"):
+        parse(routing_text("http://old:9000", "*x"))
+
+
+def test_nesting_is_capped_without_reaching_the_recursion_limit() -> None:
+    started = time.monotonic()
+    for text in (deep(20_000), "- " * 100_000 + "x", "{a: " * 50_000 + "1" + "}" * 50_000):
+        # Ours at MAX_DEPTH, or libyaml's own cap when PyYAML has it: a rejection either way, never a RecursionError.
+        with pytest.raises(RoutingError, match=f"nested deeper than {MAX_DEPTH} levels|exceeded maximum nesting depth"):
+            parse(text)
+    assert time.monotonic() - started < 2
+
+
+def test_the_number_of_values_is_capped() -> None:
+    text = routing_text("http://old:9000", "0", "filler: [" + ", ".join(["1"] * (MAX_VALUES + 1)) + "]\n")
+    with pytest.raises(RoutingError, match=f"filler\\[{MAX_VALUES - 11}\\] \\(line 7\\): more than {MAX_VALUES} values"):
+        parse(text)
+
+
+def test_explicit_tags_are_refused() -> None:
+    with pytest.raises(RoutingError, match=r"legacy_url \(line 2\): YAML tags \(tag:yaml.org,2002:python/object:os.system\)"):
+        parse(routing_text("!!python/object:os.system x"))
+
+
+def test_only_one_document_is_read() -> None:
+    with pytest.raises(RoutingError, match="more than one YAML document"):
+        parse(routing_text("http://old:9000") + "---\nversion: 1\n")
+
+
+def test_a_huge_string_percentage_is_not_echoed_whole() -> None:
+    with pytest.raises(RoutingError) as err:
+        parse(routing_text("http://old:9000", '"' + "9" * 100_000 + '"'))
+    assert "routes.calc_price.new_percent (line 6)" in str(err.value) and len(str(err.value)) < 300
+
+
+# --- ${VAR} interpolation and credentials ---------------------------------------------------------
+
+
+def test_only_allow_listed_variables_can_be_interpolated_and_the_error_names_not_reveals() -> None:
+    env = {"EDGE_LEGACY_URL": "http://old:9000", "EDGE_ADMIN_TOKEN": "s3cret-token"}
+    with pytest.raises(RoutingError) as err:
+        parse(routing_text("${EDGE_ADMIN_TOKEN}"), env)
+    assert "legacy_url (line 2): ${EDGE_ADMIN_TOKEN} cannot be used here" in str(err.value)
+    assert "may interpolate only EDGE_LEGACY_URL" in str(err.value)
+    assert "s3cret" not in str(err.value)
+    with pytest.raises(RoutingError, match="cannot be used here"):
+        parse(routing_text("http://${EDGE_ADMIN_TOKEN}:-x@old"), env)
+
+
+def test_an_interpolated_value_that_is_not_a_url_is_named_by_its_variable() -> None:
+    with pytest.raises(RoutingError) as err:
+        parse(routing_text("${EDGE_LEGACY_URL}"), {"EDGE_LEGACY_URL": "not a url with s3cret"})
+    assert "legacy_url (line 2): the value of ${EDGE_LEGACY_URL} is not an http(s) URL" in str(err.value)
+    assert "s3cret" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("legacy_url", "env"),
+    [("http://ops:pa55word@old:9000", {}), ("${EDGE_LEGACY_URL}", {"EDGE_LEGACY_URL": "http://ops:pa55word@old:9000"})],
+)
+def test_credentials_in_the_legacy_url_are_refused_without_showing_them(legacy_url: str, env: dict[str, str]) -> None:
+    with pytest.raises(RoutingError, match=r"legacy_url \(line 2\): .*must not carry credentials") as err:
+        parse(routing_text(legacy_url), env)
+    assert "pa55word" not in str(err.value) and "ops" not in str(err.value)
+
+
+def test_credentials_in_the_default_legacy_url_are_refused_too() -> None:
+    text = routing_text("x").replace("legacy_url: x\n", "")
+    with pytest.raises(RoutingError, match="default legacy URL .* must not carry credentials") as err:
+        parse_routing(text, {}, default_legacy_url="http://ops:pa55word@old:9000")
+    assert "pa55word" not in str(err.value)
+
+
+def test_settings_capture_only_the_allow_listed_variables() -> None:
+    settings = Settings.from_env({"EDGE_LEGACY_URL": "http://old:9000", "EDGE_ADMIN_TOKEN": "t", "SHOP_DB_URL": "mysql+aiomysql://u:pw@h/db"})
+    assert dict(settings.interpolation_env) == {"EDGE_LEGACY_URL": "http://old:9000"}
+    assert ROUTING_INTERPOLATION_VARS == ("EDGE_LEGACY_URL",)
+
+
+# --- placeholder handlers -------------------------------------------------------------------------
+
+
+def test_placeholder_routes_are_flagged_as_data() -> None:
+    assert {name for name, r in NEW_ROUTES.items() if r.placeholder} == {"paypal_pay", "paypal_finished", "adyen_pay", "refund", "events"}
+
+
+@pytest.mark.parametrize("block", ["new_percent: 10", 'allow_new: ["1001"]'])
+def test_a_placeholder_route_cannot_send_traffic_to_new(block: str) -> None:
+    text = REPO_ROUTING.read_text().replace(
+        '    match: {methods: [POST], path: "/shopping/orders/{order_id}/pay/{ptype}/paypal"}\n    new_percent: 0\n',
+        f'    match: {{methods: [POST], path: "/shopping/orders/{{order_id}}/pay/{{ptype}}/paypal"}}\n    {block}\n',
+    )
+    assert text != REPO_ROUTING.read_text()
+    with pytest.raises(RoutingError, match=r"routes.paypal_pay \(line \d+\): the new-side handler of 'paypal_pay' is a placeholder"):
+        RoutingLoader.for_settings(Settings()).parse(text)
+    assert RoutingLoader.for_settings(Settings()).parse(REPO_ROUTING.read_text()).routes["paypal_pay"].new_percent == 0
+
+
+def test_a_real_handler_may_be_dialled_up() -> None:
+    text = REPO_ROUTING.read_text().replace("    new_percent: 10 ", "    new_percent: 50 ")
+    assert RoutingLoader.for_settings(Settings()).parse(text).routes["calc_price"].new_percent == 50
