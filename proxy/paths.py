@@ -18,18 +18,21 @@ neither does this: ``/a/../b`` and ``/a//b`` are other paths to old shopping, an
 
 from __future__ import annotations
 
+import re
 import string
 
 UNRESERVED = frozenset(string.ascii_letters + string.digits + "-._~")
 # RFC 3986 §3.3 pchar = unreserved / pct-encoded / sub-delims / ":" / "@"
 PCHAR = UNRESERVED | frozenset("!$&'()*+,;=:@")
 _HEX = frozenset(string.hexdigits)
+# A path already in normal form when it has no escape and nothing to escape (almost every request).
+_PLAIN = re.compile(r"[A-Za-z0-9\-._~!$&'()*+,;=:@/]*")
 
 
 def normalise_path(path: str) -> str:
     """``path`` (no query) in the edge's normal form; idempotent, and the identity on plain paths."""
-    if "%" not in path and all(c in PCHAR or c == "/" for c in path):
-        return path  # the common case: nothing encoded, nothing to encode
+    if _PLAIN.fullmatch(path):
+        return path
     out: list[str] = []
     i, n = 0, len(path)
     while i < n:
