@@ -221,6 +221,11 @@ async def _serve_new(
         metrics.upstream_error(route, "new", "timeout")
         log.warning("new_side_timeout", route=route, timeout_ms=timeout_ms)
         return error_response(504, 50401, "upstream_timeout", {"route": route})
+    except web.HTTPException as exc:
+        # aiohttp's own answers (a 413 while reading the body…): error_middleware renders them, only 5xx count.
+        if exc.status >= 500:
+            metrics.upstream_error(route, "new", "5xx")
+        raise
     except Exception:
         metrics.upstream_error(route, "new", "5xx")  # error_middleware logs it and answers 500
         raise

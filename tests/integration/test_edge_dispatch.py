@@ -270,6 +270,17 @@ async def test_a_crashing_new_handler_is_500_in_the_envelope_and_counted(aiohttp
     assert sample(registry, "edge_upstream_errors_total", route="calc_price", backend="new", kind="5xx") == 2
 
 
+async def test_a_client_error_raised_by_aiohttp_inside_a_new_handler_is_not_a_new_side_failure(aiohttp_client, tmp_path: Path) -> None:
+    async def too_large(request: web.Request, params: Mapping[str, str]) -> web.StreamResponse:
+        raise web.HTTPRequestEntityTooLarge(max_size=1, actual_size=2)
+
+    client, registry = await start_edge(aiohttp_client, tmp_path, dead_url(), {"calc_price": calc_price_route(100)},
+                                        new_routes=with_new_route("calc_price", too_large))
+    resp = await client.post(CALC, json={})
+    assert resp.status == 413 and (await resp.json())["code"] == 41301
+    assert sample(registry, "edge_upstream_errors_total", route="calc_price", backend="new", kind="5xx") == 0
+
+
 async def test_a_direct_order2_call_is_bounded_by_its_routes_timeout_too(aiohttp_client, tmp_path: Path) -> None:
     async def slow(request: web.Request, params: Mapping[str, str]) -> web.StreamResponse:
         await asyncio.sleep(5)
