@@ -7,18 +7,18 @@ from typing import Any
 
 from aiohttp import web
 
+from shop.caller import CALLER_HEADER, InvalidCallerId, canonical_caller_id
 from shop.errors import BadRequest, envelope
 from shop.json_input import parse_json_body
 
 
 def caller_id(request: web.Request) -> int | None:
     """The logged-in user the API gateway vouches for (X-User-Id), or None for anonymous."""
-    raw = request.headers.get("X-User-Id")
-    if raw is None or raw == "":
-        return None
-    if not raw.isdigit() or len(raw) > 18 or int(raw) == 0:
-        raise BadRequest(data={"field": "X-User-Id", "reason": "must be a positive integer"})
-    return int(raw)
+    try:
+        canonical = canonical_caller_id(request.headers.get(CALLER_HEADER))
+    except InvalidCallerId as exc:
+        raise BadRequest(data={"field": CALLER_HEADER, "reason": str(exc)}) from None
+    return None if canonical is None else int(canonical)
 
 
 async def json_body(request: web.Request) -> Any:

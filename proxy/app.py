@@ -15,13 +15,13 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 
 import structlog
-from aiohttp import web
+from aiohttp import hdrs, web
 from prometheus_client import CollectorRegistry
 
 from handlers.app import NEW_ROUTE_NAME, PREFIX, create_new_side
 from handlers.context import db_ready, setup_new_side
-from handlers.errors import answer_new, error_middleware
-from handlers.routes import NEW_ROUTES, NewRoute
+from handlers.errors import answer_new, error_middleware, error_response
+from handlers.routes import NEW_ROUTES, NewHandler, NewRoute
 from proxy.admin import create_admin_app
 from proxy.cors import setup_cors
 from proxy.expiry_task import expiry_sweeper
@@ -30,11 +30,14 @@ from proxy.gray import goes_new, sticky_value
 from proxy.limits import limits_middleware, parser_limits
 from proxy.logs import flush_stdout_periodically
 from proxy.metrics import EdgeMetrics
+from proxy.paths import is_origin_form, normalise_path
 from proxy.reloader import RoutingState
 from proxy.routing import PASSTHROUGH
 from proxy.routing_file import RoutingLoader
-from proxy.shadowing import Shadower, wants_shadow
+from proxy.shadowing import Shadower
+from shop.caller import CALLER_HEADER, InvalidCallerId, canonical_caller_id
 from shop.settings import Settings
+from shop.tokens import bearer_matches
 
 SETTINGS = web.AppKey("settings", Settings)
 METRICS = web.AppKey("metrics", EdgeMetrics)
@@ -48,6 +51,8 @@ READINESS = web.AppKey("readiness", list)
 REQUEST_ID = web.RequestKey("request_id", str)
 ROUTE = web.RequestKey("route", str)
 BACKEND = web.RequestKey("backend", str)
+# The canonical caller id (shop.caller), set before routing when the request has one.
+CALLER_ID = web.RequestKey("caller_id", str)
 
 _REQUEST_ID_OK = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 log = structlog.get_logger("edge")
@@ -98,6 +103,33 @@ async def access_middleware(request: web.Request, handler: Callable[[web.Request
             )
 
 
+def _bad_request(field: str, reason: str) -> web.Response:
+    return error_response(400, 40001, "bad_request", {"field": field, "reason": reason})
+
+
+@web.middleware
+async def refuse_before_routing(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+    """What no side is asked to serve: a request target that is not a path, a caller id that is not canonical.
+
+    Runs before dispatch and before the /order2 routes, so neither routing.yaml nor a new handler
+    ever sees these; old shopping isn't asked either (its answer could differ from the new side's).
+    """
+    # aiohttp hands absolute-form (`GET http://x/a`, `curl -x`), authority-form (CONNECT x:80), `*`
+    # and a fragment through as the raw target; only origin-form names a path both sides would serve.
+    if not is_origin_form(request.raw_path):
+        return _bad_request("request_target", "must be a path: /path?query, no scheme, host, fragment or *")
+    given = request.headers.getall(CALLER_HEADER, ())
+    if len(given) > 1:
+        return _bad_request(CALLER_HEADER, "must be sent once")
+    try:
+        caller = canonical_caller_id(given[0] if given else None)
+    except InvalidCallerId as exc:
+        return _bad_request(CALLER_HEADER, str(exc))
+    if caller is not None:
+        request[CALLER_ID] = caller
+    return await handler(request)
+
+
 async def _add_edge_headers(request: web.Request, response: web.StreamResponse) -> None:
     # on_response_prepare also covers streamed and error answers, which a middleware can't reach after prepare().
     response.headers["X-Edge-Route"], response.headers["X-Edge-Backend"] = _route_and_backend(request)
@@ -113,35 +145,93 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
     request[BACKEND] = "legacy"
     # Already read by limits_middleware, within the body size and time limits; this returns those bytes.
     body = await request.read() if request.body_exists else b""
+    # A bearer token meant for the new side (right, wrong or stale) is no business of old shopping's.
+    strip_authorization = hdrs.AUTHORIZATION in request.headers and _addresses_new_side(request.raw_path)
 
     raw_path = request.raw_path
     query_at = raw_path.find("?")
-    matched = table.match(request.method, raw_path if query_at < 0 else raw_path[:query_at])
+    path = raw_path if query_at < 0 else raw_path[:query_at]
+    matched = table.match(request.method, path)
     if matched is None:
         return await app[FORWARDER].forward(
             request, body, base_url=table.legacy_url, route=PASSTHROUGH,
-            timeout_ms=table.timeout_ms, request_id=request[REQUEST_ID],
+            timeout_ms=table.timeout_ms, request_id=request[REQUEST_ID], strip_authorization=strip_authorization,
         )
     route, params = matched
     request[ROUTE] = route.name
     key = sticky_value(table.sticky_key, request.headers, lambda: request.cookies, request.remote)
     new_route: NewRoute | None = None
-    if goes_new(route, request.headers.get("X-User-Id"), key):
+    # The sticky key's X-User-Id is the canonical id too: refuse_before_routing let no other spelling through.
+    if goes_new(route, request.get(CALLER_ID), key):
         new_route = app[NEW_SIDE].get(route.name)
     if new_route is not None:
         request[BACKEND] = "new"
-        response = await answer_new(new_route.handler, request, params)
+        response = await _serve_new(request, route.name, new_route.handler, params, route.timeout_ms)
     else:
         response = await app[FORWARDER].forward(
             request, body, base_url=table.legacy_url, route=route.name,
-            timeout_ms=route.timeout_ms, request_id=request[REQUEST_ID],
+            timeout_ms=route.timeout_ms, request_id=request[REQUEST_ID], strip_authorization=strip_authorization,
         )
-    if route.shadow is not None and route.name in app[NEW_SIDE] and wants_shadow(route, request[REQUEST_ID]):
+    if route.shadow is not None and route.name in app[NEW_SIDE] and app[SHADOWER].wants(route):
         app[SHADOWER].launch(
             request, route, params, body, legacy_url=table.legacy_url, primary_side=request[BACKEND],
             primary=response, request_id=request[REQUEST_ID],
         )
     return response
+
+
+def _addresses_new_side(target: str) -> bool:
+    """Whether the path is under /order2 in any spelling: percent-encoding, letter case, an encoded slash
+    (which servers that decode %2F would read as one)."""
+    path = normalise_path(target.partition("?")[0]).lower().replace("%2f", "/")
+    return path == PREFIX or path.startswith(PREFIX + "/")
+
+
+async def _serve_new(
+    request: web.Request, route: str, handler: NewHandler, params: Mapping[str, str], timeout_ms: int,
+) -> web.StreamResponse:
+    """A new handler's answer within the route's timeout; timeouts and 5xx counted like an upstream's."""
+    metrics = request.config_dict[METRICS]
+    deadline = asyncio.timeout(timeout_ms / 1000)
+    try:
+        async with deadline:
+            response = await answer_new(handler, request, params)
+    except TimeoutError:
+        if not deadline.expired():
+            metrics.upstream_error(route, "new", "5xx")  # the handler's own TimeoutError: a bug, a 500
+            raise
+        # Cancelled mid-transaction, the database rolls the work back; a checkout's retry with its
+        # Idempotency-Key finds the order if the COMMIT landed just before (as with old shopping).
+        metrics.upstream_error(route, "new", "timeout")
+        log.warning("new_side_timeout", route=route, timeout_ms=timeout_ms)
+        return error_response(504, 50401, "upstream_timeout", {"route": route})
+    except web.HTTPException as exc:
+        # aiohttp's own answers (a 413 while reading the body…): error_middleware renders them, only 5xx count.
+        if exc.status >= 500:
+            metrics.upstream_error(route, "new", "5xx")
+        raise
+    except Exception:
+        metrics.upstream_error(route, "new", "5xx")  # error_middleware logs it and answers 500
+        raise
+    if response.status >= 500:
+        metrics.upstream_error(route, "new", "5xx")
+    return response
+
+
+async def serve_direct(request: web.Request, new_route: NewRoute) -> web.StreamResponse:
+    """A direct /order2 call: the new side for internal callers (the service token), else 404.
+
+    Public callers get the 404 of any unknown /order2 path, so `new_percent: 0` closes the new
+    side for every app and web caller, and they can't tell which /order2 paths exist.
+    """
+    config = request.config_dict
+    if not bearer_matches(request.headers.get(hdrs.AUTHORIZATION), config[SETTINGS].service_token):
+        raise web.HTTPNotFound()  # error_middleware answers it in the envelope, as the sub-app's own 404s
+    request[NEW_ROUTE_NAME] = new_route.name
+    table = config[ROUTING].table
+    spec = table.routes.get(new_route.name)
+    timeout_ms = spec.timeout_ms if spec is not None else table.timeout_ms
+    return await _serve_new(request, new_route.name, new_route.handler, request.match_info, timeout_ms)
 
 
 async def _upstream_session(app: web.Application) -> AsyncIterator[None]:
@@ -193,7 +283,7 @@ def create_app(
     metrics = EdgeMetrics(registry)
     app = web.Application(
         client_max_size=settings.max_body_bytes,
-        middlewares=[access_middleware, error_middleware, limits_middleware(settings, metrics)],
+        middlewares=[access_middleware, refuse_before_routing, error_middleware, limits_middleware(settings, metrics)],
         handler_args=parser_limits(settings),
     )
     app[SETTINGS] = settings
@@ -218,7 +308,7 @@ def create_app(
     if settings.admin_port is not None:
         app.cleanup_ctx.append(_admin_site)
 
-    app.add_subapp(PREFIX, create_new_side(new_routes))
+    app.add_subapp(PREFIX, create_new_side(serve_direct, new_routes))
     # Every method of every other path, in CORS mode too: the CORS middleware answers only real preflights.
     app.router.add_route("*", "/{tail:.*}", dispatch, name="edge")
     if settings.cors_origins:

@@ -98,9 +98,12 @@ class Forwarder:
         route: str,
         timeout_ms: int,
         request_id: str,
+        strip_authorization: bool = False,
     ) -> web.StreamResponse:
         url = URL(base_url + request.raw_path, encoded=True)
         headers = upstream_headers(request, request_id)
+        if strip_authorization:
+            headers.popall("Authorization", None)
         timeout = call_timeout(timeout_ms)
         # No retry loop here: aiohttp itself retries an idempotent request once when a pooled
         # keep-alive connection turns out closed, and a write must never be sent twice.

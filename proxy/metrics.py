@@ -18,6 +18,8 @@ BAD_REQUEST_REASONS = (
     "bad_method", "bad_request_line", "bad_url", "request_line_too_long", "headers_too_large",
     "bad_body", "body_timeout", "bad_request",
 )
+UPSTREAM_ERROR_KINDS = ("timeout", "connect", "5xx")
+NEW_SIDE_ERROR_KINDS = ("timeout", "5xx")
 # Latency buckets tuned for an edge: sub-millisecond passthrough up to route timeouts.
 _BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
@@ -100,9 +102,13 @@ class EdgeMetrics:
     def set_percentages(self, percentages: Iterable[tuple[str, float]]) -> None:
         current = dict(percentages)
         for route in (*current, "passthrough"):
-            for kind in ("timeout", "connect", "5xx"):
+            for kind in UPSTREAM_ERROR_KINDS:
                 self.upstream_errors.labels(route, "legacy", kind)
             self.upstream_errors.labels(route, "legacy", "pool_full")  # the route's share of the pool was full
+        # The new side runs in-process (no connect failures), but times out and answers 5xx like any upstream.
+        for route in current:
+            for kind in NEW_SIDE_ERROR_KINDS:
+                self.upstream_errors.labels(route, "new", kind)
         for labels in list(self._gauge_routes()):
             if labels not in current:
                 self.new_percent.remove(labels)

@@ -17,6 +17,7 @@ from urllib.parse import unquote, urlsplit
 from proxy.routing_yaml import Node as _Node
 from proxy.routing_yaml import RoutingError, read_document
 from proxy.routing_yaml import fail as _fail
+from proxy.paths import normalise_path
 from shadow.normalise import CompareRules
 from shop.settings import ROUTING_INTERPOLATION_VARS
 
@@ -81,24 +82,49 @@ class RoutingTable:
     source_hash: str
     _static: Mapping[tuple[str, str], RouteSpec] = field(repr=False, default_factory=dict)
     _templated: Mapping[tuple[str, int], tuple[RouteSpec, ...]] = field(repr=False, default_factory=dict)
+    # Route name → its template's segments in the normal form of proxy.paths (None: a {param}).
+    _literals: Mapping[str, tuple[str | None, ...]] = field(repr=False, init=False, default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # Templates are compared in the same normal form as requests, so a template that spells a
+        # character encoded matches every spelling of it too, and two spellings of one path collide.
+        static: dict[tuple[str, str], RouteSpec] = {}
+        for (method, path), route in self._static.items():
+            key = (method, normalise_path(path))
+            other = static.get(key)
+            if other is not None and other is not route:
+                raise RoutingError(
+                    f"routes.{route.name}.match.path: {method} {route.path} is the same path as route "
+                    f"{other.name!r} once percent-encoding is normalised"
+                )
+            static[key] = route
+        literals = {
+            route.name: tuple(None if seg is None else normalise_path(seg) for seg in route.segments)
+            for route in self.routes.values()
+        }
+        object.__setattr__(self, "_static", MappingProxyType(static))
+        object.__setattr__(self, "_literals", MappingProxyType(literals))
 
     def match(self, method: str, raw_path: str) -> tuple[RouteSpec, dict[str, str]] | None:
-        """The route for a request, on its raw (still percent-encoded) path, or None for passthrough.
+        """The route for a request path (without its query), or None for passthrough.
 
-        Matching is literal on the raw path: ``..``, ``.`` or an encoded slash never make a
-        path match a route it does not spell out; such requests go to old shopping as they are.
+        Matched on the path old shopping will serve (proxy.paths.normalise_path), so no
+        percent-encoding of a migrated path escapes its route. A ``{param}`` never matches
+        an empty segment, ``.``, ``..`` (however encoded) or one holding an encoded slash or
+        backslash: such a path names no route, and goes to old shopping as it was received.
         """
-        route = self._static.get((method, raw_path))
+        path = normalise_path(raw_path)
+        route = self._static.get((method, path))
         if route is not None:
             return route, {}
-        parts = raw_path.split("/")
+        parts = path.split("/")
         candidates = self._templated.get((method, len(parts)))
         if not candidates:
             return None
         for route in candidates:
             params: dict[str, str] = {}
             names = iter(route.param_names)
-            for want, got in zip(route.segments, parts):
+            for want, got in zip(self._literals.get(route.name, route.segments), parts):
                 if want is None:
                     if not _safe_param(got):
                         break
@@ -110,10 +136,9 @@ class RoutingTable:
         return None
 
 
-def _safe_param(raw: str) -> bool:
-    if raw in ("", ".", "..") or "%2f" in raw.lower() or "%5c" in raw.lower():
-        return False
-    return unquote(raw) not in (".", "..")
+def _safe_param(segment: str) -> bool:
+    """A normalised segment that can be a parameter value (dots already decoded, hex uppercase)."""
+    return segment not in ("", ".", "..") and "%2F" not in segment and "%5C" not in segment
 
 
 # --- loading -------------------------------------------------------------------------------------

@@ -1,8 +1,9 @@
 """Shadow traffic at the edge: call the other side too, diff off the request path.
 
 For a route with ``shadow: {percent: P}`` (never ``writes: true``), P % of requests — chosen by
-a stable hash of the request id, independent of the gray bucket — are also sent to the side
-that is not serving them. The client has its answer before the shadow call starts: the call
+an edge-side random draw, independent of the gray bucket and of anything the client sends (a
+hash of its X-Request-Id let a client choose ids that are always, or never, shadowed) — are
+also sent to the side that is not serving them. The client has its answer before the shadow call starts: the call
 runs as a background task, bounded by ``shadow_max_inflight`` (beyond it the shadow is skipped
 and counted), with its own timeout. The two answers go to `shadow.DiffWorker`'s bounded queue;
 the comparison (and deepdiff, when the cheap equality fails) runs there, never on a request.
@@ -15,11 +16,12 @@ time; fields that differ between two answers of the same side are noise. A reque
 from __future__ import annotations
 
 import asyncio
+import os
+import random
 import time
 import zlib
 from collections import Counter
 from collections.abc import Mapping
-from hashlib import blake2b
 from typing import Any
 
 import aiohttp
@@ -43,17 +45,22 @@ log = structlog.get_logger("edge.shadow")
 OUTCOMES = ("match", "mismatch", "error", "skipped")
 
 
-def _sample(request_id: str, person: bytes) -> int:
-    return int.from_bytes(blake2b(request_id.encode(), digest_size=8, person=person).digest(), "big") % BUCKETS
+def sampling_rng() -> random.Random:
+    """A generator of the edge's own: seeded from the OS, never the one whose draws become request ids.
+
+    Generated X-Request-Ids are Mersenne Twister output a client sees; ~600 of them would let it
+    predict that generator, so sampling must not draw from the same one.
+    """
+    return random.Random(os.urandom(32))
 
 
-def wants_shadow(route: RouteSpec, request_id: str) -> bool:
+def wants_shadow(route: RouteSpec, rng: random.Random) -> bool:
     shadow = route.shadow
-    return shadow is not None and not route.writes and _sample(request_id, b"edge-shadow") < shadow.basis_points
+    return shadow is not None and not route.writes and rng.randrange(BUCKETS) < shadow.basis_points
 
 
-def wants_noise(route: RouteSpec, request_id: str) -> bool:
-    return route.shadow is not None and _sample(request_id, b"edge-noise") < route.shadow.noise_basis_points
+def wants_noise(route: RouteSpec, rng: random.Random) -> bool:
+    return route.shadow is not None and rng.randrange(BUCKETS) < route.shadow.noise_basis_points
 
 
 def response_body(response: web.StreamResponse) -> bytes | None:
@@ -73,8 +80,13 @@ def response_body(response: web.StreamResponse) -> bytes | None:
 
 
 class Shadower:
-    def __init__(self, settings: Settings, metrics: EdgeMetrics, forwarder: Forwarder, new_routes: Mapping[str, NewRoute]) -> None:
+    def __init__(
+        self, settings: Settings, metrics: EdgeMetrics, forwarder: Forwarder, new_routes: Mapping[str, NewRoute],
+        rng: random.Random | None = None,
+    ) -> None:
         self._settings = settings
+        # Built in the worker process (the app's startup), so forked workers don't share one sequence.
+        self.rng = rng if rng is not None else sampling_rng()
         self._metrics = metrics
         self._forwarder = forwarder
         self._new_routes = new_routes
@@ -97,6 +109,10 @@ class Shadower:
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=5)
         await self.worker.stop(timeout=5)
+
+    def wants(self, route: RouteSpec) -> bool:
+        """Whether this request of ``route`` is shadowed: the route's share, by the edge's own draw."""
+        return wants_shadow(route, self.rng)
 
     def _count(self, route: str, outcome: str) -> None:
         self.outcomes.setdefault(route, Counter())[outcome] += 1
@@ -161,7 +177,7 @@ class Shadower:
         # The noise sample runs beside the shadow call and is queued first, so the comparison
         # of this very request is judged with its noise already counted.
         calls = [self._call(other, request, route, params, body, legacy_url, request_id)]
-        if wants_noise(route, request_id):
+        if wants_noise(route, self.rng):
             calls.append(self._call(primary_side, request, route, params, body, legacy_url, request_id))
         results = await asyncio.gather(*calls, return_exceptions=True)
         shadow_result = results[0]

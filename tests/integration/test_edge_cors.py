@@ -15,7 +15,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from proxy.app import create_app
-from tests.support.edge import edge_settings, routing_doc, write_routing
+from tests.support.edge import edge_settings, internal_headers, routing_doc, write_routing
 from tests.support.upstream import CALLS, create_echo_app
 
 WEB = "https://web.example.com"
@@ -91,7 +91,7 @@ async def test_the_edge_replaces_old_shoppings_cors_headers(make_edge) -> None:
 
 async def test_new_side_and_streamed_answers_get_the_same_cors_headers(make_edge) -> None:
     client = await make_edge(max_body_bytes=4 * 1024 * 1024)
-    direct = await client.post("/order2/refund", json={}, headers={"Origin": WEB})
+    direct = await client.post("/order2/refund", json={}, headers={"Origin": WEB, **internal_headers()})
     assert direct.headers["X-Edge-Backend"] == "new"
     assert direct.headers["Access-Control-Allow-Origin"] == WEB
     streamed = await client.get("/download?big=2000000", headers={"Origin": WEB})

@@ -15,10 +15,10 @@ from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import CollectorRegistry
 from yarl import URL
 
-from proxy.app import ADMIN_APP, FORWARDER, create_app
+from proxy.app import ADMIN_APP, FORWARDER
 from proxy.routing import RoutingError
 from tests.support.shopdb import seed_database
-from tests.support.edge import calc_price_route, detail_route, edge_settings, routing_doc, write_routing
+from tests.support.edge import calc_price_route, detail_route, internal_headers, sample, start_edge, url_of
 from tests.support.upstream import CALLS, create_echo_app
 
 Client = TestClient
@@ -38,20 +38,9 @@ def free_port() -> int:
 @pytest.fixture
 def make_edge(aiohttp_client: Callable[..., Awaitable[TestClient]], tmp_path: Path):
     async def make(legacy_url: str, routes: dict[str, Any] | None = None, **settings: Any) -> tuple[TestClient, CollectorRegistry]:
-        path = write_routing(tmp_path / "routing.yaml", routing_doc(legacy_url, **(routes or {})))
-        registry = CollectorRegistry()
-        app = create_app(edge_settings(path, legacy_url, **settings), registry=registry)
-        return await aiohttp_client(app), registry
+        return await start_edge(aiohttp_client, tmp_path, legacy_url, routes, **settings)
 
     return make
-
-
-def sample(registry: CollectorRegistry, name: str, **labels: str) -> float:
-    return registry.get_sample_value(name, labels) or 0.0
-
-
-def url_of(server: TestServer) -> str:
-    return str(server.make_url("")).rstrip("/")
 
 
 async def test_passthrough_forwards_everything_unchanged(upstream: TestServer, make_edge) -> None:
@@ -280,7 +269,7 @@ async def test_unknown_method_label_is_bounded(upstream: TestServer, make_edge) 
 
 async def test_new_side_direct_path_is_served_with_headers_and_metrics(upstream: TestServer, make_edge) -> None:
     client, registry = await make_edge(url_of(upstream))
-    resp = await client.post("/order2/refund", json={})
+    resp = await client.post("/order2/refund", json={}, headers=internal_headers())
     assert resp.status == 501
     assert resp.headers["X-Edge-Route"] == "refund" and resp.headers["X-Edge-Backend"] == "new"
     assert sample(registry, "edge_request_duration_seconds_count", route="refund", backend="new") == 1

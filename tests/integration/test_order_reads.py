@@ -23,7 +23,7 @@ from shop.errors import NotFound
 from shop.order_views import order_detail, paid_from_client, payment_methods_for
 from shop.seed import demo_rows
 from tests.builders import NOW, insert_order
-from tests.support.edge import dead_url, detail_route, edge_settings, routing_doc, write_routing
+from tests.support.edge import dead_url, detail_route, edge_settings, internal_headers, routing_doc, write_routing
 from tests.support.shopdb import seed_database
 
 ADDRESS = {"name": "Erika Mustermann", "phone": "+4915112345678", "country": "DE", "city": "Berlin",
@@ -216,7 +216,7 @@ async def test_an_encoded_newline_is_404_too(edge: TestClient) -> None:
 async def test_direct_new_side_calls_with_bad_ids_are_404(edge: TestClient, raw_id: str) -> None:
     # /order2/... skips routing.yaml; aiohttp decodes the segment, the new side must still refuse it.
     resp = await edge.session.request("GET", URL(f"http://{edge.host}:{edge.port}/order2/detail/{raw_id}", encoded=True),
-                                      headers={"X-User-Id": "1"})
+                                      headers=internal_headers(**{"X-User-Id": "1"}))
     assert resp.status == 404 and (await resp.json())["code"] == 40401
 
 
@@ -230,8 +230,9 @@ async def test_shop_functions_refuse_malformed_ids(engine: AsyncEngine, order_id
 
 
 async def test_bad_user_header_is_400(edge: TestClient) -> None:
-    status, body = await call(edge, "GET", detail_path("ORD1"), user="abc")
-    assert status == 400 and body["data"]["field"] == "X-User-Id"
+    # Refused by the edge before routing (shop.caller), so no side is asked.
+    resp = await edge.get(detail_path("ORD1"), headers=headers(user="abc"))
+    assert resp.status == 400 and (await resp.json())["data"]["field"] == "X-User-Id"
 
 
 async def test_detail_has_old_shoppings_shape(edge: TestClient, aiohttp_client, shop_db: str) -> None:

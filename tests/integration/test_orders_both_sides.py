@@ -18,7 +18,7 @@ from prometheus_client import CollectorRegistry
 from emulators.legacy import create_app as create_legacy_app
 from proxy.app import SHADOWER, create_app
 from proxy.gray import bucket_of
-from tests.support.edge import calc_price_route, edge_settings, routing_doc, write_routing
+from tests.support.edge import calc_price_route, edge_settings, internal_headers, routing_doc, write_routing
 from tests.support.shopdb import demo_buyers, seed_database
 
 
@@ -81,7 +81,7 @@ async def test_orders_from_both_sides_are_one_shop(sides) -> None:
         status, listing, _ = await call(legacy, "GET", "/shopping/orders", user)
         assert [(o["id"], o["status"]) for o in listing["data"]["orders"]] == [(order_id, "pending_payment")]
         # Both sides' detail read the same order the same way (but for the clock).
-        _, new_view, _ = await call(edge, "GET", f"/order2/detail/{order_id}", user)
+        _, new_view, _ = await call(edge, "GET", f"/order2/detail/{order_id}", user, **internal_headers())
         _, old_view, _ = await call(legacy, "GET", f"/shopping/orders_v43/{order_id}", user)
         new_view["data"].pop("server_time"), old_view["data"].pop("server_time")
         assert new_view == old_view

@@ -18,7 +18,7 @@ from prometheus_client import CollectorRegistry
 from emulators.legacy import create_app as create_legacy_app
 from proxy.app import create_app
 from shop.seed import demo_rows
-from tests.support.edge import calc_price_route, coupons_route, edge_settings, routing_doc, write_routing
+from tests.support.edge import calc_price_route, coupons_route, edge_settings, internal_headers, routing_doc, write_routing
 from tests.support.shopdb import seed_database
 
 CALC = "/shopping/cal_price/v4_4"
@@ -48,7 +48,7 @@ def shape(value: Any) -> Any:
 
 async def both(edge: TestClient, legacy: TestClient, path_new: str, path_legacy: str, body: dict, user: str | None) -> tuple[dict, dict]:
     headers = {"X-User-Id": user} if user else {}
-    new = await edge.post(path_new, json=body, headers=headers)
+    new = await edge.post(path_new, json=body, headers=internal_headers(**headers))
     old = await legacy.post(path_legacy, json=body, headers=headers)
     assert new.status == old.status == 200, (await new.text(), await old.text())
     return await new.json(), await old.json()
