@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: run test lint test-unit venv mariadb bench-edge bench-price bench-shadow bench-order demo-traffic clean
+.PHONY: run test lint test-unit fuzz venv mariadb bench-edge bench-price bench-shadow bench-order demo-traffic clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -33,6 +33,11 @@ lint: $(STAMP)
 
 test-unit: $(STAMP)
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests/unit
+
+# The fuzz test of `make test`, with many random examples instead of a fixed few (FUZZ_EXAMPLES=N to change).
+FUZZ_EXAMPLES ?= 3000
+fuzz: $(STAMP) mariadb
+	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/python -m pytest -q -p no:cacheprovider tests/e2e/test_fuzz_edge.py
 
 demo-traffic: $(STAMP)
 	$(BIN)/python scripts/demo_traffic.py $(DEMO_ARGS)
