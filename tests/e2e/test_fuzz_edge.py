@@ -23,6 +23,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -254,11 +255,7 @@ def paths(draw: st.DrawFn) -> tuple[str, str]:
     method, template = draw(st.sampled_from(TEMPLATES))
     if draw(st.integers(0, 9)) == 0:
         method = draw(st.sampled_from(["GET", "POST", "HEAD", "PUT", "DELETE", "OPTIONS", "PATCH", "PROPFIND"]))
-    path = template
-    while "{" in path:
-        start = path.index("{")
-        end = path.index("}", start)
-        path = path[:start] + draw(_PARAM).replace(" ", "%20") + path[end + 1:]
+    path = re.sub(r"\{[a-z_]+\}", lambda _: draw(_PARAM).replace(" ", "%20"), template)
     shape = draw(st.integers(0, 9))
     if shape >= 6:
         path = draw(reencoded(path))
