@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -15,14 +14,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.edge import calc_price_route, routing_doc, write_routing
 from tests.support.upstream import CALLS, create_echo_app
+from tests.support.net import free_port
 
 BIN = Path(sys.executable).parent
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def children(pid: int) -> list[int]:

@@ -42,6 +42,7 @@ from sqlalchemy.engine import Engine, make_url
 
 from tests.conftest import MARIADB_DATABASE, MARIADB_URL
 from tests.support.shopdb import demo_buyers, seed_database
+from tests.support.net import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -72,11 +73,6 @@ FINGERPRINT = [
     "SELECT COUNT(*) FROM processed_events",
 ]
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _wait_listening(proc: subprocess.Popen[bytes], port: int, log: Path, name: str) -> None:
@@ -148,7 +144,7 @@ def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
 
     tmp = tmp_path_factory.mktemp(f"fuzz-{request.param}")
     db_url = asyncio.run(_seeded(request.param, tmp))
-    legacy_port, edge_port, admin_port = _free_port(), _free_port(), _free_port()
+    legacy_port, edge_port, admin_port = free_port(), free_port(), free_port()
     routing = tmp / "routing.yaml"
     _fuzz_routing(routing, f"http://127.0.0.1:{legacy_port}")
     env = {

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.bad_routing import alias_bomb, routing_text
+from tests.support.net import free_port
 
 BIN = Path(sys.executable).parent
 ALL_ROUTES = Path(__file__).resolve().parents[1] / "fixtures" / "routing-all-legacy.yaml"
@@ -60,11 +60,6 @@ def test_the_gunicorn_master_refuses_a_placeholder_route_dialled_up(tmp_path: Pa
     assert done.returncode != 0 and "routes.refund (line" in done.stderr and "placeholder" in done.stderr
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
 
 def _healthy(admin: str) -> bool:
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -79,12 +74,12 @@ def test_a_running_edge_keeps_answering_and_obeys_sigterm_after_routing_yaml_bec
     """The probe's case: the edge read /dev/zero on its event loop, grew to 6.9 GB and ignored SIGTERM."""
     routing = tmp_path / "routing.yaml"
     shutil.copyfile(ALL_ROUTES, routing)
-    admin = f"http://127.0.0.1:{_free_port()}"
+    admin = f"http://127.0.0.1:{free_port()}"
     env = {**os.environ, "SHOP_DB_URL": f"sqlite+aiosqlite:///{tmp_path / 'shop.db'}", "EDGE_ROUTING_POLL_SECONDS": "0.05"}
     env.pop("EDGE_ROUTING_FILE", None)
     with (tmp_path / "edge.log").open("wb") as log:
         proc = subprocess.Popen(
-            [str(BIN / "shopping-edge"), "--routing", str(routing), "--host", "127.0.0.1", "--port", str(_free_port()),
+            [str(BIN / "shopping-edge"), "--routing", str(routing), "--host", "127.0.0.1", "--port", str(free_port()),
              "--admin-port", admin.rsplit(":", 1)[1], "--no-access-log"],
             env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
         )

@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 import asyncio
 import base64
-import socket
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from proxy.routing import RoutingError
 from tests.support.shopdb import seed_database
 from tests.support.edge import calc_price_route, detail_route, internal_headers, sample, start_edge, url_of
 from tests.support.upstream import CALLS, create_echo_app
+from tests.support.net import free_port
 
 Client = TestClient
 
@@ -28,11 +28,6 @@ Client = TestClient
 async def upstream(aiohttp_server: Callable[..., Awaitable[TestServer]]) -> TestServer:
     return await aiohttp_server(create_echo_app())
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture

@@ -22,7 +22,8 @@ from prometheus_client import CollectorRegistry
 from proxy.app import METRICS, create_app
 from proxy.server import EdgeRunner
 from tests.support.edge import calc_price_route, edge_settings, routing_doc, write_routing
-from tests.support.edge_process import free_port, running_edge
+from tests.support.edge_process import running_edge
+from tests.support.net import free_port
 from tests.support.upstream import CALLS, create_echo_app
 
 CAP = 32 * 1024

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -17,17 +16,14 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.net import free_port
+
 # A frozen copy of routing.yaml with every route on old shopping: the live file changes with each gray step.
 REPO_ROUTING = Path(__file__).resolve().parents[1] / "fixtures" / "routing-all-legacy.yaml"
 BIN = Path(sys.executable).parent  # the venv's console scripts sit beside its python
 TOKEN = "edgectl-live-test-token"
 _NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _get(url: str, timeout: float = 2.0) -> tuple[int, bytes]:
@@ -50,9 +46,9 @@ class Edge:
 def edge(tmp_path: Path) -> Iterator[Edge]:
     routing = tmp_path / "routing.yaml"
     shutil.copyfile(REPO_ROUTING, routing)
-    port, admin_port = _free_port(), _free_port()
+    port, admin_port = free_port(), free_port()
     # Nothing listens on the legacy port: requests forwarded there fail fast with 502, which is fine here.
-    env = {**os.environ, "EDGE_LEGACY_URL": f"http://127.0.0.1:{_free_port()}", "EDGE_ADMIN_TOKEN": TOKEN,
+    env = {**os.environ, "EDGE_LEGACY_URL": f"http://127.0.0.1:{free_port()}", "EDGE_ADMIN_TOKEN": TOKEN,
            # Its own database, not the default var/shop.db of the checkout (which `make run` would then find empty).
            "SHOP_DB_URL": f"sqlite+aiosqlite:///{tmp_path / 'shop.db'}"}
     env.pop("EDGE_ROUTING_FILE", None)

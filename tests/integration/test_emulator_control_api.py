@@ -8,7 +8,6 @@ listeners, the control one on loopback even when the public one listens on every
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 import time
@@ -26,6 +25,7 @@ from proxy.app import create_app
 from tests.support.edge import edge_settings, routing_doc, write_routing
 from tests.support.legacydb import envelope
 from tests.support.listeners import PROC_NET_TCP, listening_addresses
+from tests.support.net import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -64,11 +64,6 @@ async def test_the_knobs_cannot_be_read_set_or_cleared_through_the_edge(through_
     stats = await (await knobs.get("/_emulator/stats")).json()
     assert stats["paths"]["/_emulator/faults"] == 3 and stats["paths"]["/shopping/cart"] == 1
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def get_status(url: str) -> int:

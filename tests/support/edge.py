@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ from prometheus_client import CollectorRegistry
 
 from handlers.routes import NEW_ROUTES, NewRoute
 from shop.settings import Settings
+from tests.support.net import free_port
 
 
 # Every test edge (edge_settings) has this service token; direct /order2 calls present it.
@@ -28,9 +28,7 @@ def internal_headers(**headers: str) -> dict[str, str]:
 
 def dead_url() -> str:
     """An http URL where nothing listens (a port the OS just handed out and took back)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return f"http://127.0.0.1:{s.getsockname()[1]}"
+    return f"http://127.0.0.1:{free_port()}"
 
 
 def routing_doc(legacy_url: str, **routes: dict[str, Any]) -> dict[str, Any]:
