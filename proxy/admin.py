@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hmac
 import ipaddress
 import os
 from collections.abc import Awaitable, Callable
@@ -17,6 +16,7 @@ from proxy.shadowing import Shadower
 from shadow.report import render_html, render_json
 from proxy.reloader import RoutingState
 from shop.settings import Settings
+from shop.tokens import bearer_matches
 
 ReadinessCheck = Callable[[], Awaitable[str | None]]  # None = ready, else why not
 
@@ -34,9 +34,7 @@ def _authorised(request: web.Request, token: str | None) -> web.Response | None:
     """None when the caller may write; else the refusal. With no token set, only loopback may write."""
     if token is None:
         return None if _is_loopback(request.remote) else error_response(403, 40301, "admin_loopback_only")
-    given = request.headers.get("Authorization", "")
-    scheme, _, value = given.partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), token.encode()):
+    if not bearer_matches(request.headers.get("Authorization"), token):
         return error_response(401, 40102, "admin_token_required")
     return None
 

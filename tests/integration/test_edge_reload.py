@@ -22,7 +22,7 @@ from prometheus_client import CollectorRegistry
 from proxy.admin import _authorised
 from proxy.app import ADMIN_APP, ROUTING, create_app
 from tests.support.bad_routing import BAD_FILES, BadFile, remove, routing_text
-from tests.support.edge import calc_price_route, detail_route, edge_settings, routing_doc, write_routing
+from tests.support.edge import calc_price_route, detail_route, edge_settings, raw_request, routing_doc, write_routing
 from tests.support.shopdb import seed_database
 from tests.support.upstream import create_echo_app
 
@@ -170,6 +170,12 @@ async def test_admin_reload_needs_the_token_when_set(make_edge) -> None:
     edge.path.write_text("version: 1\nroutes: [\n")
     bad = await edge.admin.post("/_edge/reload", headers={"Authorization": "Bearer s3cret"})
     assert bad.status == 422 and "not valid YAML" in (await bad.json())["error"]
+
+
+async def test_an_admin_token_header_that_is_not_utf8_is_refused_not_a_500(make_edge) -> None:
+    edge = await make_edge(poll=1.0, admin_token="s3cret")
+    status, _, body = await raw_request(edge.admin, b"POST /_edge/reload HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer s3cr\xe9t")
+    assert status == 401 and body["msg"] == "admin_token_required"
 
 
 def test_without_token_only_loopback_may_reload() -> None:
