@@ -27,7 +27,7 @@ from proxy.admin import create_admin_app
 from proxy.expiry_task import expiry_sweeper
 from proxy.forwarder import Forwarder, make_session
 from proxy.gray import goes_new, sticky_value
-from proxy.logs import flush_stdout_periodically
+from common.logs import flush_stdout_periodically
 from proxy.metrics import EdgeMetrics
 from proxy.reloader import RoutingState
 from proxy.routing import PASSTHROUGH
