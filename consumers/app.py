@@ -14,7 +14,7 @@ import contextlib
 import os
 import signal
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 
 import structlog
 from aiohttp import web
@@ -68,6 +68,18 @@ async def _start_until_up(client: AIOKafkaConsumer | AIOKafkaProducer, what: str
                 await asyncio.wait_for(stopping.wait(), delay)
             delay = min(5.0, delay * 2)
     return False
+
+
+SHUTDOWN_SECONDS = 10.0
+
+
+async def _close(what: str, closing: Awaitable[None]) -> None:
+    """One step of the shutdown, bounded, whatever the client raises (aiokafka's stop() re-raises the
+    CancelledError of its own fetch task when the broker is gone)."""
+    try:
+        await asyncio.wait_for(closing, SHUTDOWN_SECONDS)
+    except (Exception, asyncio.CancelledError) as exc:
+        log.warning("shutdown_step_failed", step=what, error=exc.__class__.__name__)
 
 
 def admin_app(registry: CollectorRegistry, shop: Shop, runner: ConsumerRunner) -> web.Application:
@@ -136,7 +148,11 @@ async def run(settings: Settings, *, admin_host: str = "127.0.0.1", registry: Co
             await stopping.wait()
             runner.stop()
             relay.stop()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            await consumer.stop()  # leaves the group: the partitions move to the other members at once
-            await producer.stop()
+            _, late = await asyncio.wait(tasks, timeout=SHUTDOWN_SECONDS)
+            for task in late:  # a batch stuck on an absent broker: it is redelivered, never lost
+                task.cancel()
+            # Leaving the group moves the partitions to the other members at once; with the broker
+            # gone it cannot, and must not keep the process from ending.
+            await _close("consumer", consumer.stop())
+            await _close("producer", producer.stop())
             log.info("consumers_stopped")

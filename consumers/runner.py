@@ -68,6 +68,7 @@ class RunnerOptions:
     backoff_initial: float = 0.1
     backoff_max: float = 5.0
     commit_interval: float = 0.2
+    commit_timeout: float = 5.0
     fetch_max_records: int = 500
     # A partition holding this many fetched, unapplied messages is paused until it catches up.
     buffer_per_partition: int = 2000
@@ -188,7 +189,7 @@ class ConsumerRunner:
             part.wakeup.set()
         tasks = [p.task for p in parts if p.task is not None]
         if tasks:
-            await asyncio.wait(tasks, timeout=30)
+            await asyncio.wait(tasks, timeout=10)
         for task in tasks:
             task.cancel()
         await self._commit(parts)
@@ -198,7 +199,8 @@ class ConsumerRunner:
         if not offsets:
             return
         try:
-            await self._consumer.commit(offsets)  # type: ignore[arg-type]
+            # Bounded: aiokafka waits for a group coordinator for ever while the broker is away.
+            await asyncio.wait_for(self._consumer.commit(offsets), self._options.commit_timeout)  # type: ignore[arg-type]
         except Exception as exc:  # a failed commit only means redelivery, which dedupe absorbs
             log.warning("offset_commit_failed", error=exc.__class__.__name__, partitions=len(offsets))
             return

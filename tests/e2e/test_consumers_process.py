@@ -203,3 +203,21 @@ async def test_sigkill_between_the_db_commit_and_the_offset_commit_redelivers_a_
         again.stop()
     assert await _count(db_url, transitions) == 3
     assert await _count(db_url, select(func.count()).select_from(t.payments).where(t.payments.c.order_id == order_id)) == 1
+
+
+async def test_sigterm_while_the_broker_is_down_still_ends_the_process(db_url: str, tmp_path: Path) -> None:
+    # Found by hand: with the broker gone, the final offset commit and leaving the group waited for a
+    # coordinator for ever, and the process ignored SIGTERM.
+    await seed_database(db_url)
+    order_id = await _placed(db_url, "e2e-broker-down")
+    for broker in running_broker(tmp_path):
+        await broker.create_topics(*DEFAULT_TOPICS.values(), "noti", partitions=2)
+        consumers = Consumers(broker, db_url, tmp_path / "consumers.log")
+        consumers.start()
+        await _produce(broker, "payment_notified_cm", order_id, _captured(order_id, f"pn-down-{order_id}"))
+        await wait_until(lambda: _equals(_status(db_url, order_id), "fulfilling"), timeout=30)
+        broker.stop()
+        started = time.monotonic()
+        consumers.stop()  # waits at most 20 s, then kills
+        assert consumers.proc is not None and consumers.proc.returncode == 0, (tmp_path / "consumers.log").read_text()[-2000:]
+        assert time.monotonic() - started < 20
