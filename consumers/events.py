@@ -33,6 +33,7 @@ EVENT_TYPES: Mapping[str, EventType] = MappingProxyType({
         EventType("payment_notified", "payment_notified_cm", ev.parse_payment_notified, ev.apply_payment_notified),
         EventType("payment_failed", "payment_failed_cm", ev.parse_payment_failed, ev.apply_payment_failed),
         EventType("purchased", "purchased", ev.parse_purchased, ev.apply_purchased),
+        EventType("refund_notified", "refund_notified", ev.parse_refund_notified, ev.apply_refund_notified),
         EventType("group_update", "group_update", ev.parse_group_update, ev.apply_group_update),
     )
 })

@@ -20,11 +20,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import structlog
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import delete, func, insert, select, update
 
 from shop import order_states as st
 from shop import schema as t
@@ -140,6 +141,18 @@ class Purchased:
 
 
 @dataclass(frozen=True, slots=True)
+class RefundNotified:
+    event_id: str
+    refund_id: str
+    order_id: str
+    status: str  # succeeded / failed
+    amount: Decimal
+    currency: str
+    psp_reference: str | None
+    reason: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class GroupUpdate:
     event_id: str
 
@@ -167,6 +180,14 @@ def parse_purchased(p: Mapping[str, Any]) -> Purchased:
         raise InvalidEvent(data={"field": "user_id", "reason": "must be a positive integer"})
     return Purchased(event_id=_req(p, "event_id"), order_id=_req(p, "order_id", 32), user_id=user,
                      occurred_at=_str(p, "occurred_at", optional=True, max_len=64))
+
+
+def parse_refund_notified(p: Mapping[str, Any]) -> RefundNotified:
+    return RefundNotified(
+        event_id=_req(p, "event_id"), refund_id=_req(p, "refund_id", 64), order_id=_req(p, "order_id", 32),
+        status=_choice(p, "status", ("succeeded", "failed")), amount=_amount(p, "amount"), currency=_currency(p),
+        psp_reference=_str(p, "psp_reference", optional=True, max_len=64), reason=_str(p, "reason", optional=True, max_len=255),
+    )
 
 
 def parse_group_update(p: Mapping[str, Any]) -> GroupUpdate:
@@ -283,6 +304,67 @@ async def apply_purchased(uow: UnitOfWork, ev: Purchased, consumer: str) -> str:
     await uow.conn.execute(delete(t.cart_items).where(
         c.user_id == order.user_id, c.sku_id.in_(select(i.sku_id).where(i.order_id == ev.order_id).scalar_subquery()),
     ))
+    return "processed"
+
+
+REFUND_ATTEMPTS = 5  # legacy-api.md refund: up to 5 attempts, then `failed` for a person
+
+
+def refund_backoff(attempts: int) -> timedelta:
+    """When the retry loop submits a failed refund again: 30 s, 1 min, 2 min, 4 min…, at most 30 min."""
+    return timedelta(seconds=min(1800, 30 * 2 ** max(0, attempts - 1)))
+
+
+async def apply_refund_notified(uow: UnitOfWork, ev: RefundNotified, consumer: str) -> str:
+    if not await uow.first_time(consumer, ev.event_id):
+        return "duplicate"
+    order = await _order(uow, ev.order_id)
+    r = t.refunds.c
+    row_id = _payment_row_id(ev.refund_id)
+    refund = None if row_id is None else (await uow.conn.execute(
+        select(r.id, r.status, r.amount, r.currency, r.attempts).where(r.id == row_id, r.order_id == ev.order_id)
+    )).first()
+    if refund is None:
+        raise Unapplicable(data={"order_id": ev.order_id, "refund_id": ev.refund_id, "reason": "refund_not_found"})
+    if (refund.amount, refund.currency) != (ev.amount, ev.currency):
+        raise Unapplicable(data={"order_id": ev.order_id, "refund_id": ev.refund_id, "reason": "amount_mismatch"})
+    open_states = ("pending", "submitted", "retrying")
+    if ev.status == "failed":
+        attempts = refund.attempts
+        final = attempts >= REFUND_ATTEMPTS
+        changed = await uow.conn.execute(
+            update(t.refunds).where(r.id == refund.id, r.status.in_(open_states)).values(
+                status="failed" if final else "retrying",
+                next_attempt_at=None if final else uow.now + refund_backoff(attempts),
+                reason=(ev.reason or "the PSP refused the refund")[:255], updated_at=uow.now,
+            )
+        )
+        if changed.rowcount == 1 and final:
+            log.error("refund_failed_for_good", order_id=ev.order_id, refund_id=refund.id, attempts=attempts)
+            await uow.publish("noti", ev.order_id, {
+                "user_id": order.user_id, "template": "refund_failed", "order_id": ev.order_id,
+                "vars": {"amount": str(ev.amount), "currency": ev.currency},
+            })
+        return "processed"
+    changed = await uow.conn.execute(
+        update(t.refunds).where(r.id == refund.id, r.status.in_(open_states))
+        .values(status="succeeded", psp_reference=ev.psp_reference, next_attempt_at=None, updated_at=uow.now)
+    )
+    if changed.rowcount != 1:
+        return "processed"  # already succeeded (or failed for good): nothing moves twice
+    p = t.payments.c
+    captured = (await uow.conn.execute(
+        select(func.coalesce(func.sum(p.amount), 0)).where(p.order_id == ev.order_id, p.status == "captured")
+    )).scalar_one()
+    refunded = (await uow.conn.execute(
+        select(func.coalesce(func.sum(r.amount), 0)).where(r.order_id == ev.order_id, r.status == "succeeded")
+    )).scalar_one()
+    whole = Decimal(refunded) >= Decimal(captured or order.total)
+    await uow.transition(ev.order_id, "refunded" if whole else "partially_refunded", reason=f"refund {refund.id}")
+    await uow.publish("noti", ev.order_id, {
+        "user_id": order.user_id, "template": "refund_succeeded", "order_id": ev.order_id,
+        "vars": {"amount": str(ev.amount), "currency": ev.currency},
+    })
     return "processed"
 
 

@@ -28,10 +28,12 @@ from shop.events import (
     apply_payment_failed,
     apply_payment_notified,
     apply_purchased,
+    apply_refund_notified,
     parse_group_update,
     parse_payment_failed,
     parse_payment_notified,
     parse_purchased,
+    parse_refund_notified,
 )
 from shop.settings import Settings
 from tests.builders import NOW
@@ -200,3 +202,60 @@ def test_a_message_that_is_not_the_events_schema_is_refused_naming_the_field(pay
     with pytest.raises(InvalidEvent) as refused:
         parse_payment_notified(payload)
     assert refused.value.data["field"] == field
+
+
+async def _refund(shop: Shop, order_id: str, amount: str, *, attempts: int = 1, request_id: str = "rq-1") -> int:
+    """A refund row as the refund API writes it once the PSP has the request (status submitted)."""
+    async with shop.tx("new") as uow:
+        payment_id = (await uow.conn.execute(select(t.payments.c.id).where(t.payments.c.order_id == order_id))).scalar_one()
+        inserted = await uow.conn.execute(t.refunds.insert().values(
+            order_id=order_id, payment_id=payment_id, amount=Decimal(amount), currency="EUR", status="submitted",
+            attempts=attempts, request_id=request_id, created_at=NOW, updated_at=NOW,
+        ))
+        return int(inserted.inserted_primary_key[0])
+
+
+def refund_event(order_id: str, refund_id: int, amount: str, status: str = "succeeded", n: int = 1) -> Any:
+    return parse_refund_notified({"event_id": f"rn-{n}", "refund_id": str(refund_id), "order_id": order_id, "status": status,
+                                  "amount": amount, "currency": "EUR", "psp_reference": f"R{n}", "reason": None})
+
+
+async def test_refunds_succeeding_move_the_order_to_partially_refunded_then_refunded(shop: Shop) -> None:
+    order_id = await placed(shop)
+    await apply(shop, apply_payment_notified, parse_payment_notified(notified(order_id)))
+    first = await _refund(shop, order_id, "40.00")
+    assert await apply(shop, apply_refund_notified, refund_event(order_id, first, "40.00")) == "processed"
+    assert await one(shop, select(t.orders.c.status).where(t.orders.c.id == order_id)) == "partially_refunded"
+    assert await apply(shop, apply_refund_notified, refund_event(order_id, first, "40.00")) == "duplicate"
+    second = await _refund(shop, order_id, "56.07", request_id="rq-2")
+    await apply(shop, apply_refund_notified, refund_event(order_id, second, "56.07", n=2))
+    assert await one(shop, select(t.orders.c.status).where(t.orders.c.id == order_id)) == "refunded"
+    r = t.refunds.c
+    assert await one(shop, select(func.count()).select_from(t.refunds).where(r.status == "succeeded")) == 2
+    assert [to for _, to, _ in await history(shop, order_id)][-2:] == ["partially_refunded", "refunded"]
+
+
+async def test_a_failed_refund_is_retried_later_and_after_five_attempts_is_failed_for_a_person(shop: Shop) -> None:
+    order_id = await placed(shop)
+    await apply(shop, apply_payment_notified, parse_payment_notified(notified(order_id)))
+    refund = await _refund(shop, order_id, "96.07", attempts=2)
+    await apply(shop, apply_refund_notified, refund_event(order_id, refund, "96.07", "failed"))
+    r = t.refunds.c
+    assert await one(shop, select(r.status).where(r.id == refund)) == "retrying"
+    assert await one(shop, select(r.next_attempt_at).where(r.id == refund)) > NOW
+    assert await one(shop, select(t.orders.c.status).where(t.orders.c.id == order_id)) == "paid"
+    last = await _refund(shop, order_id, "96.07", attempts=5, request_id="rq-2")
+    await apply(shop, apply_refund_notified, refund_event(order_id, last, "96.07", "failed", n=2))
+    assert await one(shop, select(r.status).where(r.id == last)) == "failed"
+    assert (await outbox_topics(shop, order_id))[-1] == "noti"
+
+
+async def test_a_refund_event_that_matches_no_refund_or_not_its_amount_is_refused(shop: Shop) -> None:
+    order_id = await placed(shop)
+    await apply(shop, apply_payment_notified, parse_payment_notified(notified(order_id)))
+    with pytest.raises(Unapplicable):
+        await apply(shop, apply_refund_notified, refund_event(order_id, 999, "1.00"))
+    refund = await _refund(shop, order_id, "10.00")
+    with pytest.raises(Unapplicable):
+        await apply(shop, apply_refund_notified, refund_event(order_id, refund, "11.00", n=2))
+    assert await one(shop, select(t.refunds.c.status).where(t.refunds.c.id == refund)) == "submitted"
