@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: run test lint test-unit fuzz venv mariadb bench-edge bench-price bench-shadow bench-order demo-traffic clean
+.PHONY: run test lint test-unit fuzz venv mariadb bench-edge bench-price bench-shadow bench-order bench-events demo-traffic clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -21,7 +21,7 @@ mariadb:
 run: $(STAMP)
 	$(BIN)/python scripts/stack.py
 
-PY_DIRS := shop handlers proxy shadow emulators consumers scripts bench tests
+PY_DIRS := common shop handlers proxy shadow emulators consumers scripts bench tests
 
 test: $(STAMP) mariadb lint
 	bash scripts/ensure-promtool.sh
@@ -53,6 +53,10 @@ bench-shadow: $(STAMP) mariadb
 
 bench-order: $(STAMP) mariadb
 	bash bench/order.sh
+
+# payment_notified_cm through one shopping-consumers process on MariaDB (BENCH_ARGS="--orders 10000" for a short run).
+bench-events: $(STAMP) mariadb
+	$(BIN)/python bench/eventbench.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .hypothesis

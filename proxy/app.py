@@ -27,8 +27,8 @@ from proxy.cors import setup_cors
 from proxy.expiry_task import expiry_sweeper
 from proxy.forwarder import Forwarder, make_session
 from proxy.gray import goes_new, sticky_value
+from common.logs import flush_stdout_periodically
 from proxy.limits import limits_middleware, parser_limits
-from proxy.logs import flush_stdout_periodically
 from proxy.metrics import EdgeMetrics
 from proxy.paths import is_origin_form, normalise_path
 from proxy.reloader import RoutingState

@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> None:
     except SettingsError as exc:
         sys.exit(f"shopping-edge: bad setting: {exc}")
 
-    from proxy.logs import configure_logging
+    from common.logs import configure_logging
     from proxy.routing import RoutingError
 
     configure_logging(args.log_level)

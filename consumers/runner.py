@@ -1,0 +1,283 @@
+"""The consumer loop: at least once, one effect per event, a stuck message never stops its neighbours.
+
+Per partition, messages are applied strictly in order (key = order id, so one order's events keep
+their order) by one task; partitions run concurrently, at most ``max_concurrency`` at a time.
+The offset committed for a partition is always ``offset + 1`` of a message whose handler has
+returned, i.e. whose DB transaction (effect + ``processed_events``) has committed: a crash between
+that commit and the offset commit redelivers the message, and the handler's dedupe turns it into
+a counted ``duplicate``.
+
+What a handler's failure does:
+- ``PoisonMessage`` (or JSON that does not parse): straight to ``<topic>.dlq`` with the error,
+  the original topic, partition and offset in headers; the partition moves on.
+- a transient error (``is_transient``: DB down, old shopping unreachable…): the partition pauses
+  and the same message is retried with capped exponential backoff until it goes through; other
+  partitions carry on; lag shows the wait. Nothing is lost, nothing is skipped.
+- any other error: retried the same way, counted ``retried``, and after ``max_attempts`` sent to
+  the DLQ (a bug or a row that can never be written must not stall the partition for ever).
+
+Rebalance: on revoke, the revoked partitions' tasks are cancelled (their in-flight transaction
+rolls back, or has committed and will be redelivered as a duplicate) and what they finished is
+committed. ``stop()`` (SIGTERM) lets every partition finish the message it is on, commits, and
+leaves the group.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import random
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import structlog
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.abc import ConsumerRebalanceListener
+
+from consumers.metrics import ConsumerMetrics
+
+log = structlog.get_logger("consumers")
+
+
+class PoisonMessage(ValueError):
+    """This message can never be applied (not the event's schema); the reason goes to the DLQ header."""
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    topic: str
+    partition: int
+    offset: int
+    key: str | None
+    payload: Mapping[str, Any]
+
+
+class EventHandler(Protocol):
+    async def __call__(self, event: Event) -> str:
+        """Apply one event; returns the outcome to count (processed, duplicate, forwarded_legacy, …)."""
+
+
+@dataclass(frozen=True, slots=True)
+class RunnerOptions:
+    max_concurrency: int = 8
+    max_attempts: int = 5
+    backoff_initial: float = 0.1
+    backoff_max: float = 5.0
+    commit_interval: float = 0.2
+    commit_timeout: float = 5.0
+    fetch_max_records: int = 500
+    # A partition holding this many fetched, unapplied messages is paused until it catches up.
+    buffer_per_partition: int = 2000
+
+
+def decode(record: ConsumerRecord[bytes, bytes]) -> Event:
+    """The record as an Event; PoisonMessage when its value is not a JSON object."""
+    try:
+        payload = json.loads(record.value) if record.value is not None else None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise PoisonMessage(f"not JSON: {exc}") from None
+    if not isinstance(payload, dict):
+        raise PoisonMessage("not a JSON object")
+    key = record.key.decode("utf-8", "replace") if record.key is not None else None
+    return Event(record.topic, record.partition, record.offset, key, payload)
+
+
+class _Partition:
+    def __init__(self, tp: TopicPartition) -> None:
+        self.tp = tp
+        self.queue: deque[ConsumerRecord[bytes, bytes]] = deque()
+        self.wakeup = asyncio.Event()
+        self.done: int | None = None  # next offset to commit: last applied + 1
+        self.committed: int | None = None
+        self.task: asyncio.Task[None] | None = None
+        self.stopping = False
+
+
+class ConsumerRunner:
+    def __init__(
+        self,
+        consumer: AIOKafkaConsumer,
+        producer: AIOKafkaProducer,
+        handlers: Mapping[str, EventHandler],
+        metrics: ConsumerMetrics,
+        *,
+        is_transient: Callable[[BaseException], bool],
+        options: RunnerOptions = RunnerOptions(),
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self._consumer = consumer
+        self._producer = producer
+        self._handlers = handlers
+        self._metrics = metrics
+        self._is_transient = is_transient
+        self._options = options
+        self._sleep = sleep
+        self._partitions: dict[TopicPartition, _Partition] = {}
+        self._slots = asyncio.Semaphore(options.max_concurrency)
+        self._stopping = asyncio.Event()
+        self.ready = asyncio.Event()
+
+    # --- the group ----------------------------------------------------------------------------
+
+    def listener(self) -> ConsumerRebalanceListener:
+        runner = self
+
+        class Listener(ConsumerRebalanceListener):
+            async def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
+                await runner._revoke(list(revoked))
+
+            async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
+                for tp in assigned:
+                    runner._partition(tp)
+                runner.ready.set()
+
+        return Listener()
+
+    def _partition(self, tp: TopicPartition) -> _Partition:
+        part = self._partitions.get(tp)
+        if part is None:
+            part = self._partitions[tp] = _Partition(tp)
+            part.task = asyncio.create_task(self._apply_loop(part), name=f"partition-{tp.topic}-{tp.partition}")
+        return part
+
+    async def _revoke(self, revoked: list[TopicPartition]) -> None:
+        parts = [self._partitions.pop(tp) for tp in revoked if tp in self._partitions]
+        for part in parts:
+            if part.task is not None:
+                part.task.cancel()
+        for part in parts:
+            if part.task is not None:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await part.task
+        await self._commit(parts)
+
+    # --- the loop -----------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Fetch, hand out to partitions, commit; until stop()."""
+        self._consumer.subscribe(list(self._handlers), listener=self.listener())
+        last_commit = time.monotonic()
+        try:
+            while not self._stopping.is_set():
+                batches = await self._consumer.getmany(timeout_ms=100, max_records=self._options.fetch_max_records)
+                for tp, records in batches.items():
+                    part = self._partition(tp)
+                    part.queue.extend(records)
+                    part.wakeup.set()
+                    if len(part.queue) >= self._options.buffer_per_partition:
+                        self._consumer.pause(tp)
+                if time.monotonic() - last_commit >= self._options.commit_interval:
+                    await self._commit(list(self._partitions.values()))
+                    self._update_lag()
+                    last_commit = time.monotonic()
+        finally:
+            await self._drain()
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    async def _drain(self) -> None:
+        """Let each partition finish the message it is on, then commit what is done."""
+        parts = list(self._partitions.values())
+        for part in parts:
+            part.stopping = True
+            part.queue.clear()
+            part.wakeup.set()
+        tasks = [p.task for p in parts if p.task is not None]
+        if tasks:
+            await asyncio.wait(tasks, timeout=10)
+        for task in tasks:
+            task.cancel()
+        await self._commit(parts)
+
+    async def _commit(self, parts: Iterable[_Partition]) -> None:
+        offsets = {p.tp: p.done for p in parts if p.done is not None and p.done != p.committed}
+        if not offsets:
+            return
+        try:
+            # Bounded: aiokafka waits for a group coordinator for ever while the broker is away.
+            await asyncio.wait_for(self._consumer.commit(offsets), self._options.commit_timeout)  # type: ignore[arg-type]
+        except Exception as exc:  # a failed commit only means redelivery, which dedupe absorbs
+            log.warning("offset_commit_failed", error=exc.__class__.__name__, partitions=len(offsets))
+            return
+        for part in parts:
+            if part.tp in offsets:
+                part.committed = offsets[part.tp]
+
+    def _update_lag(self) -> None:
+        for part in self._partitions.values():
+            high = self._consumer.highwater(part.tp)
+            if high is not None and part.done is not None:
+                self._metrics.lag.labels(part.tp.topic, str(part.tp.partition)).set(max(0, high - part.done))
+
+    async def _apply_loop(self, part: _Partition) -> None:
+        while not part.stopping:
+            if not part.queue:
+                part.wakeup.clear()
+                await part.wakeup.wait()
+                continue
+            record = part.queue[0]
+            async with self._slots:
+                await self._apply_with_retries(part, record)
+            if part.queue and part.queue[0] is record:  # _drain may have emptied the queue meanwhile
+                part.queue.popleft()
+            part.done = record.offset + 1
+            if part.tp in self._consumer.paused() and len(part.queue) < self._options.buffer_per_partition // 2:
+                self._consumer.resume(part.tp)
+
+    async def _apply_with_retries(self, part: _Partition, record: ConsumerRecord[bytes, bytes]) -> None:
+        topic = record.topic
+        attempt = 0
+        while True:
+            attempt += 1
+            started = time.perf_counter()
+            try:
+                event = decode(record)
+                outcome = await self._handlers[topic](event)
+            except PoisonMessage as exc:
+                await self._dead_letter(record, str(exc))
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                transient = self._is_transient(exc)
+                if not transient and attempt >= self._options.max_attempts:
+                    await self._dead_letter(record, f"{exc.__class__.__name__}: {exc}"[:500])
+                    return
+                self._metrics.events.labels(topic, "retried").inc()
+                delay = min(self._options.backoff_max, self._options.backoff_initial * 2 ** (attempt - 1))
+                log.warning(
+                    "event_retry", topic=topic, partition=record.partition, offset=record.offset, attempt=attempt,
+                    transient=transient, error=exc.__class__.__name__, retry_in=round(delay, 3),
+                )
+                await self._sleep(delay * random.uniform(0.5, 1.0))
+                continue
+            self._metrics.processing.labels(topic).observe(time.perf_counter() - started)
+            self._metrics.events.labels(topic, outcome).inc()
+            return
+
+    async def _dead_letter(self, record: ConsumerRecord[bytes, bytes], error: str) -> None:
+        headers = [
+            ("error", error.encode("utf-8", "replace")),
+            ("original_topic", record.topic.encode()),
+            ("original_partition", str(record.partition).encode()),
+            ("original_offset", str(record.offset).encode()),
+        ]
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                await self._producer.send_and_wait(f"{record.topic}.dlq", value=record.value, key=record.key, headers=headers)
+                break
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the DLQ itself unreachable: the message must not be dropped, so wait
+                delay = min(self._options.backoff_max, self._options.backoff_initial * 2 ** (attempt - 1))
+                log.warning("dlq_publish_failed", topic=record.topic, error=exc.__class__.__name__, retry_in=delay)
+                await self._sleep(delay)
+        self._metrics.events.labels(record.topic, "dead_lettered").inc()
+        log.error("event_dead_lettered", topic=record.topic, partition=record.partition, offset=record.offset, error=error)

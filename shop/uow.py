@@ -1,0 +1,60 @@
+"""The unit of work: one transaction holding an effect, its history, its outbox rows and its processed_events row.
+
+Service functions receive a `UnitOfWork` and never open a transaction or read the clock: the
+caller (an HTTP handler, a Kafka consumer) opens it with `Shop.tx(actor)`, which also takes the
+time once, so every row the change writes carries the same `now`. Everything the work wrote
+commits together when the block ends, or rolls back together when it raises.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import insert, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from shop import order_states
+from shop import schema as t
+
+_OUTBOX_INSERT = insert(t.outbox)
+_PROCESSED_INSERT = insert(t.processed_events)
+
+
+@dataclass(slots=True)
+class UnitOfWork:
+    conn: AsyncConnection
+    now: datetime
+    actor: str  # order_status_history.actor: legacy / new / consumer
+
+    async def transition(self, order_id: str, event: str, *, reason: str | None = None) -> order_states.Outcome:
+        """The order's guarded state change, its history row written in this transaction."""
+        return await order_states.transition(self.conn, order_id, event, actor=self.actor, reason=reason, now=self.now)
+
+    async def publish(self, topic: str, key: str | None, payload: Mapping[str, Any]) -> None:
+        """An outbox row: published by the relay after this transaction commits, never before."""
+        await self.conn.execute(_OUTBOX_INSERT, {"topic": topic, "key": key, "payload": dict(payload), "created_at": self.now})
+
+    async def first_time(self, consumer: str, event_id: str) -> bool:
+        """Claim the event for `consumer`; False when it was already applied (a redelivery, a duplicate).
+
+        Inserted before the effect: a concurrent duplicate waits on the primary key until this
+        transaction ends, then finds the row, so two deliveries can never both apply.
+        """
+        seen = await self.conn.execute(
+            select(t.processed_events.c.event_id).where(
+                t.processed_events.c.consumer == consumer, t.processed_events.c.event_id == event_id,
+            )
+        )
+        if seen.first() is not None:
+            return False
+        try:
+            # No SAVEPOINT: on SQLite (pysqlite) a released savepoint can commit on its own. A failed
+            # INSERT only undoes itself on both databases, and the caller writes nothing after False.
+            await self.conn.execute(_PROCESSED_INSERT, {"consumer": consumer, "event_id": event_id})
+        except IntegrityError:
+            return False
+        return True

@@ -1,0 +1,223 @@
+"""The `shopping-consumers` process against the real broker and a real database (SQLite and MariaDB).
+
+An order placed by the checkout service goes placed → paid → fulfilling through the process:
+`payment_notified_cm` applied by the consumer, `purchased` and `noti` written to the outbox in
+the same transaction, published by the relay, and `purchased` consumed back. The admin port's
+/metrics shows it. A SIGKILL after the DB commit but before the offset commit redelivers the
+event on restart as a counted duplicate with no second effect. SIGTERM leaves cleanly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from sqlalchemy import func, select
+
+from shop import schema as t
+from shop.bootstrap import shop_resources
+from shop.checkout import parse_order_request, place_order
+from shop.db import make_engine
+from shop.settings import DEFAULT_TOPICS, Settings
+from tests.builders import NOW
+from tests.support.broker import Broker, running_broker, wait_until
+from tests.support.shopdb import seed_database
+
+BIN = Path(sys.executable).parent
+WORKED = {"user_coupon_id": 1, "address_id": 1, "currency": "EUR", "use_wallet": True, "expected_total": "96.07"}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
+    yield from running_broker(tmp_path_factory.mktemp("broker"))
+
+
+class Consumers:
+    def __init__(self, broker: Broker, db_url: str, log: Path, **env: str) -> None:
+        self.admin_port = _free_port()
+        self.log = log
+        self.env = {
+            **os.environ, "SHOP_DB_URL": db_url, "SHOP_KAFKA_BOOTSTRAP": broker.bootstrap, "SHOP_KAFKA_IDEMPOTENCE": "false",
+            "SHOP_CONSUMER_ADMIN_PORT": str(self.admin_port), "SHOP_CONSUMER_SESSION_TIMEOUT_MS": "2000",
+            # Each test its own group and topics' offsets: the broker is shared by the module.
+            "SHOP_CONSUMER_GROUP": f"g-{time.monotonic_ns()}", **env,
+        }
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen([str(BIN / "shopping-consumers")], env=self.env, stdout=out,
+                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+
+    def metrics(self) -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.admin_port}/metrics", timeout=2) as resp:
+            return resp.read().decode()
+
+    def count(self, topic: str, outcome: str) -> float:
+        try:
+            text = self.metrics()
+        except OSError:
+            return -1
+        want = f'consumer_events_total{{outcome="{outcome}",topic="{topic}"}} '
+        return next((float(line.split()[-1]) for line in text.splitlines() if line.startswith(want)), 0.0)
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout=20)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+
+
+async def _placed(db_url: str, key: str) -> str:
+    async with shop_resources(Settings.from_env({}, db_url=db_url)) as shop:
+        req = parse_order_request(WORKED, key, "ios", "5.10.0")
+        return (await place_order(shop.db, shop.db_read, shop.reference, req, 1, NOW)).order_id
+
+
+async def _produce(broker: Broker, topic: str, key: str, payload: dict[str, Any]) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap, acks="all")
+    await producer.start()
+    try:
+        await producer.send_and_wait(topic, key=key.encode(), value=json.dumps(payload).encode())
+    finally:
+        await producer.stop()
+
+
+async def _status(db_url: str, order_id: str) -> str | None:
+    engine = make_engine(db_url)
+    try:
+        async with engine.connect() as conn:
+            return (await conn.execute(select(t.orders.c.status).where(t.orders.c.id == order_id))).scalar()
+    finally:
+        await engine.dispose()
+
+
+async def _count(db_url: str, stmt: Any) -> int:
+    engine = make_engine(db_url)
+    try:
+        async with engine.connect() as conn:
+            return int((await conn.execute(stmt)).scalar() or 0)
+    finally:
+        await engine.dispose()
+
+
+def _captured(order_id: str, event_id: str) -> dict[str, Any]:
+    return {"event_id": event_id, "order_id": order_id, "payment_id": None, "provider": "adyen", "status": "captured",
+            "amount": "96.07", "currency": "EUR", "psp_reference": f"PSP-{event_id}", "occurred_at": "2026-06-01T12:00:00Z"}
+
+
+async def _noti_for(broker: Broker, order_id: str) -> list[dict[str, Any]]:
+    reader = AIOKafkaConsumer("noti", bootstrap_servers=broker.bootstrap, auto_offset_reset="earliest",
+                              group_id=f"noti-{time.monotonic_ns()}", enable_auto_commit=False,
+                              session_timeout_ms=2000, heartbeat_interval_ms=200)
+    await reader.start()
+    try:
+        found: list[dict[str, Any]] = []
+        for _ in range(40):
+            for records in (await reader.getmany(timeout_ms=200)).values():
+                found += [json.loads(r.value) for r in records if r.key == order_id.encode()]
+            if len(found) >= 2:
+                break
+        return found
+    finally:
+        await reader.stop()
+
+
+@pytest.fixture
+async def topics(broker: Broker) -> None:
+    try:
+        await broker.create_topics(*DEFAULT_TOPICS.values(), "noti", partitions=3)
+    except Exception:
+        pass  # the module's broker has them already
+
+
+async def test_an_order_goes_placed_paid_fulfilling_through_the_process(broker: Broker, db_url: str, tmp_path: Path, topics: None) -> None:
+    await seed_database(db_url)
+    order_id = await _placed(db_url, "e2e-1")
+    consumers = Consumers(broker, db_url, tmp_path / "consumers.log")
+    consumers.start()
+    try:
+        await _produce(broker, "payment_notified_cm", order_id, _captured(order_id, f"pn-{order_id}"))
+        await wait_until(lambda: _status(db_url, order_id), timeout=30)
+        await wait_until(lambda: _equals(_status(db_url, order_id), "fulfilling"), timeout=30)
+        assert consumers.count("payment_notified_cm", "processed") == 1
+        await wait_until(lambda: consumers.count("purchased", "processed") == 1, timeout=10)
+        o = t.outbox.c
+        assert await _count(db_url, select(func.count()).select_from(t.outbox).where(o.published_at.is_(None))) == 0
+        templates = sorted(n["template"] for n in await _noti_for(broker, order_id))
+        assert templates == ["order_paid", "order_placed"]
+        assert "outbox_unpublished 0.0" in consumers.metrics()
+    finally:
+        assert consumers.stop() == 0, (tmp_path / "consumers.log").read_text()[-3000:]
+    text = (tmp_path / "consumers.log").read_text()
+    assert "Traceback" not in text and "consumers_stopped" in text
+
+
+async def _equals(value: Any, want: Any) -> bool:
+    return (await value) == want
+
+
+async def test_sigkill_between_the_db_commit_and_the_offset_commit_redelivers_a_counted_duplicate(
+    broker: Broker, db_url: str, tmp_path: Path, topics: None,
+) -> None:
+    await seed_database(db_url)
+    order_id = await _placed(db_url, "e2e-kill")
+    # Offsets committed only every 60 s: the kill surely lands after the DB commit and before the offset's.
+    consumers = Consumers(broker, db_url, tmp_path / "consumers.log", SHOP_CONSUMER_COMMIT_SECONDS="60")
+    consumers.start()
+    await _produce(broker, "payment_notified_cm", order_id, _captured(order_id, f"pn-kill-{order_id}"))
+    await wait_until(lambda: _equals(_status(db_url, order_id), "fulfilling"), timeout=30)
+    consumers.stop(signal.SIGKILL)
+    h = t.order_status_history.c
+    transitions = select(func.count()).select_from(t.order_status_history).where(h.order_id == order_id)
+    assert await _count(db_url, transitions) == 3  # placed, paid, fulfilling
+
+    again = Consumers(broker, db_url, tmp_path / "again.log", SHOP_CONSUMER_GROUP=consumers.env["SHOP_CONSUMER_GROUP"])
+    again.start()
+    try:
+        await wait_until(lambda: again.count("payment_notified_cm", "duplicate") == 1, timeout=30)
+        await asyncio.sleep(0.5)
+        assert again.count("payment_notified_cm", "processed") == 0
+    finally:
+        again.stop()
+    assert await _count(db_url, transitions) == 3
+    assert await _count(db_url, select(func.count()).select_from(t.payments).where(t.payments.c.order_id == order_id)) == 1
+
+
+async def test_sigterm_while_the_broker_is_down_still_ends_the_process(db_url: str, tmp_path: Path) -> None:
+    # Found by hand: with the broker gone, the final offset commit and leaving the group waited for a
+    # coordinator for ever, and the process ignored SIGTERM.
+    await seed_database(db_url)
+    order_id = await _placed(db_url, "e2e-broker-down")
+    for broker in running_broker(tmp_path):
+        await broker.create_topics(*DEFAULT_TOPICS.values(), "noti", partitions=2)
+        consumers = Consumers(broker, db_url, tmp_path / "consumers.log")
+        consumers.start()
+        await _produce(broker, "payment_notified_cm", order_id, _captured(order_id, f"pn-down-{order_id}"))
+        await wait_until(lambda: _equals(_status(db_url, order_id), "fulfilling"), timeout=30)
+        broker.stop()
+        started = time.monotonic()
+        consumers.stop()  # waits at most 20 s, then kills
+        assert consumers.proc is not None and consumers.proc.returncode == 0, (tmp_path / "consumers.log").read_text()[-2000:]
+        assert time.monotonic() - started < 20

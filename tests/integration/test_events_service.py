@@ -1,0 +1,261 @@
+"""The event service functions on a unit of work, without HTTP or Kafka (SQLite and MariaDB).
+
+Each starts from a real order placed by the checkout service (stock taken, coupon locked, wallet
+reserved: the worked example of domain.md) and applies events as the consumer does: one
+`Shop.tx("consumer")` per event. What is proven: each effect of domain.md's event table; a
+redelivered event id is a duplicate with no second effect; out-of-order and late events move
+nothing backwards; money that does not match and captures on cancelled orders are refused whole;
+`purchased` before the payment is applied waits; `group_update` changes nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select
+
+from shop import schema as t
+from shop.bootstrap import Shop, shop_resources
+from shop.checkout import parse_order_request, place_order
+from shop.events import (
+    InvalidEvent,
+    NotYet,
+    Unapplicable,
+    apply_group_update,
+    apply_payment_failed,
+    apply_payment_notified,
+    apply_purchased,
+    apply_refund_notified,
+    parse_group_update,
+    parse_payment_failed,
+    parse_payment_notified,
+    parse_purchased,
+    parse_refund_notified,
+)
+from shop.settings import Settings
+from tests.builders import NOW
+from tests.support.shopdb import seed_database
+
+CONSUMER = "new:test"
+WORKED = {"user_coupon_id": 1, "address_id": 1, "currency": "EUR", "use_wallet": True, "expected_total": "96.07"}
+
+
+@pytest.fixture
+async def shop(db_url: str) -> AsyncIterator[Shop]:
+    await seed_database(db_url)
+    async with shop_resources(Settings.from_env({}, db_url=db_url), clock=lambda: NOW) as s:
+        yield s
+
+
+async def placed(shop: Shop) -> str:
+    req = parse_order_request(WORKED, "events-key", "ios", "5.10.0")
+    return (await place_order(shop.db, shop.db_read, shop.reference, req, 1, NOW)).order_id
+
+
+def notified(order_id: str, n: int = 1, **changes: Any) -> dict[str, Any]:
+    return {"event_id": f"pn-{n}", "order_id": order_id, "payment_id": "p-1", "provider": "adyen", "status": "captured",
+            "amount": "96.07", "currency": "EUR", "psp_reference": "PSP1", "occurred_at": "2026-06-01T12:01:00Z", **changes}
+
+
+async def one(shop: Shop, stmt: Any) -> Any:
+    async with shop.db.connect() as conn:
+        return (await conn.execute(stmt)).scalar()
+
+
+async def history(shop: Shop, order_id: str) -> list[tuple[str | None, str, str]]:
+    h = t.order_status_history.c
+    async with shop.db.connect() as conn:
+        rows = await conn.execute(select(h.from_status, h.to_status, h.actor).where(h.order_id == order_id).order_by(h.id))
+        return [tuple(r) for r in rows]
+
+
+async def outbox_topics(shop: Shop, order_id: str) -> list[str]:
+    o = t.outbox.c
+    async with shop.db.connect() as conn:
+        return list((await conn.execute(select(o.topic).where(o.key == order_id).order_by(o.id))).scalars())
+
+
+async def apply(shop: Shop, fn: Any, event: Any) -> str:
+    async with shop.tx("consumer") as uow:
+        return await fn(uow, event, CONSUMER)
+
+
+async def test_a_captured_payment_pays_the_order_and_queues_purchased_and_noti(shop: Shop) -> None:
+    order_id = await placed(shop)
+    assert await apply(shop, apply_payment_notified, parse_payment_notified(notified(order_id))) == "processed"
+    assert await one(shop, select(t.orders.c.status).where(t.orders.c.id == order_id)) == "paid"
+    assert await one(shop, select(t.orders.c.paid_at).where(t.orders.c.id == order_id)) == NOW
+    assert (await history(shop, order_id))[-1] == ("pending_payment", "paid", "consumer")
+    p = t.payments.c
+    assert await one(shop, select(p.status).where(p.order_id == order_id, p.psp_reference == "PSP1")) == "captured"
+    assert await one(shop, select(p.amount).where(p.order_id == order_id)) == Decimal("96.07")
+    assert await outbox_topics(shop, order_id) == ["noti", "purchased", "noti"]  # order_placed, then the two of payment
+
+
+async def test_a_redelivered_event_is_a_duplicate_and_changes_nothing_more(shop: Shop) -> None:
+    order_id = await placed(shop)
+    event = parse_payment_notified(notified(order_id))
+    assert await apply(shop, apply_payment_notified, event) == "processed"
+    assert await apply(shop, apply_payment_notified, event) == "duplicate"
+    assert len(await history(shop, order_id)) == 2
+    assert await one(shop, select(func.count()).select_from(t.payments)) == 1
+    assert await outbox_topics(shop, order_id) == ["noti", "purchased", "noti"]
+
+
+async def test_authorised_then_captured_moves_forward_and_a_late_authorisation_moves_nothing_back(shop: Shop) -> None:
+    order_id = await placed(shop)
+    await apply(shop, apply_payment_notified, parse_payment_notified(notified(order_id, 1, status="authorized")))
+    assert await one(shop, select(t.orders.c.status).where(t.orders.c.id == order_id)) == "authorized"
+    await apply(shop, apply_payment_notified, parse_payment_notified(notified(order_id, 2)))
+    # A second authorisation event (another id, delivered late) after the capture:
+    await apply(shop, apply_payment_notified, parse_payment_notified(notified(order_id, 3, status="authorized")))
+    assert await one(shop, select(t.orders.c.status).where(t.orders.c.id == order_id)) == "paid"
+    assert await one(shop, select(t.payments.c.status)) == "captured"
+    assert [to for _, to, _ in await history(shop, order_id)] == ["pending_payment", "authorized", "paid"]
+
+
+@pytest.mark.parametrize("changes", [{"amount": "96.06"}, {"currency": "USD"}, {"amount": "960.70"}])
+async def test_money_that_is_not_the_order_total_pays_nothing(shop: Shop, changes: dict[str, str]) -> None:
+    order_id = await placed(shop)
+    with pytest.raises(Unapplicable) as refused:
+        await apply(shop, apply_payment_notified, parse_payment_notified(notified(order_id, **changes)))
+    assert refused.value.data["reason"] == "amount_mismatch"
+    assert await one(shop, select(t.orders.c.status).where(t.orders.c.id == order_id)) == "pending_payment"
+    assert await one(shop, select(func.count()).select_from(t.payments)) == 0
+    assert await one(shop, select(func.count()).select_from(t.processed_events)) == 0  # refused whole: may come again
+
+
+async def test_a_capture_on_a_cancelled_order_is_refused_for_a_person(shop: Shop) -> None:
+    order_id = await placed(shop)
+    async with shop.tx("new") as uow:
+        await uow.transition(order_id, "cancel")
+    with pytest.raises(Unapplicable) as refused:
+        await apply(shop, apply_payment_notified, parse_payment_notified(notified(order_id)))
+    assert refused.value.data["reason"] == "captured_after_cancel"
+    assert await one(shop, select(func.count()).select_from(t.payments)) == 0
+
+
+async def test_a_failed_payment_fails_a_payable_order_and_a_late_one_leaves_a_paid_order_paid(shop: Shop) -> None:
+    order_id = await placed(shop)
+    failed = {"event_id": "pf-1", "order_id": order_id, "payment_id": None, "provider": "adyen", "reason": "Refused"}
+    assert await apply(shop, apply_payment_failed, parse_payment_failed(failed)) == "processed"
+    assert await one(shop, select(t.orders.c.status).where(t.orders.c.id == order_id)) == "payment_failed"
+    assert (await outbox_topics(shop, order_id))[-1] == "noti"
+    await apply(shop, apply_payment_notified, parse_payment_notified(notified(order_id)))  # a second attempt paid
+    late = {**failed, "event_id": "pf-2"}
+    assert await apply(shop, apply_payment_failed, parse_payment_failed(late)) == "processed"
+    assert await one(shop, select(t.orders.c.status).where(t.orders.c.id == order_id)) == "paid"
+    assert [to for _, to, _ in await history(shop, order_id)] == ["pending_payment", "payment_failed", "paid"]
+
+
+async def test_purchased_uses_the_coupon_settles_the_wallet_clears_the_cart_and_fulfils(shop: Shop) -> None:
+    order_id = await placed(shop)
+    await apply(shop, apply_payment_notified, parse_payment_notified(notified(order_id)))
+    wallet_before = await one(shop, select(t.wallets.c.balance).where(t.wallets.c.user_id == 1))
+    purchased = parse_purchased({"event_id": f"purchased:{order_id}", "order_id": order_id, "user_id": 1})
+    assert await apply(shop, apply_purchased, purchased) == "processed"
+    assert await one(shop, select(t.orders.c.status).where(t.orders.c.id == order_id)) == "fulfilling"
+    assert await one(shop, select(t.user_coupons.c.status).where(t.user_coupons.c.id == 1)) == "used"
+    lg = t.wallet_ledger.c
+    assert await one(shop, select(lg.amount).where(lg.order_id == order_id, lg.kind == "settle")) == Decimal("20.0000")
+    assert await one(shop, select(t.wallets.c.balance).where(t.wallets.c.user_id == 1)) == wallet_before
+    i, c = t.order_items.c, t.cart_items.c
+    ordered = select(i.sku_id).where(i.order_id == order_id).scalar_subquery()
+    assert await one(shop, select(func.count()).select_from(t.cart_items).where(c.user_id == 1, c.sku_id.in_(ordered))) == 0
+    # The same purchase again under another id (old shopping's copy, say): the order already moved, nothing repeats.
+    again = parse_purchased({"event_id": "legacy-purchased-1", "order_id": order_id, "user_id": 1})
+    assert await apply(shop, apply_purchased, again) == "processed"
+    assert await one(shop, select(func.count()).select_from(t.wallet_ledger).where(lg.order_id == order_id, lg.kind == "settle")) == 1
+    assert [to for _, to, _ in await history(shop, order_id)] == ["pending_payment", "paid", "fulfilling"]
+
+
+async def test_purchased_before_the_payment_is_applied_waits(shop: Shop) -> None:
+    order_id = await placed(shop)
+    with pytest.raises(NotYet):
+        await apply(shop, apply_purchased, parse_purchased({"event_id": "early", "order_id": order_id}))
+    assert await one(shop, select(func.count()).select_from(t.processed_events)) == 0  # so a retry can apply it
+
+
+async def test_group_update_is_acknowledged_and_changes_nothing(shop: Shop) -> None:
+    order_id = await placed(shop)
+    before = await outbox_topics(shop, order_id), await history(shop, order_id)
+    assert await apply(shop, apply_group_update, parse_group_update({"event_id": "g-1", "anything": [1, 2]})) == "processed"
+    assert await apply(shop, apply_group_update, parse_group_update({"event_id": "g-1"})) == "duplicate"
+    assert (await outbox_topics(shop, order_id), await history(shop, order_id)) == before
+
+
+@pytest.mark.parametrize("payload, field", [
+    ({}, "event_id"),
+    ({"event_id": "e", "order_id": "o", "provider": "stripe"}, "provider"),
+    ({"event_id": "e", "order_id": "o", "provider": "adyen", "status": "captured", "amount": 96.07, "currency": "EUR",
+      "psp_reference": "P"}, "amount"),
+    ({"event_id": "e", "order_id": "o", "provider": "adyen", "status": "captured", "amount": "NaN", "currency": "EUR",
+      "psp_reference": "P"}, "amount"),
+    ({"event_id": "e", "order_id": "o", "provider": "adyen", "status": "refunded", "amount": "1", "currency": "EUR",
+      "psp_reference": "P"}, "status"),
+    ({"event_id": "\ud800", "order_id": "o"}, "event_id"),
+])
+def test_a_message_that_is_not_the_events_schema_is_refused_naming_the_field(payload: dict[str, Any], field: str) -> None:
+    with pytest.raises(InvalidEvent) as refused:
+        parse_payment_notified(payload)
+    assert refused.value.data["field"] == field
+
+
+async def _refund(shop: Shop, order_id: str, amount: str, *, attempts: int = 1, request_id: str = "rq-1") -> int:
+    """A refund row as the refund API writes it once the PSP has the request (status submitted)."""
+    async with shop.tx("new") as uow:
+        payment_id = (await uow.conn.execute(select(t.payments.c.id).where(t.payments.c.order_id == order_id))).scalar_one()
+        inserted = await uow.conn.execute(t.refunds.insert().values(
+            order_id=order_id, payment_id=payment_id, amount=Decimal(amount), currency="EUR", status="submitted",
+            attempts=attempts, request_id=request_id, created_at=NOW, updated_at=NOW,
+        ))
+        return int(inserted.inserted_primary_key[0])
+
+
+def refund_event(order_id: str, refund_id: int, amount: str, status: str = "succeeded", n: int = 1) -> Any:
+    return parse_refund_notified({"event_id": f"rn-{n}", "refund_id": str(refund_id), "order_id": order_id, "status": status,
+                                  "amount": amount, "currency": "EUR", "psp_reference": f"R{n}", "reason": None})
+
+
+async def test_refunds_succeeding_move_the_order_to_partially_refunded_then_refunded(shop: Shop) -> None:
+    order_id = await placed(shop)
+    await apply(shop, apply_payment_notified, parse_payment_notified(notified(order_id)))
+    first = await _refund(shop, order_id, "40.00")
+    assert await apply(shop, apply_refund_notified, refund_event(order_id, first, "40.00")) == "processed"
+    assert await one(shop, select(t.orders.c.status).where(t.orders.c.id == order_id)) == "partially_refunded"
+    assert await apply(shop, apply_refund_notified, refund_event(order_id, first, "40.00")) == "duplicate"
+    second = await _refund(shop, order_id, "56.07", request_id="rq-2")
+    await apply(shop, apply_refund_notified, refund_event(order_id, second, "56.07", n=2))
+    assert await one(shop, select(t.orders.c.status).where(t.orders.c.id == order_id)) == "refunded"
+    r = t.refunds.c
+    assert await one(shop, select(func.count()).select_from(t.refunds).where(r.status == "succeeded")) == 2
+    assert [to for _, to, _ in await history(shop, order_id)][-2:] == ["partially_refunded", "refunded"]
+
+
+async def test_a_failed_refund_is_retried_later_and_after_five_attempts_is_failed_for_a_person(shop: Shop) -> None:
+    order_id = await placed(shop)
+    await apply(shop, apply_payment_notified, parse_payment_notified(notified(order_id)))
+    refund = await _refund(shop, order_id, "96.07", attempts=2)
+    await apply(shop, apply_refund_notified, refund_event(order_id, refund, "96.07", "failed"))
+    r = t.refunds.c
+    assert await one(shop, select(r.status).where(r.id == refund)) == "retrying"
+    assert await one(shop, select(r.next_attempt_at).where(r.id == refund)) > NOW
+    assert await one(shop, select(t.orders.c.status).where(t.orders.c.id == order_id)) == "paid"
+    last = await _refund(shop, order_id, "96.07", attempts=5, request_id="rq-2")
+    await apply(shop, apply_refund_notified, refund_event(order_id, last, "96.07", "failed", n=2))
+    assert await one(shop, select(r.status).where(r.id == last)) == "failed"
+    assert (await outbox_topics(shop, order_id))[-1] == "noti"
+
+
+async def test_a_refund_event_that_matches_no_refund_or_not_its_amount_is_refused(shop: Shop) -> None:
+    order_id = await placed(shop)
+    await apply(shop, apply_payment_notified, parse_payment_notified(notified(order_id)))
+    with pytest.raises(Unapplicable):
+        await apply(shop, apply_refund_notified, refund_event(order_id, 999, "1.00"))
+    refund = await _refund(shop, order_id, "10.00")
+    with pytest.raises(Unapplicable):
+        await apply(shop, apply_refund_notified, refund_event(order_id, refund, "11.00", n=2))
+    assert await one(shop, select(t.refunds.c.status).where(t.refunds.c.id == refund)) == "submitted"
