@@ -22,12 +22,13 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from common.logs import flush_stdout_periodically
-from consumers.events import EVENT_TYPES, apply_locally
+from consumers.events import apply_locally
 from consumers.metrics import ConsumerMetrics
 from consumers.outbox_relay import OutboxRelay, RelayMetrics
 from consumers.runner import ConsumerRunner, RunnerOptions
 from shop.bootstrap import Shop, shop_resources
 from shop.db import is_unavailable
+from shop.events import EVENT_TYPES
 from shop.settings import Settings
 
 log = structlog.get_logger("consumers")

@@ -1,4 +1,4 @@
-"""Each Kafka event type: its topic, how it is parsed, and the shop function that applies it.
+"""How the consumer applies each event type of shop.events.EVENT_TYPES on the new side.
 
 The handler the runner calls is thin: parse → one `Shop.tx("consumer")` → the same `shop.events`
 function `POST /event/{name}` uses → the outcome. A message the shop refuses for good (not the
@@ -8,35 +8,12 @@ schema, not applicable) becomes a PoisonMessage, i.e. the DLQ with the reason.
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
-from types import MappingProxyType
-from typing import Any
 
 from consumers.runner import Event, EventHandler, PoisonMessage
 from shop import events as ev
+from shop.events import EventType
 from shop.bootstrap import Shop
 from shop.errors import ShopError
-from shop.uow import UnitOfWork
-
-
-@dataclass(frozen=True, slots=True)
-class EventType:
-    name: str  # routing.yaml `consumers:` key and `/event/{name}` path segment
-    default_topic: str
-    parse: Callable[[Mapping[str, Any]], Any]
-    apply: Callable[[UnitOfWork, Any, str], Awaitable[str]]
-
-
-EVENT_TYPES: Mapping[str, EventType] = MappingProxyType({
-    e.name: e for e in (
-        EventType("payment_notified", "payment_notified_cm", ev.parse_payment_notified, ev.apply_payment_notified),
-        EventType("payment_failed", "payment_failed_cm", ev.parse_payment_failed, ev.apply_payment_failed),
-        EventType("purchased", "purchased", ev.parse_purchased, ev.apply_purchased),
-        EventType("refund_notified", "refund_notified", ev.parse_refund_notified, ev.apply_refund_notified),
-        EventType("group_update", "group_update", ev.parse_group_update, ev.apply_group_update),
-    )
-})
 
 
 def consumer_name(event_type: EventType) -> str:

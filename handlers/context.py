@@ -12,6 +12,7 @@ from aiohttp import web
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from shop.bootstrap import Shop
 from shop.db import make_engine
 from shop.reference import ReferenceCache
 from shop.settings import Settings
@@ -20,6 +21,8 @@ DB = web.AppKey("db", AsyncEngine)
 # Autocommit connections for the hot read paths (see shop.db.make_engine).
 DB_READ = web.AppKey("db_read", AsyncEngine)
 REFERENCE = web.AppKey("reference", ReferenceCache)
+# The same resources as one Shop (shop/bootstrap.py), for service functions on a unit of work.
+SHOP = web.AppKey("shop", Shop)
 
 
 def setup_new_side(app: web.Application, settings: Settings) -> None:
@@ -31,6 +34,7 @@ def setup_new_side(app: web.Application, settings: Settings) -> None:
         app[DB] = engine
         app[DB_READ] = reader
         app[REFERENCE] = ReferenceCache(reader, settings.reference_ttl_seconds)
+        app[SHOP] = Shop(engine, reader, app[REFERENCE])
         yield
         await reader.dispose()
         await engine.dispose()

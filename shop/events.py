@@ -18,10 +18,11 @@ the two topics are not ordered) is retried a few times first.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from decimal import Decimal, InvalidOperation
+from types import MappingProxyType
 from typing import Any
 
 import structlog
@@ -375,3 +376,23 @@ async def apply_group_update(uow: UnitOfWork, ev: GroupUpdate, consumer: str) ->
     log.info("group_update_ignored", event_id=ev.event_id)
     return "processed"
 
+
+# --- the registry: every event type, for the Kafka consumer and POST /event/{name} alike -------------
+
+
+@dataclass(frozen=True, slots=True)
+class EventType:
+    name: str  # routing.yaml `consumers:` key and `/event/{name}` path segment; topic: Settings.consumer_topics
+    parse: Callable[[Mapping[str, Any]], Any]
+    apply: Callable[[UnitOfWork, Any, str], Awaitable[str]]
+
+
+EVENT_TYPES: Mapping[str, EventType] = MappingProxyType({
+    e.name: e for e in (
+        EventType("payment_notified", parse_payment_notified, apply_payment_notified),
+        EventType("payment_failed", parse_payment_failed, apply_payment_failed),
+        EventType("purchased", parse_purchased, apply_purchased),
+        EventType("refund_notified", parse_refund_notified, apply_refund_notified),
+        EventType("group_update", parse_group_update, apply_group_update),
+    )
+})
