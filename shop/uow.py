@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import insert, select
+from sqlalchemy import insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -41,16 +41,9 @@ class UnitOfWork:
     async def first_time(self, consumer: str, event_id: str) -> bool:
         """Claim the event for `consumer`; False when it was already applied (a redelivery, a duplicate).
 
-        Inserted before the effect: a concurrent duplicate waits on the primary key until this
-        transaction ends, then finds the row, so two deliveries can never both apply.
+        Inserted before the effect, in one round trip: a concurrent duplicate waits on the primary
+        key until this transaction ends, then fails on it, so two deliveries can never both apply.
         """
-        seen = await self.conn.execute(
-            select(t.processed_events.c.event_id).where(
-                t.processed_events.c.consumer == consumer, t.processed_events.c.event_id == event_id,
-            )
-        )
-        if seen.first() is not None:
-            return False
         try:
             # No SAVEPOINT: on SQLite (pysqlite) a released savepoint can commit on its own. A failed
             # INSERT only undoes itself on both databases, and the caller writes nothing after False.

@@ -10,6 +10,7 @@ nothing backwards; money that does not match and captures on cancelled orders ar
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from decimal import Decimal
 from typing import Any
@@ -259,3 +260,15 @@ async def test_a_refund_event_that_matches_no_refund_or_not_its_amount_is_refuse
     with pytest.raises(Unapplicable):
         await apply(shop, apply_refund_notified, refund_event(order_id, refund, "11.00", n=2))
     assert await one(shop, select(t.refunds.c.status).where(t.refunds.c.id == refund)) == "submitted"
+
+
+async def test_the_same_event_applied_twice_at_once_has_one_effect(shop: Shop) -> None:
+    order_id = await placed(shop)
+    event = parse_payment_notified(notified(order_id))
+    outcomes = await asyncio.gather(
+        apply(shop, apply_payment_notified, event), apply(shop, apply_payment_notified, event), return_exceptions=True,
+    )
+    # On SQLite the loser may instead find the database locked (a transient error the runner retries).
+    assert sorted(o if isinstance(o, str) else "busy" for o in outcomes) in (["duplicate", "processed"], ["busy", "processed"])
+    assert [to for _, to, _ in await history(shop, order_id)] == ["pending_payment", "paid"]
+    assert await one(shop, select(func.count()).select_from(t.payments)) == 1
