@@ -13,7 +13,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--log-level", default="info")
     args = parser.parse_args(argv)
 
-    from shop.settings import Settings, SettingsError
+    from common.settings import Settings, SettingsError
 
     try:
         settings = Settings.from_env(**({"consumer_admin_port": args.admin_port} if args.admin_port else {}))

@@ -29,7 +29,7 @@ from consumers.runner import ConsumerRunner, RunnerOptions
 from shop.bootstrap import Shop, shop_resources
 from shop.db import is_unavailable
 from shop.events import EVENT_TYPES
-from shop.settings import Settings
+from common.settings import Settings
 
 log = structlog.get_logger("consumers")
 

@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from shop.bootstrap import Shop
 from shop.db import make_engine
 from shop.reference import ReferenceCache
-from shop.settings import Settings
+from common.settings import Settings
 
 DB = web.AppKey("db", AsyncEngine)
 # Autocommit connections for the hot read paths (see shop.db.make_engine).

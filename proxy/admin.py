@@ -15,7 +15,7 @@ from proxy.metrics import EdgeMetrics
 from proxy.shadowing import Shadower
 from shadow.report import render_html, render_json
 from proxy.reloader import RoutingState
-from shop.settings import Settings
+from common.settings import Settings
 from shop.tokens import bearer_matches
 
 ReadinessCheck = Callable[[], Awaitable[str | None]]  # None = ready, else why not

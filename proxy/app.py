@@ -36,7 +36,7 @@ from proxy.routing import PASSTHROUGH
 from proxy.routing_file import RoutingLoader
 from proxy.shadowing import Shadower
 from shop.caller import CALLER_HEADER, InvalidCallerId, canonical_caller_id
-from shop.settings import Settings
+from common.settings import Settings
 from shop.tokens import bearer_matches
 
 SETTINGS = web.AppKey("settings", Settings)

@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> None:
         multiproc = tempfile.mkdtemp(prefix="edge-prom-")
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = multiproc
         master = os.getpid()
-    from shop.settings import Settings, SettingsError
+    from common.settings import Settings, SettingsError
 
     overrides: dict[str, Any] = {}
     if args.routing:
@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> None:
         try:
             _run_gunicorn(settings, args.workers, args.log_level)
         finally:
-            _remove_in_creator(os.environ["PROMETHEUS_MULTIPROC_DIR"], master)
+            _remove_in_creator(multiproc, master)
         return
 
     import uvloop

@@ -36,7 +36,7 @@ from proxy.edgectl_yaml import Change, EditError, format_percent, parse_percent,
 from proxy.routing import RoutingError, RoutingTable
 from proxy.routing_file import RoutingFileError, RoutingLoader, decode
 from proxy.routing_yaml import read_document
-from shop.settings import Settings, SettingsError
+from common.settings import Settings, SettingsError
 
 
 class CtlError(Exception):

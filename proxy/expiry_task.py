@@ -25,7 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from handlers.context import DB
 from shop.expiry import expire_due
 from shop.schema import utcnow
-from shop.settings import Settings
+from common.settings import Settings
 
 log = structlog.get_logger("expiry")
 

@@ -34,7 +34,7 @@ from aiohttp.web_protocol import RequestPayloadError
 
 from handlers.errors import Handler, error_response
 from proxy.metrics import EdgeMetrics
-from shop.settings import Settings
+from common.settings import Settings
 
 log = structlog.get_logger("edge.limits")
 

@@ -19,7 +19,7 @@ from proxy.routing_yaml import RoutingError, read_document
 from proxy.routing_yaml import fail as _fail
 from proxy.paths import normalise_path
 from shadow.normalise import CompareRules
-from shop.settings import ROUTING_INTERPOLATION_VARS
+from common.settings import ROUTING_INTERPOLATION_VARS
 
 CONSUMER_EVENTS = ("payment_notified", "payment_failed", "purchased", "refund_notified", "group_update")
 CONSUMER_OWNERS = ("legacy", "new")

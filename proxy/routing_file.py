@@ -21,7 +21,7 @@ from pathlib import Path
 from handlers.routes import NEW_ROUTES, NewRoute
 from proxy.routing import RoutingTable, parse_routing
 from proxy.routing_yaml import RoutingError
-from shop.settings import Settings
+from common.settings import Settings
 
 # (device, inode, size, mtime, ctime): any write or replace changes at least one of them.
 Signature = tuple[int, int, int, int, int]

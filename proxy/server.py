@@ -26,7 +26,7 @@ from aiohttp.web_server import Server
 
 from proxy.limits import parse_error_reason, refuse
 from proxy.metrics import EdgeMetrics
-from shop.settings import Settings
+from common.settings import Settings
 
 log = structlog.get_logger("edge.server")
 

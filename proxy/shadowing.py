@@ -38,7 +38,7 @@ from shadow.compare import Comparison
 from shadow.noise import DiffStats, NoiseRule
 from shadow.store import ExampleStore, summarise_request
 from shadow.worker import DiffJob, DiffWorker, example_for
-from shop.settings import Settings
+from common.settings import Settings
 
 log = structlog.get_logger("edge.shadow")
 

@@ -19,7 +19,7 @@ from typing import Any
 
 from aiohttp.worker import GunicornUVLoopWebWorker
 
-from shop.settings import Settings
+from common.settings import Settings
 
 
 def listen_socket(host: str, port: int, backlog: int) -> socket.socket:

@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from shop import schema as t
 from shop.db import make_engine
 from shop.reference import ReferenceCache
-from shop.settings import Settings
+from common.settings import Settings
 from shop.uow import UnitOfWork
 
 Clock = Callable[[], datetime]

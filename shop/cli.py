@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shop.db import check_schema, create_all, drop_all, make_engine
 from shop.seed import seed_demo
-from shop.settings import Settings, SettingsError
+from common.settings import Settings, SettingsError
 
 
 def _parser() -> argparse.ArgumentParser:

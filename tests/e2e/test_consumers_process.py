@@ -30,7 +30,7 @@ from shop import schema as t
 from shop.bootstrap import shop_resources
 from shop.checkout import parse_order_request, place_order
 from shop.db import make_engine
-from shop.settings import DEFAULT_TOPICS, Settings
+from common.settings import DEFAULT_TOPICS, Settings
 from tests.builders import NOW
 from tests.support.broker import Broker, running_broker, wait_until
 from tests.support.shopdb import seed_database

@@ -36,7 +36,7 @@ from shop.events import (
     parse_purchased,
     parse_refund_notified,
 )
-from shop.settings import Settings
+from common.settings import Settings
 from tests.builders import NOW
 from tests.support.shopdb import seed_database
 

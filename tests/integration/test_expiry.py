@@ -21,7 +21,7 @@ from proxy.app import create_app
 from shop import schema as t
 from shop.db import create_all, drop_all, make_engine
 from shop.expiry import expire_due, expire_one
-from shop.settings import Settings, SettingsError
+from common.settings import Settings, SettingsError
 from tests.builders import insert_order
 from tests.support.edge import dead_url, edge_settings, routing_doc, write_routing
 

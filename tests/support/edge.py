@@ -13,7 +13,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import CollectorRegistry
 
 from handlers.routes import NEW_ROUTES, NewRoute
-from shop.settings import Settings
+from common.settings import Settings
 from tests.support.net import free_port
 
 

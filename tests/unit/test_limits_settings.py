@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from shop.settings import Settings, SettingsError
+from common.settings import Settings, SettingsError
 
 
 def test_defaults() -> None:

@@ -13,7 +13,7 @@ from handlers.routes import NEW_ROUTES
 from proxy.routing import PASSTHROUGH, RoutingError, parse_routing
 from proxy.routing_file import RoutingLoader
 from proxy.routing_yaml import MAX_DEPTH, MAX_VALUES
-from shop.settings import ROUTING_INTERPOLATION_VARS, Settings
+from common.settings import ROUTING_INTERPOLATION_VARS, Settings
 from tests.support.bad_routing import BAD_VALUES, BadFile, alias_bomb, deep, routing_text
 
 REPO_ROUTING = Path(__file__).resolve().parents[2] / "routing.yaml"
