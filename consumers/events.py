@@ -22,7 +22,7 @@ def consumer_name(event_type: EventType) -> str:
 
 
 def _refusal(exc: ShopError) -> str:
-    return f"{exc.msg}: {json.dumps(exc.data, default=str, ensure_ascii=False)}"[:500]
+    return f"{exc.reason}: {json.dumps(exc.data, default=str, ensure_ascii=False)}"[:500]
 
 
 def apply_locally(shop: Shop, event_type: EventType) -> EventHandler:

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from aiohttp import web
 
 from shop.caller import CALLER_HEADER, InvalidCallerId, canonical_caller_id
-from shop.errors import BadRequest, envelope
+from common.envelope import ok_body
+from shop.errors import BadRequest
 from shop.json_input import parse_json_body
 
 
@@ -27,4 +27,4 @@ async def json_body(request: web.Request) -> Any:
 
 
 def ok(data: Any) -> web.Response:
-    return web.Response(body=json.dumps(envelope(0, "ok", data), separators=(",", ":")).encode(), content_type="application/json")
+    return web.Response(body=ok_body(data), content_type="application/json")

@@ -10,7 +10,8 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client import multiprocess
 
-from handlers.errors import error_response
+from common import envelope as codes
+from handlers.errors import answer
 from proxy.metrics import EdgeMetrics
 from proxy.shadowing import Shadower
 from shadow.report import render_html, render_json
@@ -33,9 +34,9 @@ def _is_loopback(remote: str | None) -> bool:
 def _authorised(request: web.Request, token: str | None) -> web.Response | None:
     """None when the caller may write; else the refusal. With no token set, only loopback may write."""
     if token is None:
-        return None if _is_loopback(request.remote) else error_response(403, 40301, "admin_loopback_only")
+        return None if _is_loopback(request.remote) else answer(codes.FORBIDDEN, reason="admin_loopback_only")
     if not bearer_matches(request.headers.get("Authorization"), token):
-        return error_response(401, 40102, "admin_token_required")
+        return answer(codes.ADMIN_TOKEN_REQUIRED)
     return None
 
 
@@ -83,7 +84,7 @@ def create_admin_app(
     async def shadow(request: web.Request) -> web.StreamResponse:
         current = shadower()
         if current is None:
-            return error_response(503, 50301, "edge_not_started")
+            return answer(codes.EDGE_NOT_STARTED)
         route = request.query.get("route") or None
         report = render_json(
             current.stats, current.store, current.outcomes, route=route,

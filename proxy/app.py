@@ -20,7 +20,8 @@ from prometheus_client import CollectorRegistry
 
 from handlers.app import NEW_ROUTE_NAME, PREFIX, create_new_side
 from handlers.context import db_ready, setup_new_side
-from handlers.errors import answer_new, error_middleware, error_response
+from common import envelope as codes
+from handlers.errors import answer, answer_new, error_middleware
 from handlers.routes import NEW_ROUTES, NewHandler, NewRoute
 from proxy.admin import create_admin_app
 from proxy.cors import setup_cors
@@ -104,7 +105,7 @@ async def access_middleware(request: web.Request, handler: Callable[[web.Request
 
 
 def _bad_request(field: str, reason: str) -> web.Response:
-    return error_response(400, 40001, "bad_request", {"field": field, "reason": reason})
+    return answer(codes.BAD_REQUEST, {"field": field, "reason": reason})
 
 
 @web.middleware
@@ -204,7 +205,7 @@ async def _serve_new(
         # Idempotency-Key finds the order if the COMMIT landed just before (as with old shopping).
         metrics.upstream_error(route, "new", "timeout")
         log.warning("new_side_timeout", route=route, timeout_ms=timeout_ms)
-        return error_response(504, 50401, "upstream_timeout", {"route": route})
+        return answer(codes.UPSTREAM_TIMEOUT, {"route": route})
     except web.HTTPException as exc:
         # aiohttp's own answers (a 413 while reading the body…): error_middleware renders them, only 5xx count.
         if exc.status >= 500:

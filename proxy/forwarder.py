@@ -16,7 +16,8 @@ from aiohttp import web
 from multidict import CIMultiDict, MultiMapping
 from yarl import URL
 
-from handlers.errors import error_response
+from common import envelope as codes
+from handlers.errors import answer
 from proxy.bulkhead import Bulkhead, RouteBusy
 from proxy.metrics import EdgeMetrics
 
@@ -119,17 +120,15 @@ class Forwarder:
         except RouteBusy:
             self._metrics.upstream_error(route, "legacy", "pool_full")
             log.warning("upstream_busy", route=route, limit=self.bulkhead.limit, request_id=request_id)
-            busy = error_response(503, 50303, "upstream_busy", {"route": route})
-            busy.headers["Retry-After"] = "1"
-            return busy
+            return answer(codes.UPSTREAM_BUSY, {"route": route}, retryable=True)
         except TimeoutError:
             self._metrics.upstream_error(route, "legacy", "timeout")
             log.warning("upstream_timeout", route=route, timeout_ms=timeout_ms, request_id=request_id)
-            return error_response(504, 50401, "upstream_timeout", {"route": route})
+            return answer(codes.UPSTREAM_TIMEOUT, {"route": route})
         except aiohttp.ClientError as exc:
             self._metrics.upstream_error(route, "legacy", "connect")
             log.warning("upstream_unavailable", route=route, error=exc.__class__.__name__, request_id=request_id)
-            return error_response(502, 50201, "upstream_unavailable", {"route": route})
+            return answer(codes.UPSTREAM_UNAVAILABLE, {"route": route})
 
     async def fetch(
         self, request: web.Request, body: bytes, *, base_url: str, timeout_ms: int, request_id: str,

@@ -32,7 +32,8 @@ from aiohttp.http_exceptions import (
 )
 from aiohttp.web_protocol import RequestPayloadError
 
-from handlers.errors import Handler, error_response
+from common import envelope as codes
+from handlers.errors import Handler, answer
 from proxy.metrics import EdgeMetrics
 from common.settings import Settings
 
@@ -70,15 +71,14 @@ def parse_error_reason(exc: HttpProcessingError, max_field_size: int) -> str:
 def refusal(reason: str, settings: Settings) -> web.Response:
     """The answer to a request refused for ``reason``; the connection is closed after it."""
     if reason == "headers_too_large":
-        answer = error_response(431, 43101, "headers_too_large",
-                                {"limit_bytes": settings.max_header_bytes, "max_headers": MAX_HEADERS})
+        refused = answer(codes.HEADERS_TOO_LARGE, {"limit_bytes": settings.max_header_bytes, "max_headers": MAX_HEADERS})
     elif reason == "body_timeout":
-        answer = error_response(408, 40801, "request_timeout", {"limit_seconds": settings.body_read_timeout_seconds})
+        refused = answer(codes.REQUEST_TIMEOUT, {"limit_seconds": settings.body_read_timeout_seconds})
     else:
-        answer = error_response(400, 40001, "bad_request", {"reason": reason})
+        refused = answer(codes.BAD_REQUEST, {"reason": reason})
     # Whatever the client still sends is not a next request we could trust to find the start of.
-    answer.force_close()
-    return answer
+    refused.force_close()
+    return refused
 
 
 def refuse(reason: str, settings: Settings, metrics: EdgeMetrics, peer: str | None) -> web.Response:
@@ -97,7 +97,7 @@ def limits_middleware(settings: Settings, metrics: EdgeMetrics) -> Callable[...,
 
     def too_large() -> web.Response:
         metrics.body_too_large.inc()
-        return error_response(413, 41301, "body_too_large", {"limit": max_body})
+        return answer(codes.BODY_TOO_LARGE, {"limit": max_body})
 
     @web.middleware
     async def limits(request: web.Request, handler: Handler) -> web.StreamResponse:

@@ -1,83 +1,90 @@
-"""The few domain exceptions; one middleware (handlers/errors.py) turns them into HTTP answers.
+"""The few domain errors: each carries the envelope's code, a reason and whether a retry may succeed.
 
-Each carries the legacy envelope's numeric code and reason string (shared/spec/legacy-api.md).
+No HTTP here: handlers/errors.py is the one place that turns a code into a status and a body,
+and a Kafka consumer reads the same attributes (a retryable failure waits and tries again,
+another one is for a person). ``reason`` is the envelope's ``msg`` (shared/spec/legacy-api.md),
+by default the code's own (common/envelope.REASONS); ``data`` goes out as the envelope's ``data``.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from common import envelope as codes
+
 
 class ShopError(Exception):
-    status = 400
-    code = 40001
-    msg = "bad_request"
+    code: int = codes.BAD_REQUEST
+    reason: str = codes.REASONS[codes.BAD_REQUEST]
+    # True: nothing was done and the same request or event may be sent again.
+    retryable: bool = False
 
-    def __init__(self, msg: str | None = None, data: Any = None) -> None:
-        super().__init__(msg or self.msg)
-        if msg is not None:
-            self.msg = msg
+    def __init__(self, reason: str | None = None, data: Any = None) -> None:
+        super().__init__(reason or self.reason)
+        if reason is not None:
+            self.reason = reason
         self.data = data
+
+    @property
+    def msg(self) -> str:
+        """The envelope's name for the reason."""
+        return self.reason
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        # The HTTP status is handlers/errors.py's, the reason is `reason`: a subclass written the
+        # old way (status = 422, msg = "…") would silently answer with its parent's reason.
+        stale = {"status", "msg"} & set(vars(cls))
+        if stale:
+            raise TypeError(f"{cls.__name__} sets {', '.join(sorted(stale))}: set code and reason (shop/errors.py)")
+        if "code" in vars(cls) and "reason" not in vars(cls):
+            cls.reason = codes.REASONS[cls.code]
 
 
 class BadRequest(ShopError):
-    status, code, msg = 400, 40001, "bad_request"
+    code = codes.BAD_REQUEST
 
 
 class LoginRequired(ShopError):
-    status, code, msg = 401, 40101, "login_required"
+    code = codes.LOGIN_REQUIRED
 
 
 class Forbidden(ShopError):
-    status, code, msg = 403, 40301, "forbidden"
+    code = codes.FORBIDDEN
 
 
 class NotFound(ShopError):
-    status, code, msg = 404, 40401, "not_found"
+    code = codes.NOT_FOUND
 
 
 class Conflict(ShopError):
-    status, code, msg = 409, 40901, "conflict"
-
-
-# One code per 422 reason, numbered in the order legacy-api.md lists them; old shopping's emulator uses the same.
-UNPROCESSABLE_CODES = {
-    "coupon_not_applicable": 42201,
-    "address_blocked": 42202,
-    "out_of_stock": 42203,
-    "sku_not_found": 42204,
-    "sku_unavailable": 42205,
-    "region_not_served": 42206,
-    "payment_method_unavailable": 42207,
-}
+    code = codes.CONFLICT
 
 
 class Unprocessable(ShopError):
-    """422s: the request is well-formed but the shop can't do it; msg is one of UNPROCESSABLE_CODES."""
+    """The request is well-formed but the shop can't do it; the reason picks the code (UNPROCESSABLE_CODES)."""
 
-    status, code, msg = 422, 42299, "unprocessable"
+    code = codes.UNPROCESSABLE
 
-    def __init__(self, msg: str, data: Any = None) -> None:
-        super().__init__(msg, data)
-        self.code = UNPROCESSABLE_CODES.get(msg, 42299)
+    def __init__(self, reason: str, data: Any = None) -> None:
+        super().__init__(reason, data)
+        self.code = codes.UNPROCESSABLE_CODES.get(reason, codes.UNPROCESSABLE)
 
 
 class NotMigrated(ShopError):
     """A migrated route whose new handler is not written yet."""
 
-    status, code, msg = 501, 50101, "not_migrated"
+    code = codes.NOT_MIGRATED
 
 
 class UpstreamError(ShopError):
-    status, code, msg = 502, 50201, "upstream_unavailable"
+    """A service the shop calls (a PSP) failed."""
+
+    code = codes.UPSTREAM_UNAVAILABLE
 
 
 class UpstreamTimeout(ShopError):
-    status, code, msg = 504, 50401, "upstream_timeout"
-
-
-def envelope(code: int, msg: str, data: Any = None) -> dict[str, Any]:
-    return {"code": code, "msg": msg, "data": data}
+    code = codes.UPSTREAM_TIMEOUT
 
 
 class Unavailable(ShopError):
@@ -85,4 +92,4 @@ class Unavailable(ShopError):
     nothing was written, and the same request may be sent again (place_order's Idempotency-Key makes
     even a retried checkout whose commit did land answer with that order)."""
 
-    status, code, msg = 503, 50302, "db_unavailable"
+    code, retryable = codes.DB_UNAVAILABLE, True

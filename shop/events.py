@@ -28,6 +28,7 @@ from typing import Any
 import structlog
 from sqlalchemy import delete, func, insert, select, update
 
+from common import envelope as codes
 from shop import order_states as st
 from shop import schema as t
 from shop.errors import BadRequest, ShopError
@@ -45,13 +46,13 @@ _PAID_OR_LATER = frozenset({st.PAID, st.FULFILLING, st.SHIPPED, st.COMPLETED, st
 class InvalidEvent(BadRequest):
     """The message is not the event's schema; data names the field."""
 
-    msg = "invalid_event"
+    reason = "invalid_event"
 
 
 class Unapplicable(ShopError):
     """A well-formed event the shop must not apply on its own (for a person to look at)."""
 
-    status, code, msg = 422, 42298, "event_not_applicable"
+    code = codes.EVENT_NOT_APPLICABLE
 
 
 class NotYet(Exception):

@@ -72,7 +72,7 @@ STATES = frozenset({PENDING_PAYMENT} | {s for tr in TRANSITIONS.values() for s i
 class InvalidState(Conflict):
     """409 invalid_state: the order is in a state this event cannot leave."""
 
-    msg = "invalid_state"
+    reason = "invalid_state"
 
 
 @dataclass(frozen=True, slots=True)

@@ -60,7 +60,7 @@ async def test_every_forbidden_transition_changes_nothing(engine) -> None:
             with pytest.raises(InvalidState) as err:
                 async with engine.begin() as conn:
                     await transition(conn, order_id, event, actor="new")
-            assert err.value.status == 409 and err.value.data == {"status": state, "event": event}
+            assert err.value.code == 40901 and err.value.reason == "invalid_state" and err.value.data == {"status": state, "event": event}
             assert await status_of(engine, order_id) == state
             assert await history(engine, order_id) == []
 
