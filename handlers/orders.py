@@ -11,24 +11,26 @@ from collections.abc import Mapping
 
 from aiohttp import web
 
-from handlers.context import DB, DB_READ
+from handlers.context import SHOP
 from handlers.http import caller_id, ok
 from shop import order_views
 
 
 async def detail(request: web.Request, params: Mapping[str, str]) -> web.StreamResponse:
     user_id = caller_id(request)
-    return ok(await order_views.order_detail(request.config_dict[DB_READ], params.get("order_id", ""), user_id))
+    shop = request.config_dict[SHOP]
+    return ok(await order_views.order_detail(shop.db_read, params.get("order_id", ""), user_id, shop.clock()))
 
 
 async def payment_methods(request: web.Request, params: Mapping[str, str]) -> web.StreamResponse:
     user_id = caller_id(request)
     methods = await order_views.payment_methods_for(
-        request.config_dict[DB_READ], params.get("order_id", ""), user_id, request.headers.get("X-Platform"),
+        request.config_dict[SHOP].db_read, params.get("order_id", ""), user_id, request.headers.get("X-Platform"),
     )
     return ok({"methods": methods})
 
 
 async def paid_from_client(request: web.Request, params: Mapping[str, str]) -> web.StreamResponse:
     user_id = caller_id(request)
-    return ok(await order_views.paid_from_client(request.config_dict[DB], params.get("order_id", ""), user_id))
+    order_id = params.get("order_id", "")
+    return ok(await request.config_dict[SHOP].run("new", lambda uow: order_views.paid_from_client(uow, order_id, user_id)))

@@ -7,19 +7,18 @@ from typing import Any
 
 from aiohttp import web
 
-from handlers.context import DB_READ, REFERENCE
+from handlers.context import SHOP
 from handlers.http import caller_id, json_body, ok
 from shop.money import money_str
 from shop.price_view import price_view
 from shop.quote import CouponOption, coupon_options, parse_price_request, quote
-from shop.schema import utcnow
 
 
 async def calc_price(request: web.Request, params: Mapping[str, str]) -> web.StreamResponse:
     user_id = caller_id(request)
     req = parse_price_request(await json_body(request))
-    cfg = request.config_dict
-    q = await quote(cfg[DB_READ], cfg[REFERENCE], req, user_id, utcnow())
+    shop = request.config_dict[SHOP]
+    q = await quote(shop.db_read, shop.reference, req, user_id, shop.clock())
     return ok(price_view(q.result))
 
 
@@ -42,8 +41,8 @@ def _option_json(o: CouponOption, exponent: int) -> dict[str, Any]:
 async def coupons(request: web.Request, params: Mapping[str, str]) -> web.StreamResponse:
     user_id = caller_id(request)
     req = parse_price_request(await json_body(request))
-    cfg = request.config_dict
-    options, exponent = await coupon_options(cfg[DB_READ], cfg[REFERENCE], req, user_id, utcnow())
+    shop = request.config_dict[SHOP]
+    options, exponent = await coupon_options(shop.db_read, shop.reference, req, user_id, shop.clock())
     return ok({
         "usable": [_option_json(o, exponent) for o in options if o.reason is None],
         "unusable": [_option_json(o, exponent) for o in options if o.reason is not None],

@@ -2,25 +2,34 @@
 
 The edge and the consumers build the same thing the same way: the write engine, the autocommit
 read engine, the reference cache and the clock. `Shop.tx(actor)` is the one way a service
-function gets a transaction (shop/uow.py).
+function gets a transaction (shop/uow.py); `Shop.run(actor, work)` is the same with the retry
+a deadlock victim needs: the whole unit of work again, in a new transaction.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TypeVar
+
+import structlog
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shop import schema as t
-from shop.db import make_engine
+from shop.db import is_deadlock, make_engine
 from shop.reference import ReferenceCache
 from common.settings import Settings
 from shop.uow import UnitOfWork
 
 Clock = Callable[[], datetime]
+T = TypeVar("T")
+
+log = structlog.get_logger("shop")
+# A deadlock victim is tried again at most this many times in all (docs/orders.md).
+TX_ATTEMPTS = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +44,24 @@ class Shop:
         """One transaction; commits when the block ends, rolls back when it raises."""
         async with self.db.begin() as conn:
             yield UnitOfWork(conn, self.clock(), actor)
+
+    async def run(self, actor: str, work: Callable[[UnitOfWork], Awaitable[T]], *, attempts: int = TX_ATTEMPTS) -> T:
+        """`work` in one transaction, committed when it returns; run again from the start (a new
+        transaction, a new `now`) when MariaDB picked it as a deadlock victim or a lock wait timed out.
+
+        Only the caller that owns the transaction retries: `work` must not catch the deadlock, and
+        everything it did was rolled back before the next try. Any other error is raised as it is.
+        """
+        for attempt in range(1, attempts + 1):
+            try:
+                async with self.tx(actor) as uow:
+                    return await work(uow)
+            except Exception as exc:
+                if attempt < attempts and is_deadlock(exc):
+                    log.warning("tx_deadlock_retry", actor=actor, attempt=attempt)
+                    continue
+                raise
+        raise AssertionError("unreachable: the last attempt returns or raises")
 
 
 @contextlib.asynccontextmanager

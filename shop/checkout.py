@@ -10,6 +10,12 @@ Idempotency: the same Idempotency-Key from the same user returns the first order
 key (user_id, idempotency_key) on `orders` settles races: the loser's transaction rolls back
 (its stock, coupon and wallet holds with it) and it answers with the winner's order.
 Isolation READ COMMITTED, lock order SKUs → coupon → wallet → order: docs/orders.md.
+
+The pieces: `plan_order` (reads on the autocommit engine, the clock passed in), `write_order`
+(the one unit of work, its `now` and actor from the UoW), and `place_order`, the command that
+owns the transaction and its retries through the caller's `Shop`. Per new order that is the
+same statements as before: the reads, then one transaction of take-stock (one UPDATE), coupon,
+wallet, order, items, history and outbox INSERTs, and its COMMIT.
 """
 
 from __future__ import annotations
@@ -24,10 +30,11 @@ from typing import Any
 
 import structlog
 from sqlalchemy import insert, select
-from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from shop import schema as t
+from shop.bootstrap import Shop
 from shop.errors import BadRequest, Conflict, LoginRequired, ShopError, Unprocessable
 from shop.json_input import has_lone_surrogate
 from shop.money import money_str
@@ -36,6 +43,7 @@ from shop.pricing import PriceResult
 from shop.quote import PriceRequest, Quote, parse_price_request, quote
 from shop.reference import BlacklistEntry, ReferenceCache
 from shop.reservations import StockShort, lock_coupon, reserve_wallet, short_sku, take_stock
+from shop.uow import UnitOfWork
 
 log = structlog.get_logger("shop.checkout")
 
@@ -43,7 +51,7 @@ ORDER_TTL = timedelta(minutes=30)
 _KEY = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 # Crockford base32 without look-alikes: ids people can read out on the phone.
 _ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
-_RETRIES = 3  # deadlock victims, and a stock shortfall that was gone on the re-read
+_RETRIES = 3  # a stock shortfall that was gone on the re-read (deadlock victims: Shop.run)
 
 
 def new_order_id() -> str:
@@ -148,14 +156,22 @@ def _blocked(address: Any, blacklist: Iterable[BlacklistEntry]) -> str | None:
     return None
 
 
-async def place_order(
-    db: AsyncEngine,
-    db_read: AsyncEngine,
-    cache: ReferenceCache,
-    req: OrderRequest,
-    user_id: int | None,
-    now: datetime,
-) -> PlacedOrder:
+@dataclass(frozen=True, slots=True)
+class OrderPlan:
+    """A checkout that passed every check outside the transaction: what write_order takes."""
+
+    req: OrderRequest
+    user_id: int
+    address: Any
+    quote: Quote
+
+
+async def plan_order(
+    db_read: AsyncEngine, cache: ReferenceCache, req: OrderRequest, user_id: int | None, now: datetime,
+) -> OrderPlan | PlacedOrder:
+    """The reads and checks before the transaction, on the autocommit read engine: the order an
+    earlier request with this Idempotency-Key placed, or the plan (address, blacklist, re-price,
+    the total the user saw)."""
     if user_id is None:
         raise LoginRequired()
     async with db_read.connect() as conn:
@@ -180,54 +196,67 @@ async def place_order(
         raise Unprocessable("coupon_not_applicable", {"reason": result.coupon_error})
     if result.shown.total != req.expected_total:
         raise Conflict("price_changed", price_view(result))
+    return OrderPlan(req, user_id, address, q)
 
+
+async def write_order(uow: UnitOfWork, plan: OrderPlan) -> PlacedOrder:
+    """The order's one unit of work: stock, coupon, wallet, the order, its items, history and `noti`.
+
+    Raises StockShort, a ShopError (coupon or wallet lost to another writer) or IntegrityError
+    (the same Idempotency-Key won the race): the caller's transaction then rolls back whole.
+    """
+    order_id = new_order_id()
+    await _write_order(uow, plan.quote, plan.req, plan.user_id, plan.address, order_id)
+    result = plan.quote.result
+    return PlacedOrder(order_id, "pending_payment", result.shown.total, result.currency, result.exponent, uow.now + ORDER_TTL, True)
+
+
+async def place_order(shop: Shop, req: OrderRequest, user_id: int | None) -> PlacedOrder:
+    """The checkout command: plan on the read engine, then write_order in a unit of work of the
+    caller's Shop, owning its retries (docs/orders.md "Who owns the transaction").
+
+    A deadlock victim is run again whole by Shop.run; a stock shortfall that is gone on the re-read
+    (a cancel in between) tries again with a new order id; a refusal after the rollback answers
+    with the order of a request with the same key that won the race, if there is one.
+    """
+    plan = await plan_order(shop.db_read, shop.reference, req, user_id, shop.clock())
+    if isinstance(plan, PlacedOrder):
+        return plan
+    result = plan.quote.result
     for attempt in range(1, _RETRIES + 1):
-        order_id = new_order_id()
         try:
             try:
-                async with db.begin() as conn:
-                    await _write_order(conn, q, req, user_id, address, order_id, now)
+                placed = await shop.run("new", lambda uow: write_order(uow, plan))
             except StockShort as short:
                 # Rolled back; name the SKU from what the shop holds now.
-                async with db_read.connect() as conn:
+                async with shop.db_read.connect() as conn:
                     sku = await short_sku(conn, short.lines)
                 if sku is None and attempt < _RETRIES:
                     continue  # stock came back (a cancel) between our update and this read: try again
                 raise Unprocessable("out_of_stock", {"sku_id": sku if sku is not None else short.lines[0][0]}) from None
-            log.info("order_placed", order_id=order_id, user_id=user_id, total=str(result.shown.total), currency=result.currency)
-            return PlacedOrder(order_id, "pending_payment", result.shown.total, result.currency, result.exponent, now + ORDER_TTL, True)
+            log.info("order_placed", order_id=placed.order_id, user_id=plan.user_id, total=str(result.shown.total),
+                     currency=result.currency)
+            return placed
         except (IntegrityError, ShopError):
             # Everything here rolled back. When a request with the same key won a race — at the
             # unique (user_id, idempotency_key), or first to the stock, coupon or wallet — this one
             # answers with that order; otherwise the refusal stands.
-            async with db_read.connect() as conn:
-                earlier = await _existing(conn, cache, user_id, req.idempotency_key, now)
+            async with shop.db_read.connect() as conn:
+                earlier = await _existing(conn, shop.reference, plan.user_id, req.idempotency_key, shop.clock())
             if earlier is not None:
                 return earlier
             raise
-        except DBAPIError as exc:
-            if attempt < _RETRIES and _is_deadlock(exc):
-                log.warning("place_order_deadlock_retry", attempt=attempt)
-                continue
-            raise
     raise AssertionError("unreachable")
-
-
-def _is_deadlock(exc: DBAPIError) -> bool:
-    code = getattr(exc.orig, "args", [None])[0]
-    return code in (1213, 1205)  # ER_LOCK_DEADLOCK, ER_LOCK_WAIT_TIMEOUT
 
 
 # Executed with parameter dicts: the statements (and their compiled forms) are reused, not rebuilt per order.
 _ORDER_INSERT = insert(t.orders)
 _ITEMS_INSERT = insert(t.order_items)
 _HISTORY_INSERT = insert(t.order_status_history)
-_OUTBOX_INSERT = insert(t.outbox)
 
 
-async def _write_order(
-    conn: AsyncConnection, q: Quote, req: OrderRequest, user_id: int, address: Any, order_id: str, now: datetime
-) -> None:
+async def _write_order(uow: UnitOfWork, q: Quote, req: OrderRequest, user_id: int, address: Any, order_id: str) -> None:
+    conn, now = uow.conn, uow.now
     result: PriceResult = q.result
     await take_stock(conn, [(line.sku_id, line.qty) for line in result.lines])
     choice = result.coupon
@@ -243,7 +272,7 @@ async def _write_order(
                 user_id=user_id, coupon_id=choice.coupon.coupon_id, status="locked", order_id=order_id, created_at=now,
             ))
             user_coupon_id = inserted.inserted_primary_key[0]
-    if not await reserve_wallet(conn, user_id, order_id, result.usd.wallet_deduction):
+    if not await reserve_wallet(conn, user_id, order_id, result.usd.wallet_deduction, now=now):
         raise Conflict("price_changed", price_view(result))
     s = result.shown
     await conn.execute(_ORDER_INSERT, dict(
@@ -265,13 +294,10 @@ async def _write_order(
         for line in result.lines
     ])
     await conn.execute(_HISTORY_INSERT, dict(
-        order_id=order_id, from_status=None, to_status="pending_payment", reason="placed", actor="new", created_at=now,
+        order_id=order_id, from_status=None, to_status="pending_payment", reason="placed", actor=uow.actor, created_at=now,
     ))
-    await conn.execute(_OUTBOX_INSERT, dict(
-        topic="noti", key=order_id, created_at=now,
-        payload={
-            "user_id": user_id, "template": "order_placed", "order_id": order_id,
-            "vars": {"total": money_str(s.total, result.exponent), "currency": result.currency,
-                     "payment_method": req.payment_method},
-        },
-    ))
+    await uow.publish("noti", order_id, {
+        "user_id": user_id, "template": "order_placed", "order_id": order_id,
+        "vars": {"total": money_str(s.total, result.exponent), "currency": result.currency,
+                 "payment_method": req.payment_method},
+    })

@@ -100,6 +100,15 @@ def is_unavailable(exc: BaseException) -> bool:
     return False
 
 
+def is_deadlock(exc: BaseException) -> bool:
+    """MySQL/MariaDB chose this transaction as a deadlock victim or gave up waiting for a row lock:
+    it was rolled back whole, and running the same unit of work again is the documented answer."""
+    if not isinstance(exc, sa_exc.DBAPIError):
+        return False
+    code = getattr(exc.orig, "args", [None])[0]
+    return code in (1213, 1205)  # ER_LOCK_DEADLOCK, ER_LOCK_WAIT_TIMEOUT
+
+
 async def create_all(engine: AsyncEngine) -> None:
     """Create missing tables and their indexes; existing tables are left as they are."""
     async with engine.begin() as conn:

@@ -1,14 +1,15 @@
 """Orders not paid in time are cancelled, and what they held (stock, coupon, wallet) goes back.
 
 ``expire_due`` finds orders still ``pending_payment`` / ``payment_failed`` whose ``expires_at``
-has passed (the ``(status, expires_at)`` index) and expires each in its own transaction:
+has passed (the ``(status, expires_at)`` index) and expires each in its own unit of work
+(``Shop.run``; ``expire_one`` receives the unit and never opens a transaction or reads the clock):
 
 1. a guarded no-op ``UPDATE orders … WHERE id = ? AND status IN (pending_payment,
    payment_failed) AND expires_at <= now`` claims the row (a row lock on MySQL, the write lock
    on SQLite) only while it is still unpaid and due, so an order that got authorized or paid
    between the scan and now is left alone (the state machine would allow ``expire`` from
    ``authorized``; the sweeper must not cancel an order whose payment just arrived);
-2. ``transition(conn, id, "expire")``, the guarded compare-and-set of shop/order_states.py;
+2. ``uow.transition(id, "expire")``, the guarded compare-and-set of shop/order_states.py;
 3. only when that transition changed the status, ``release_all``: stock, coupon, wallet, in the
    same transaction.
 
@@ -25,9 +26,11 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shop import schema as t
+from shop.bootstrap import Shop
 from shop.errors import NotFound
-from shop.order_states import PAYMENT_FAILED, PENDING_PAYMENT, InvalidState, transition
+from shop.order_states import PAYMENT_FAILED, PENDING_PAYMENT, InvalidState
 from shop.reservations import release_all
+from shop.uow import UnitOfWork
 
 UNPAID = (PENDING_PAYMENT, PAYMENT_FAILED)
 
@@ -41,35 +44,35 @@ async def _due(db: AsyncEngine, now: datetime, batch: int) -> list[str]:
         return [r.id for r in rows]
 
 
-async def expire_one(db: AsyncEngine, order_id: str, now: datetime, *, actor: str = "new") -> bool:
-    """Expire one due order and release what it held; False when someone else got there first."""
+async def expire_one(uow: UnitOfWork, order_id: str) -> bool:
+    """Expire one order due at the unit's `now` and release what it held; False when someone else got there first."""
     o = t.orders.c
-    async with db.begin() as conn:
-        claimed = await conn.execute(
-            update(t.orders)
-            .where(o.id == order_id, o.status.in_(UNPAID), o.expires_at <= now)
-            .values(updated_at=o.updated_at)
-        )
-        if claimed.rowcount != 1:
-            return False
-        try:
-            outcome = await transition(conn, order_id, "expire", actor=actor, reason="expired")
-        except (InvalidState, NotFound):
-            return False
-        if not outcome.changed:
-            return False
-        await release_all(conn, order_id)
-        return True
+    claimed = await uow.conn.execute(
+        update(t.orders)
+        .where(o.id == order_id, o.status.in_(UNPAID), o.expires_at <= uow.now)
+        .values(updated_at=o.updated_at)
+    )
+    if claimed.rowcount != 1:
+        return False
+    try:
+        outcome = await uow.transition(order_id, "expire", reason="expired")
+    except (InvalidState, NotFound):
+        return False
+    if not outcome.changed:
+        return False
+    await release_all(uow.conn, order_id, now=uow.now)
+    return True
 
 
-async def expire_due(db: AsyncEngine, now: datetime, *, batch: int = 100, actor: str = "new") -> int:
-    """Expire every unpaid order due at `now` (naive UTC), `batch` per scan; how many this call expired."""
+async def expire_due(shop: Shop, *, batch: int = 100, actor: str = "new") -> int:
+    """Expire every unpaid order due at the shop clock's now, `batch` per scan, each in its own unit
+    of work (Shop.run, history actor `actor`); how many this call expired."""
     expired = 0
     while True:
-        ids = await _due(db, now, batch)
+        ids = await _due(shop.db_read, shop.clock(), batch)
         won = 0
         for order_id in ids:
-            if await expire_one(db, order_id, now, actor=actor):
+            if await shop.run(actor, lambda uow: expire_one(uow, order_id)):
                 won += 1
         expired += won
         # A short page is the last one; a full page where we won nothing means others are sweeping

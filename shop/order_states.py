@@ -96,8 +96,8 @@ async def transition(
     *,
     actor: str,
     reason: str | None = None,
+    now: datetime,
     max_attempts: int = 5,
-    now: datetime | None = None,
 ) -> Outcome:
     """Apply `event` to the order with a compare-and-set on the status it was seen in."""
     rule = TRANSITIONS[event]
@@ -110,8 +110,6 @@ async def transition(
             return Outcome(False, seen, seen)
         if seen not in rule.sources:
             raise InvalidState(data={"status": seen, "event": event})
-        if now is None:  # callers outside a unit of work (see shop/uow.py) still get the time
-            now = t.utcnow()
         values: dict[str, object] = {"status": rule.target, "updated_at": now}
         if rule.target == PAID:
             values["paid_at"] = now

@@ -51,7 +51,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from shop import schema as t
 from shop.errors import LoginRequired, NotFound
 from shop.money import money_str
-from shop.order_states import CANCELLED, InvalidState, transition
+from shop.order_states import CANCELLED, InvalidState
+from shop.uow import UnitOfWork
 
 ORDER_ID_OK = re.compile(r"[A-Za-z0-9_-]{1,32}")
 DEFAULT_EXPONENT = 2
@@ -109,8 +110,8 @@ def _snapshot(raw: Any) -> Any:
     return raw
 
 
-async def order_detail(db: AsyncEngine, order_id: str, user_id: int | None) -> dict[str, Any]:
-    """The order, its items, money summary, history, address snapshot, payments and refunds."""
+async def order_detail(db: AsyncEngine, order_id: str, user_id: int | None, now: datetime) -> dict[str, Any]:
+    """The order, its items, money summary, history, address snapshot, payments and refunds; `now` is server_time."""
     o, i, h, p, r = t.orders.c, t.order_items.c, t.order_status_history.c, t.payments.c, t.refunds.c
     user_id = _check_caller(order_id, user_id)
     async with db.connect() as conn:
@@ -164,7 +165,7 @@ async def order_detail(db: AsyncEngine, order_id: str, user_id: int | None) -> d
             for x in payments
         ],
         "refunds": [{"amount": m(x.amount, x.currency), "status": x.status} for x in refunds],
-        "server_time": iso(t.utcnow()),
+        "server_time": iso(now),
     }
 
 
@@ -221,30 +222,29 @@ async def payment_methods_for(db: AsyncEngine, order_id: str, user_id: int | Non
     ]
 
 
-async def paid_from_client(db: AsyncEngine, order_id: str, user_id: int | None) -> dict[str, Any]:
+async def paid_from_client(uow: UnitOfWork, order_id: str, user_id: int | None) -> dict[str, Any]:
     """The app says it has paid: clear the order's SKUs from the caller's cart and await the PSP.
 
-    One transaction: the cart lines go, then the guarded ``paid_from_client`` transition
-    (pending_payment / payment_failed → payment_confirming, actor "new"). Repeating it is
+    One unit of work (the caller's): the cart lines go, then the guarded ``paid_from_client``
+    transition (pending_payment / payment_failed → payment_confirming, the unit's actor). Repeating it is
     harmless: an order already payment_confirming or further along (authorized, paid,
     fulfilling, …) answers its current status. A cancelled order is 409 invalid_state and
     the cart is left as it was (the transaction rolls back). Cart rows before the order row
     (orders rows last, docs/orders.md), as old shopping's version does.
     """
     o, c, i = t.orders.c, t.cart_items.c, t.order_items.c
-    async with db.begin() as conn:
-        order = await _owned(conn, order_id, user_id, o.id)
-        await conn.execute(
-            delete(t.cart_items).where(
-                c.user_id == user_id,
-                c.sku_id.in_(select(i.sku_id).where(i.order_id == order.id)),
-            )
+    order = await _owned(uow.conn, order_id, user_id, o.id)
+    await uow.conn.execute(
+        delete(t.cart_items).where(
+            c.user_id == user_id,
+            c.sku_id.in_(select(i.sku_id).where(i.order_id == order.id)),
         )
-        try:
-            outcome = await transition(conn, order.id, "paid_from_client", actor="new", reason="paid_from_client")
-            status = outcome.status
-        except InvalidState as exc:
-            status = (exc.data or {}).get("status")
-            if status == CANCELLED or status is None:
-                raise
+    )
+    try:
+        outcome = await uow.transition(order.id, "paid_from_client", reason="paid_from_client")
+        status: str | None = outcome.status
+    except InvalidState as exc:
+        status = (exc.data or {}).get("status")
+        if status == CANCELLED or status is None:
+            raise
     return {"order_id": order.id, "status": status}

@@ -2,7 +2,8 @@
 
 Every statement is a compare-and-set that old shopping's concurrent writes cannot slip past:
 stock only goes down while enough is left, a coupon is only locked while unused, a wallet
-only pays while its balance covers the amount. Releases run in the same transaction as the
+only pays while its balance covers the amount. Each runs on the caller's connection, inside its
+unit of work (shop/uow.py), with the unit's `now`: nothing here opens a transaction or reads the clock. Releases run in the same transaction as the
 order's winning `cancel`/`expire` transition (shop/order_states.py), and that transition is
 itself a CAS, so two cancellers never both release.
 
@@ -109,11 +110,11 @@ async def unlock_coupon(conn: AsyncConnection, order_id: str) -> int:
     return result.rowcount
 
 
-async def use_coupon(conn: AsyncConnection, order_id: str, *, now: datetime | None = None) -> int:
+async def use_coupon(conn: AsyncConnection, order_id: str, *, now: datetime) -> int:
     """locked → used when the order is purchased."""
     u = t.user_coupons.c
     result = await conn.execute(
-        update(t.user_coupons).where(u.order_id == order_id, u.status == "locked").values(status="used", used_at=now or t.utcnow())
+        update(t.user_coupons).where(u.order_id == order_id, u.status == "locked").values(status="used", used_at=now)
     )
     return result.rowcount
 
@@ -127,7 +128,7 @@ _WALLET_TAKE = (
 _LEDGER_INSERT = insert(t.wallet_ledger)
 
 
-async def reserve_wallet(conn: AsyncConnection, user_id: int, order_id: str, amount: Decimal) -> bool:
+async def reserve_wallet(conn: AsyncConnection, user_id: int, order_id: str, amount: Decimal, *, now: datetime) -> bool:
     """Take `amount` (USD) from the wallet into a reservation; False when the balance no longer covers it."""
     if amount <= 0:
         return True
@@ -135,7 +136,7 @@ async def reserve_wallet(conn: AsyncConnection, user_id: int, order_id: str, amo
     if result.rowcount != 1:
         return False
     await conn.execute(_LEDGER_INSERT, {
-        "user_id": user_id, "order_id": order_id, "amount": amount, "kind": "reserve", "created_at": t.utcnow(),
+        "user_id": user_id, "order_id": order_id, "amount": amount, "kind": "reserve", "created_at": now,
     })
     return True
 
@@ -153,7 +154,7 @@ async def _open_reservation(conn: AsyncConnection, order_id: str) -> tuple[int, 
     return rows[0].user_id, held - closed
 
 
-async def release_wallet(conn: AsyncConnection, order_id: str) -> Decimal:
+async def release_wallet(conn: AsyncConnection, order_id: str, *, now: datetime) -> Decimal:
     """Give a cancelled order's reservation back to the wallet; the amount released (0 if none)."""
     open_ = await _open_reservation(conn, order_id)
     if open_ is None:
@@ -161,25 +162,25 @@ async def release_wallet(conn: AsyncConnection, order_id: str) -> Decimal:
     user_id, amount = open_
     await conn.execute(update(t.wallets).where(t.wallets.c.user_id == user_id).values(balance=t.wallets.c.balance + amount))
     await conn.execute(insert(t.wallet_ledger).values(
-        user_id=user_id, order_id=order_id, amount=amount, kind="release", created_at=t.utcnow(),
+        user_id=user_id, order_id=order_id, amount=amount, kind="release", created_at=now,
     ))
     return amount
 
 
-async def settle_wallet(conn: AsyncConnection, order_id: str, *, now: datetime | None = None) -> Decimal:
+async def settle_wallet(conn: AsyncConnection, order_id: str, *, now: datetime) -> Decimal:
     """A purchased order's reservation becomes spent money (the balance already went down)."""
     open_ = await _open_reservation(conn, order_id)
     if open_ is None:
         return ZERO
     user_id, amount = open_
     await conn.execute(insert(t.wallet_ledger).values(
-        user_id=user_id, order_id=order_id, amount=amount, kind="settle", created_at=now or t.utcnow(),
+        user_id=user_id, order_id=order_id, amount=amount, kind="settle", created_at=now,
     ))
     return amount
 
 
-async def release_all(conn: AsyncConnection, order_id: str) -> None:
+async def release_all(conn: AsyncConnection, order_id: str, *, now: datetime) -> None:
     """Everything a cancelled or expired order held, in lock order. Call only after winning the transition."""
     await return_stock(conn, order_id)
     await unlock_coupon(conn, order_id)
-    await release_wallet(conn, order_id)
+    await release_wallet(conn, order_id, now=now)

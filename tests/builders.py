@@ -8,6 +8,10 @@ from decimal import Decimal as D
 from types import MappingProxyType
 from typing import Any
 
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from shop.bootstrap import Shop
+from shop.reference import ReferenceCache
 from shop.pricing import Coupon, CouponChoice, MallDiscount, PriceLine, PricingInput, ShippingRule, TariffRule
 
 NOW = datetime(2026, 6, 1, 12, 0, 0)
@@ -50,3 +54,9 @@ async def insert_order(conn: Any, order_id: str, *, user_id: int = 1, status: st
     }
     row.update(values)
     await conn.execute(t.orders.insert().values(**row))
+
+
+def shop_at(engine: AsyncEngine, now: datetime, *, reader: AsyncEngine | None = None) -> Shop:
+    """A Shop on an existing engine whose clock stands still at `now` (for service functions under test)."""
+    reader = reader or engine
+    return Shop(engine, reader, ReferenceCache(reader, 0.0), clock=lambda: now)

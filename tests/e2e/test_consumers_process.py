@@ -90,9 +90,9 @@ class Consumers:
 
 
 async def _placed(db_url: str, key: str) -> str:
-    async with shop_resources(Settings.from_env({}, db_url=db_url)) as shop:
+    async with shop_resources(Settings.from_env({}, db_url=db_url), clock=lambda: NOW) as shop:
         req = parse_order_request(WORKED, key, "ios", "5.10.0")
-        return (await place_order(shop.db, shop.db_read, shop.reference, req, 1, NOW)).order_id
+        return (await place_order(shop, req, 1)).order_id
 
 
 async def _produce(broker: Broker, topic: str, key: str, payload: dict[str, Any]) -> None:

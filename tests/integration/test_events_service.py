@@ -53,7 +53,7 @@ async def shop(db_url: str) -> AsyncIterator[Shop]:
 
 async def placed(shop: Shop) -> str:
     req = parse_order_request(WORKED, "events-key", "ios", "5.10.0")
-    return (await place_order(shop.db, shop.db_read, shop.reference, req, 1, NOW)).order_id
+    return (await place_order(shop, req, 1)).order_id
 
 
 def notified(order_id: str, n: int = 1, **changes: Any) -> dict[str, Any]:

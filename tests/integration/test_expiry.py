@@ -22,7 +22,7 @@ from shop import schema as t
 from shop.db import create_all, drop_all, make_engine
 from shop.expiry import expire_due, expire_one
 from common.settings import Settings, SettingsError
-from tests.builders import insert_order
+from tests.builders import insert_order, shop_at
 from tests.support.edge import dead_url, edge_settings, routing_doc, write_routing
 
 STOCK = 50
@@ -196,7 +196,7 @@ async def test_an_expired_unpaid_order_gives_everything_back(engine: AsyncEngine
         no_deadline = await place(conn, "NODL", user_id=7, expires_at=None, lines=((5, 2),))
     assert await stock(engine) == {1: STOCK - 3, 2: STOCK - 4, 3: STOCK - 1, 4: STOCK - 3, 5: STOCK - 3}
 
-    assert await expire_due(engine, now) == 2
+    assert await expire_due(shop_at(engine, now)) == 2
 
     for p in (due, failed):
         await assert_released_once(engine, p)
@@ -211,11 +211,11 @@ async def test_an_expired_unpaid_order_gives_everything_back(engine: AsyncEngine
         assert await balance(engine, p.user_id) == WALLET - RESERVED
 
     # A second sweep finds nothing and changes nothing.
-    assert await expire_due(engine, now) == 0
+    assert await expire_due(shop_at(engine, now)) == 0
     await assert_released_once(engine, due)
     assert await balance(engine, due.user_id) == WALLET
     # Later, the other one is due too.
-    assert await expire_due(engine, future, actor="consumer") == 1
+    assert await expire_due(shop_at(engine, future), actor="consumer") == 1
     assert (await history(engine, "LATER"))[-1] == ("pending_payment", "cancelled", "consumer", "expired")
     assert await stock(engine) == {1: STOCK, 2: STOCK, 3: STOCK, 4: STOCK - 3, 5: STOCK - 3}
 
@@ -226,9 +226,9 @@ async def test_an_order_paid_between_the_scan_and_the_expiry_is_left_alone(engin
     async with engine.begin() as conn:
         p = await place(conn, "LATE", user_id=700, expires_at=now - timedelta(seconds=1), status="authorized")
     # (The state machine itself would allow expire from authorized; the sweeper's claim must not.)
-    assert await expire_one(engine, "LATE", now) is False
+    assert await shop_at(engine, now).run("new", lambda uow: expire_one(uow, "LATE")) is False
     await assert_untouched(engine, p, "authorized")
-    assert await expire_one(engine, "NO-SUCH-ORDER", now) is False
+    assert await shop_at(engine, now).run("new", lambda uow: expire_one(uow, "NO-SUCH-ORDER")) is False
 
 
 async def test_batches_cover_every_due_order(engine: AsyncEngine) -> None:
@@ -236,7 +236,7 @@ async def test_batches_cover_every_due_order(engine: AsyncEngine) -> None:
     async with engine.begin() as conn:
         placed = [await place(conn, f"B{i}", user_id=100 + i, expires_at=now - timedelta(seconds=i), lines=((1, 1),))
                   for i in range(7)]
-    assert await expire_due(engine, now, batch=3) == 7
+    assert await expire_due(shop_at(engine, now), batch=3) == 7
     assert await stock(engine) == {1: STOCK, 2: STOCK, 3: STOCK, 4: STOCK, 5: STOCK}
     for p in placed:
         await assert_released_once(engine, p)
@@ -248,8 +248,8 @@ async def test_two_sweepers_at_once_release_exactly_once(engine: AsyncEngine) ->
         placed = [await place(conn, f"C{i}", user_id=200 + i % 4, expires_at=now - timedelta(seconds=1),
                               lines=((1 + i % 5, 1), (1 + (i + 2) % 5, 2)))
                   for i in range(12)]
-    counts = await asyncio.gather(expire_due(engine, now, batch=5), expire_due(engine, now, batch=5),
-                                  expire_due(engine, now, batch=5))
+    counts = await asyncio.gather(expire_due(shop_at(engine, now), batch=5), expire_due(shop_at(engine, now), batch=5),
+                                  expire_due(shop_at(engine, now), batch=5))
     assert sum(counts) == 12, counts
     assert await stock(engine) == {sku: STOCK for sku in range(1, 6)}
     for user_id in range(200, 204):
@@ -264,7 +264,7 @@ async def test_two_sweepers_race_for_one_order_on_mariadb(maria: AsyncEngine) ->
         now = t.utcnow()
         async with engine.begin() as conn:
             p = await place(conn, f"R{round_}", user_id=300 + round_, expires_at=now - timedelta(seconds=1))
-        counts = await asyncio.gather(expire_due(engine, now), expire_due(engine, now))
+        counts = await asyncio.gather(expire_due(shop_at(engine, now)), expire_due(shop_at(engine, now)))
         assert sorted(counts) == [0, 1], counts
         await assert_released_once(engine, p)
         assert await balance(engine, p.user_id) == WALLET
@@ -287,7 +287,7 @@ async def test_old_shopping_cancelling_while_the_sweeper_runs(engine: AsyncEngin
 
     async def sweeper() -> int:
         await legacy_in.wait()
-        return await expire_due(engine, now)
+        return await expire_due(shop_at(engine, now))
 
     legacy_won, swept = await asyncio.gather(old_shopping(), sweeper())
     assert (legacy_won, swept) == (True, 0)
@@ -313,7 +313,7 @@ async def test_old_shopping_and_two_sweepers_race_on_mariadb(maria: AsyncEngine)
 
     async def sweeper() -> int:
         await gate.wait()
-        return await expire_due(engine, now, batch=7)
+        return await expire_due(shop_at(engine, now), batch=7)
 
     tasks = [asyncio.create_task(old_shopping(p.order_id)) for p in reversed(placed)]
     tasks += [asyncio.create_task(sweeper()), asyncio.create_task(sweeper())]

@@ -22,7 +22,7 @@ from shop.db import make_engine
 from shop.errors import NotFound
 from shop.order_views import order_detail, paid_from_client, payment_methods_for
 from shop.seed import demo_rows
-from tests.builders import NOW, insert_order
+from tests.builders import NOW, insert_order, shop_at
 from tests.support.edge import dead_url, detail_route, edge_settings, internal_headers, routing_doc, write_routing
 from tests.support.shopdb import seed_database
 
@@ -222,8 +222,9 @@ async def test_direct_new_side_calls_with_bad_ids_are_404(edge: TestClient, raw_
 
 @pytest.mark.parametrize("order_id", ["../x", "a" * 100, "\x00", "", "ORD1\n", "ORD1/../ORD1", "ÖRD1"])
 async def test_shop_functions_refuse_malformed_ids(engine: AsyncEngine, order_id: str) -> None:
-    for call_ in (order_detail(engine, order_id, 1), payment_methods_for(engine, order_id, 1, "web"),
-                  paid_from_client(engine, order_id, 1)):
+    shop = shop_at(engine, t.utcnow())
+    for call_ in (order_detail(engine, order_id, 1, shop.clock()), payment_methods_for(engine, order_id, 1, "web"),
+                  shop.run("new", lambda uow: paid_from_client(uow, order_id, 1))):
         with pytest.raises(NotFound) as err:
             await call_
         assert err.value.msg == "order_not_found" and err.value.code == 40401
@@ -460,13 +461,13 @@ async def test_detail_never_shows_a_status_its_history_has_left(mariadb_url: str
         while not done:  # payment fails, the app says it paid again, ...: the status goes back and forth
             for event in ("payment_failed", "paid_from_client"):
                 async with writer.begin() as conn:
-                    await transition(conn, "FLIP1", event, actor="new")
+                    await transition(conn, "FLIP1", event, actor="new", now=t.utcnow())
                 flips += 1
         return flips
 
     flipping = asyncio.create_task(flip())
     try:
-        views = [await order_detail(reader, "FLIP1", 1) for _ in range(300)]
+        views = [await order_detail(reader, "FLIP1", 1, t.utcnow()) for _ in range(300)]
     finally:
         done = True
         flips = await flipping

@@ -12,7 +12,7 @@ from shop import schema as t
 from shop.db import create_all, drop_all, make_engine
 from shop.errors import NotFound
 from shop.order_states import STATES, TRANSITIONS, InvalidState, transition
-from tests.builders import insert_order
+from tests.builders import NOW, insert_order
 
 ids = itertools.count(1)
 
@@ -45,7 +45,7 @@ async def test_every_allowed_transition(engine) -> None:
             async with engine.begin() as conn:
                 await insert_order(conn, order_id, status=source)
             async with engine.begin() as conn:
-                outcome = await transition(conn, order_id, event, actor="new", reason="test")
+                outcome = await transition(conn, order_id, event, actor="new", reason="test", now=NOW)
             assert (outcome.changed, outcome.from_status, outcome.status) == (True, source, rule.target), event
             assert await status_of(engine, order_id) == rule.target
             assert await history(engine, order_id) == [(source, rule.target, "new")]
@@ -59,7 +59,7 @@ async def test_every_forbidden_transition_changes_nothing(engine) -> None:
                 await insert_order(conn, order_id, status=state)
             with pytest.raises(InvalidState) as err:
                 async with engine.begin() as conn:
-                    await transition(conn, order_id, event, actor="new")
+                    await transition(conn, order_id, event, actor="new", now=NOW)
             assert err.value.code == 40901 and err.value.reason == "invalid_state" and err.value.data == {"status": state, "event": event}
             assert await status_of(engine, order_id) == state
             assert await history(engine, order_id) == []
@@ -69,7 +69,7 @@ async def test_already_in_target_is_a_no_op(engine) -> None:
     async with engine.begin() as conn:
         await insert_order(conn, "N1", status="cancelled")
     async with engine.begin() as conn:
-        outcome = await transition(conn, "N1", "cancel", actor="legacy")
+        outcome = await transition(conn, "N1", "cancel", actor="legacy", now=NOW)
     assert (outcome.changed, outcome.status) == (False, "cancelled")
     assert await history(engine, "N1") == []
 
@@ -77,13 +77,13 @@ async def test_already_in_target_is_a_no_op(engine) -> None:
 async def test_unknown_order_is_not_found(engine) -> None:
     with pytest.raises(NotFound):
         async with engine.begin() as conn:
-            await transition(conn, "nope", "cancel", actor="new")
+            await transition(conn, "nope", "cancel", actor="new", now=NOW)
 
 
 async def test_paid_sets_paid_at(engine) -> None:
     async with engine.begin() as conn:
         await insert_order(conn, "P1", status="authorized")
-        await transition(conn, "P1", "captured", actor="consumer")
+        await transition(conn, "P1", "captured", actor="consumer", now=NOW)
     async with engine.connect() as conn:
         assert (await conn.execute(select(t.orders.c.paid_at).where(t.orders.c.id == "P1"))).scalar() is not None
 
@@ -109,7 +109,7 @@ async def test_two_concurrent_transitions_from_one_state_exactly_one_wins(maria,
         async with engine.begin() as conn:
             await gate.wait()
             try:
-                outcome = await transition(conn, "R1", event, actor="new")
+                outcome = await transition(conn, "R1", event, actor="new", now=NOW)
                 return "won" if outcome.changed else "no-op"
             except InvalidState:
                 return "refused"

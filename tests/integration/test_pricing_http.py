@@ -231,8 +231,8 @@ async def test_reference_cache_invalidation_makes_changes_live(aiohttp_client, t
     await engine.dispose()
     _, cached = await calc(client, WORKED)
     assert cached["data"]["summary"] == before["data"]["summary"]  # within the TTL: the cached rate
-    from handlers.context import REFERENCE
+    from handlers.context import SHOP
 
-    client.server.app[REFERENCE].invalidate()
+    client.server.app[SHOP].reference.invalidate()
     _, fresh = await calc(client, WORKED)
     assert fresh["data"]["summary"]["subtotal"] == "62.24"  # 124.48 × 0.50
