@@ -34,8 +34,9 @@ from proxy.edgectl_admin import (
 )
 from proxy.edgectl_yaml import Change, EditError, format_percent, parse_percent, route_names, set_percents, write_atomic
 from proxy.routing import RoutingError, RoutingTable
-from proxy.routing_file import RoutingFileError, RoutingLoader, decode
-from proxy.routing_yaml import read_document
+from common.routing_file import RoutingFileError, decode
+from proxy.routing_file import RoutingLoader
+from common.routing_yaml import read_document
 from common.settings import Settings, SettingsError
 
 

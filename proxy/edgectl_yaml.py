@@ -22,7 +22,8 @@ from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap
 from ruamel.yaml.error import YAMLError
 
-from proxy.routing import RoutingError, check_percent
+from common.routing_values import check_percent
+from proxy.routing import RoutingError
 
 KEY = "new_percent"
 # One scalar token at a known column: double-quoted, single-quoted or plain (stops at flow punctuation).

@@ -1,7 +1,7 @@
 """Sticky, monotonic gray: which side serves a request.
 
 One bucket per caller, shared by every route and every edge process: a stable 64-bit hash
-of the sticky key mod 10000. A route sends a caller to new when bucket < new_percent × 100,
+of the sticky key mod 10000 (common/buckets.py, the hash the consumers use for order ids). A route sends a caller to new when bucket < new_percent × 100,
 so raising the percentage only ever adds callers to new, and a user's whole checkout
 (calc_price, place_order, pay…) lands on the same side.
 """
@@ -9,18 +9,14 @@ so raising the percentage only ever adds callers to new, and a user's whole chec
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from hashlib import blake2b
 
+from common.buckets import BUCKETS, bucket_of
 from proxy.routing import RouteSpec
 
-BUCKETS = 10_000
+__all__ = ["BUCKETS", "NO_KEY_BUCKET", "bucket_of", "goes_new", "sticky_value"]
+
 # A caller with no key at all is the last to move: it goes new only at 100 %.
 NO_KEY_BUCKET = BUCKETS - 1
-
-
-def bucket_of(key: str) -> int:
-    """Stable across processes, machines and Python versions (unlike ``hash()``)."""
-    return int.from_bytes(blake2b(key.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "big") % BUCKETS
 
 
 def sticky_value(

@@ -28,8 +28,9 @@ import structlog
 
 from proxy.metrics import EdgeMetrics
 from proxy.routing import RoutingTable
-from proxy.routing_file import FileChanging, RoutingLoader, Signature, signature_of
-from proxy.routing_yaml import RoutingError
+from common.routing_file import FileChanging, Signature, signature_of
+from proxy.routing_file import RoutingLoader
+from common.routing_yaml import RoutingError
 
 log = structlog.get_logger("edge.routing")
 MISSING: Signature = (-1, -1, -1, -1, -1)
@@ -270,5 +271,5 @@ class RoutingState:
                 }
                 for name, r in t.routes.items()
             },
-            "consumers": dict(t.consumers),
+            "consumers": {name: rule.describe() for name, rule in t.consumers.items()},
         }

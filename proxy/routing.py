@@ -10,25 +10,25 @@ import hashlib
 import re
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from types import MappingProxyType
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote
 
-from proxy.routing_yaml import Node as _Node
-from proxy.routing_yaml import RoutingError, read_document
-from proxy.routing_yaml import fail as _fail
+from common.consumer_routing import TOP_LEVEL_KEYS, ConsumerRule, check_version, parse_consumers, parse_legacy_url
+from common.routing_values import keys as _keys
+from common.routing_values import percent as _percent
+from common.routing_yaml import Node as _Node
+from common.routing_yaml import RoutingError, read_document
+from common.routing_yaml import fail as _fail
 from proxy.paths import normalise_path
 from shadow.normalise import CompareRules
 from common.settings import ROUTING_INTERPOLATION_VARS
 
-CONSUMER_EVENTS = ("payment_notified", "payment_failed", "purchased", "refund_notified", "group_update")
-CONSUMER_OWNERS = ("legacy", "new")
 HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 DEFAULT_STICKY_KEY = ("header:X-User-Id", "header:X-Device-Id", "client_ip")
 DEFAULT_TIMEOUT_MS = 3000
 PASSTHROUGH = "passthrough"
 
-_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _PARAM = re.compile(r"^\{([A-Za-z_][A-Za-z0-9_]*)\}$")
 _ROUTE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 _HEADER_NAME = re.compile(r"^[A-Za-z0-9-]{1,64}$")
@@ -78,7 +78,7 @@ class RoutingTable:
     timeout_ms: int
     sticky_key: tuple[str, ...]
     routes: Mapping[str, RouteSpec]
-    consumers: Mapping[str, str]
+    consumers: Mapping[str, ConsumerRule]  # common/consumer_routing.py
     source_hash: str
     _static: Mapping[tuple[str, str], RouteSpec] = field(repr=False, default_factory=dict)
     _templated: Mapping[tuple[str, int], tuple[RouteSpec, ...]] = field(repr=False, default_factory=dict)
@@ -144,50 +144,6 @@ def _safe_param(segment: str) -> bool:
 # --- loading -------------------------------------------------------------------------------------
 
 
-def _keys(where: str, node: _Node, allowed: Collection[str], required: Collection[str] = ()) -> dict[str, _Node]:
-    if not isinstance(node.value, dict):
-        raise _fail(where, node, "must be a mapping")
-    for key, child in node.value.items():
-        if key not in allowed:
-            raise _fail(f"{where}.{key}" if where else key, child, f"unknown key (allowed: {', '.join(sorted(allowed))})")
-    for key in required:
-        if key not in node.value:
-            raise _fail(f"{where}.{key}" if where else key, node, "is required")
-    return node.value
-
-
-def _shown(raw: object, limit: int = 40) -> str:
-    """A value from the file, short enough for a log line and an error body."""
-    text = str(raw)
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def _percent(where: str, node: _Node) -> Decimal:
-    raw = node.value
-    if isinstance(raw, bool) or not isinstance(raw, int | Decimal | str):
-        raise _fail(where, node, "must be a number from 0 to 100")
-    try:
-        value = Decimal(str(raw)) if len(str(raw)) <= 40 else None
-    except InvalidOperation:
-        value = None
-    if value is None:
-        raise _fail(where, node, f"{_shown(raw)!r} is not a number from 0 to 100")
-    if not value.is_finite() or not Decimal(0) <= value <= Decimal(100):
-        raise _fail(where, node, f"{_shown(raw)} is outside 0..100")
-    try:
-        exact = value == value.quantize(Decimal("0.01"))
-    except ArithmeticError:
-        exact = False
-    if not exact:
-        raise _fail(where, node, f"{_shown(raw)} has more than two decimals (the bucket resolution is 0.01 %)")
-    return value
-
-
-def check_percent(value: object, where: str = "percent") -> Decimal:
-    """The routing.yaml percentage rule (0..100, at most two decimals) for callers outside this module."""
-    return _percent(where, _Node(value, 0))
-
-
 def _timeout(where: str, node: _Node) -> int:
     raw = node.value
     if isinstance(raw, bool) or not isinstance(raw, int) or not 1 <= raw <= 600_000:
@@ -204,50 +160,6 @@ def _str_list(where: str, node: _Node) -> tuple[str, ...]:
             raise _fail(f"{where}[{i}]", item, "must be a string")
         out.append(str(item.value))
     return tuple(out)
-
-
-def _interpolate(where: str, node: _Node, env: Mapping[str, str], allowed: Collection[str]) -> tuple[str, tuple[str, ...]]:
-    """The value with ${VAR} / ${VAR:-default} filled in, and the variables used.
-
-    Only ``allowed`` variables may appear: routing.yaml is shown by the unauthenticated
-    ``GET /_edge/routes`` and in logs, so ``${EDGE_ADMIN_TOKEN}`` must not be able to put a secret there.
-    """
-    if not isinstance(node.value, str):
-        raise _fail(where, node, "must be a string")
-    used: list[str] = []
-
-    def sub(m: re.Match[str]) -> str:
-        name = m.group(1)
-        if name not in allowed:
-            raise _fail(where, node, f"${{{name}}} cannot be used here (routing.yaml may interpolate only {', '.join(allowed) or 'nothing'})")
-        value = env.get(name)
-        if value:
-            used.append(name)
-            return value
-        if m.group(2) is not None:
-            return m.group(2)
-        raise _fail(where, node, f"${{{name}}} is not set and has no default")
-
-    return _ENV_REF.sub(sub, node.value), tuple(used)
-
-
-def _legacy_url(where: str, node: _Node | None, url: str, source: str | None) -> str:
-    """An http(s) base URL without credentials. ``source`` names where the value came from when it
-    must not be echoed (an environment variable); literal values from the file are shown."""
-    shown = source or repr(_shown(url, 80))
-    try:
-        parts = urlsplit(url)
-        _ = parts.port  # raises ValueError for a port that is not a number
-    except ValueError:
-        raise _fail(where, node, f"{shown} is not an http(s) URL") from None
-    if parts.scheme not in ("http", "https") or not parts.hostname or any(c.isspace() for c in url):
-        raise _fail(where, node, f"{shown} is not an http(s) URL")
-    if parts.username is not None or parts.password is not None:
-        # Never shown: the URL is in /_edge/routes and the logs. Old shopping is called without credentials.
-        raise _fail(where, node, f"{source or 'the URL'} must not carry credentials (user:password@)")
-    if parts.query or parts.fragment:
-        raise _fail(where, node, f"{shown} must not have a query or fragment")
-    return url.rstrip("/")
 
 
 def _template(where: str, node: _Node) -> tuple[tuple[str | None, ...], tuple[str, ...]]:
@@ -382,15 +294,9 @@ def _parse(
     root = read_document(text)
     if root is None:
         raise RoutingError("routing.yaml: the file is empty")
-    top = _keys("", root, ("version", "legacy_url", "defaults", "routes", "consumers"), ("version", "routes"))
-    if top["version"].value != 1 or isinstance(top["version"].value, bool):
-        raise _fail("version", top["version"], "only version 1 is understood")
-    if "legacy_url" in top:
-        legacy_url, used = _interpolate("legacy_url", top["legacy_url"], env, interpolation_vars)
-        source = " and ".join(f"the value of ${{{name}}}" for name in used) or None
-        legacy_url = _legacy_url("legacy_url", top["legacy_url"], legacy_url, source)
-    else:
-        legacy_url = _legacy_url("legacy_url", None, default_legacy_url, "the default legacy URL (EDGE_LEGACY_URL)")
+    top = _keys("", root, TOP_LEVEL_KEYS, ("version", "routes"))
+    check_version(top["version"])
+    legacy_url = parse_legacy_url(top.get("legacy_url"), env, interpolation_vars, default_legacy_url)
 
     timeout = DEFAULT_TIMEOUT_MS
     sticky = DEFAULT_STICKY_KEY
@@ -422,12 +328,7 @@ def _parse(
             seen[(method, route.segments)] = name
         routes[name] = route
 
-    consumers: dict[str, str] = {}
-    if "consumers" in top and top["consumers"].value is not None:
-        for event, owner in _keys("consumers", top["consumers"], CONSUMER_EVENTS).items():
-            if owner.value not in CONSUMER_OWNERS:
-                raise _fail(f"consumers.{event}", owner, f"must be one of {', '.join(CONSUMER_OWNERS)}")
-            consumers[event] = owner.value
+    consumers = parse_consumers(top.get("consumers"))
 
     static: dict[tuple[str, str], RouteSpec] = {}
     templated: dict[tuple[str, int], list[RouteSpec]] = {}
@@ -443,7 +344,7 @@ def _parse(
         timeout_ms=timeout,
         sticky_key=sticky,
         routes=MappingProxyType(routes),
-        consumers=MappingProxyType(consumers),
+        consumers=consumers,
         source_hash=hashlib.sha256(text.encode()).hexdigest(),
         _static=MappingProxyType(static),
         _templated=MappingProxyType({k: tuple(v) for k, v in templated.items()}),

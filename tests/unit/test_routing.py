@@ -12,7 +12,7 @@ import pytest
 from handlers.routes import NEW_ROUTES
 from proxy.routing import PASSTHROUGH, RoutingError, parse_routing
 from proxy.routing_file import RoutingLoader
-from proxy.routing_yaml import MAX_DEPTH, MAX_VALUES
+from common.routing_yaml import MAX_DEPTH, MAX_VALUES
 from common.settings import ROUTING_INTERPOLATION_VARS, Settings
 from tests.support.bad_routing import BAD_VALUES, BadFile, alias_bomb, deep, routing_text
 
@@ -70,7 +70,7 @@ def test_good_file_parses_into_specs() -> None:
     assert calc.allow_new == frozenset({"1001", "7"})
     assert calc.timeout_ms == 3000 and table.routes["detail"].timeout_ms == 800
     assert table.routes["place_order"].writes and table.routes["place_order"].new_percent == 0
-    assert table.consumers == {"payment_notified": "new"}
+    assert {name: rule.describe() for name, rule in table.consumers.items()} == {"payment_notified": "new"}
 
 
 def test_env_default_used_when_unset() -> None:

@@ -11,7 +11,7 @@ slow, huge or ambiguous, instead of trying to survive it:
   ``05``, ``1:30`` (base 60: 90), ``0x1f``, ``.nan``, ``.inf`` and numbers too long to be meant.
 
 Each refusal is a :class:`RoutingError` naming the key and the line. Together with the file size
-cap (proxy/routing_file.py) this bounds the time and memory of any parse.
+cap (common/routing_file.py) this bounds the time and memory of any parse.
 """
 
 from __future__ import annotations
