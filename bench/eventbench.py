@@ -160,6 +160,8 @@ class Bench:
             "SHOP_KAFKA_IDEMPOTENCE": "false", "SHOP_CONSUMER_GROUP": self.group,
             "SHOP_CONSUMER_ADMIN_PORT": str(admin_port), "SHOP_CONSUMER_SESSION_TIMEOUT_MS": "2000",
             "SHOP_EXPIRY_SWEEP_SECONDS": "0",
+            # Every event type owned by the new consumer (the repo's routing.yaml gives them to old shopping).
+            "EDGE_ROUTING_FILE": str(ROOT / "tests" / "fixtures" / "routing-events-new.yaml"),
         }
         argv = [str(BIN / "shopping-consumers"), "--log-level", "warning"]
         if self.args.profile:  # py-spy's collapsed stacks, one file per consumer run

@@ -185,6 +185,9 @@ class Settings:
     consumer_commit_seconds: float = setting("SHOP_CONSUMER_COMMIT_SECONDS", 0.2, number(0.01, 300.0))
     # The idempotent producer: on for the company's Kafka; the bundled Tansu broker refuses InitProducerId.
     kafka_idempotence: bool = setting("SHOP_KAFKA_IDEMPOTENCE", True, flag)
+    # Delivering old shopping's share of the events to its POST /event/{name}: per-call timeout, pool size.
+    legacy_event_timeout_seconds: float = setting("SHOP_LEGACY_EVENT_TIMEOUT_SECONDS", 10.0, number(0.1, 300.0))
+    legacy_event_pool_size: int = setting("SHOP_LEGACY_EVENT_POOL", 32, whole(1, 10_000))
     # The ROUTING_INTERPOLATION_VARS that are set; captured here so the loader never reads os.environ.
     interpolation_env: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
     # prometheus_client's own variable (it reads it at import): set by `shopping-edge --workers N`.

@@ -29,7 +29,12 @@ def main(argv: list[str] | None = None) -> None:
         uvloop.install()
     except ImportError:
         pass
-    asyncio.run(run(settings))
+    from common.routing_yaml import RoutingError
+
+    try:
+        asyncio.run(run(settings))
+    except RoutingError as exc:  # routing.yaml's consumers: unreadable at start: never guess who owns the events
+        sys.exit(f"shopping-consumers: {settings.routing_file}: {exc}")
 
 
 if __name__ == "__main__":

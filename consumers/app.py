@@ -2,7 +2,9 @@
 
 One shop (shop.bootstrap, the same resources the edge builds), one Kafka consumer in the group
 `SHOP_CONSUMER_GROUP` on every event type's topic, one producer (DLQ and outbox relay), the
-outbox relay, and the admin port (`/metrics`, `/healthz`, `/readyz`, loopback by default).
+outbox relay, the ownership watch (routing.yaml `consumers:`: each event applied here or delivered
+to old shopping's `/event/{name}`, consumers/events.py), and the admin port (`/metrics`,
+`/healthz`, `/readyz`, loopback by default).
 Nothing is created at import time. SIGTERM/SIGINT: every partition finishes the event it is on,
 offsets are committed, the group is left, the relay lease is released.
 """
@@ -22,9 +24,11 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from common.logs import flush_stdout_periodically
-from consumers.events import apply_locally
+from consumers.events import owned_handler
+from consumers.legacy_delivery import LegacyDelivery, legacy_session
 from consumers.metrics import ConsumerMetrics
 from consumers.outbox_relay import OutboxRelay, RelayMetrics
+from consumers.ownership import Ownership
 from consumers.runner import ConsumerRunner, RunnerOptions
 from shop.bootstrap import Shop, shop_resources
 from shop.db import is_unavailable
@@ -129,10 +133,14 @@ async def run(settings: Settings, *, admin_host: str = "127.0.0.1", registry: Co
     topics = {settings.consumer_topics[name]: et for name, et in EVENT_TYPES.items()}
     metrics = ConsumerMetrics(registry, tuple(topics))
     relay_metrics = RelayMetrics(registry)
-    async with shop_resources(settings) as shop:
+    # routing.yaml's consumers: (who applies each event type); a bad file stops the start here.
+    ownership = Ownership.for_settings(settings, registry)
+    async with shop_resources(settings) as shop, legacy_session(settings.legacy_event_pool_size) as session:
+        legacy = LegacyDelivery(session, lambda: ownership.legacy_url, timeout=settings.legacy_event_timeout_seconds)
         consumer, producer = _kafka_clients(settings)
+        handlers = {topic: owned_handler(shop, et, ownership, legacy) for topic, et in topics.items()}
         runner = ConsumerRunner(
-            consumer, producer, {topic: apply_locally(shop, et) for topic, et in topics.items()}, metrics,
+            consumer, producer, handlers, metrics,
             is_transient=is_transient,
             options=RunnerOptions(
                 max_concurrency=settings.consumer_concurrency, max_attempts=settings.consumer_max_attempts,
@@ -146,7 +154,9 @@ async def run(settings: Settings, *, admin_host: str = "127.0.0.1", registry: Co
                 return
             log.info("consumers_started", group=settings.consumer_group, topics=sorted(topics))
             tasks = [asyncio.create_task(runner.run(), name="consumer"), asyncio.create_task(relay.run(), name="relay")]
+            watch = asyncio.create_task(ownership.watch(settings.routing_poll_seconds), name="routing-watch")
             await stopping.wait()
+            watch.cancel()
             runner.stop()
             relay.stop()
             _, late = await asyncio.wait(tasks, timeout=SHUTDOWN_SECONDS)

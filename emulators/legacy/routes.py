@@ -18,6 +18,7 @@ from emulators.legacy import (
     checkout,
     coupons,
     envelope,
+    events,
     order_actions,
     order_detail,
     orders,
@@ -54,7 +55,7 @@ ROUTES: tuple[LegacyRoute, ...] = (
         "paid_from_client", "POST", "/shopping/orders/{order_id}/paid_from_client", order_actions.paid_from_client
     ),
     LegacyRoute("refund", "POST", "/refund/refund"),
-    LegacyRoute("events", "POST", "/event/{name}"),
+    LegacyRoute("events", "POST", "/event/{name}", events.event),
 )
 
 

@@ -58,7 +58,9 @@ class Consumers:
             **os.environ, "SHOP_DB_URL": db_url, "SHOP_KAFKA_BOOTSTRAP": broker.bootstrap, "SHOP_KAFKA_IDEMPOTENCE": "false",
             "SHOP_CONSUMER_ADMIN_PORT": str(self.admin_port), "SHOP_CONSUMER_SESSION_TIMEOUT_MS": "2000",
             # Each test its own group and topics' offsets: the broker is shared by the module.
-            "SHOP_CONSUMER_GROUP": f"g-{time.monotonic_ns()}", **env,
+            "SHOP_CONSUMER_GROUP": f"g-{time.monotonic_ns()}",
+            # The new consumer applies every event type (the repo's routing.yaml gives them to old shopping).
+            "EDGE_ROUTING_FILE": str(Path(__file__).resolve().parents[1] / "fixtures" / "routing-events-new.yaml"), **env,
         }
         self.proc: subprocess.Popen[bytes] | None = None
 

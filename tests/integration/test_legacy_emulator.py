@@ -303,7 +303,6 @@ async def test_orders_list_shows_orders_the_new_side_wrote(client: TestClient, d
         ("POST", "/shopping/orders/O-1/paypal_finished/7", "paypal_finished"),
         ("POST", "/shopping/orders/O-1/pay/any/adyen", "adyen_pay"),
         ("POST", "/refund/refund", "refund"),
-        ("POST", "/event/purchased", "events"),
     ],
 )
 async def test_migrated_routes_answer_501(bare_client: TestClient, method: str, path: str, route: str) -> None:
