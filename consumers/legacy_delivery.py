@@ -77,7 +77,7 @@ class LegacyDelivery:
         if status == 409:
             raise LegacyNotYet(reason)
         if 400 <= status < 500 and status not in _RETRY_4XX:
-            log.warning("legacy_refused_event", event=name, event_id=event_id, status=status)
+            log.warning("legacy_refused_event", event_name=name, event_id=event_id, status=status)
             raise PoisonMessage(reason)
         raise LegacyUnavailable(reason)
 
