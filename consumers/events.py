@@ -19,14 +19,9 @@ from consumers.legacy_delivery import LegacyDelivery
 from consumers.ownership import Ownership
 from consumers.runner import Event, EventHandler, PoisonMessage
 from shop import events as ev
-from shop.events import EventType
+from shop.events import EventType, consumer_name
 from shop.bootstrap import Shop
 from shop.errors import ShopError
-
-
-def consumer_name(event_type: EventType) -> str:
-    """processed_events.consumer for the new side's applier of this event type."""
-    return f"shopping-new:{event_type.name}"
 
 
 def _refusal(exc: ShopError) -> str:

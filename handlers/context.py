@@ -15,9 +15,13 @@ from common.settings import Settings
 from shop.bootstrap import Shop, shop_resources
 
 SHOP = web.AppKey("shop", Shop)
+# SHOP_SERVICE_TOKEN for the internal-only handlers (POST /event/{name}); "" = unset, refuses everyone.
+SERVICE_TOKEN = web.AppKey("service_token", str)
 
 
 def setup_new_side(app: web.Application, settings: Settings) -> None:
+    app[SERVICE_TOKEN] = settings.service_token or ""
+
     async def resources(app: web.Application) -> AsyncIterator[None]:
         async with shop_resources(settings) as shop:
             app[SHOP] = shop

@@ -14,6 +14,7 @@ from types import MappingProxyType
 from aiohttp import web
 
 from handlers.checkout import place_order
+from handlers.events import event
 from handlers.orders import detail, paid_from_client, payment_methods
 from handlers.pricing import calc_price, coupons
 from shop.errors import NotMigrated
@@ -60,5 +61,5 @@ NEW_ROUTES: Mapping[str, NewRoute] = _routes(
     NewRoute("payment_methods", "GET", "/payment_methods/{order_id}", payment_methods),
     NewRoute("paid_from_client", "POST", "/paid_from_client/{order_id}", paid_from_client),
     placeholder("refund", "POST", "/refund"),
-    placeholder("events", "POST", "/event/{name}"),
+    NewRoute("events", "POST", "/event/{name}", event),
 )

@@ -388,6 +388,12 @@ class EventType:
     apply: Callable[[UnitOfWork, Any, str], Awaitable[str]]
 
 
+def consumer_name(event_type: EventType) -> str:
+    """processed_events.consumer for the new side's applier of this event type, whether the event came
+    by Kafka or by `POST /event/{name}`: one name, so an event delivered both ways is applied once."""
+    return f"shopping-new:{event_type.name}"
+
+
 EVENT_TYPES: Mapping[str, EventType] = MappingProxyType({
     e.name: e for e in (
         EventType("payment_notified", parse_payment_notified, apply_payment_notified),
