@@ -2,9 +2,9 @@
 
 One shop (shop.bootstrap, the same resources the edge builds), one Kafka consumer in the group
 `SHOP_CONSUMER_GROUP` on every event type's topic, one producer (DLQ and outbox relay), the
-outbox relay, the ownership watch (routing.yaml `consumers:`: each event applied here or delivered
-to old shopping's `/event/{name}`, consumers/events.py), and the admin port (`/metrics`,
-`/healthz`, `/readyz`, loopback by default).
+outbox relay, the expiry sweeper (consumers/expiry.py), the ownership watch (routing.yaml
+`consumers:`: each event applied here or delivered to old shopping's `/event/{name}`,
+consumers/events.py), and the admin port (`/metrics`, `/healthz`, `/readyz`, loopback by default).
 Nothing is created at import time. SIGTERM/SIGINT: every partition finishes the event it is on,
 offsets are committed, the group is left, the relay lease is released.
 """
@@ -25,6 +25,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from common.logs import flush_stdout_periodically
 from consumers.events import owned_handler
+from consumers.expiry import ExpiryMetrics, ExpirySweeper
 from consumers.legacy_delivery import LegacyDelivery, legacy_session
 from consumers.metrics import ConsumerMetrics
 from consumers.outbox_relay import OutboxRelay, RelayMetrics
@@ -123,6 +124,30 @@ async def _admin_site(app: web.Application, host: str, port: int) -> AsyncIterat
         await runner.cleanup()
 
 
+def lease_holder() -> str:
+    """This process, as a lease holder (shop/leases.py)."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+@contextlib.asynccontextmanager
+async def _expiry_sweeping(
+    shop: Shop, settings: Settings, registry: CollectorRegistry, holder: str,
+) -> AsyncIterator[None]:
+    """The expiry sweeper (consumers/expiry.py) for the whole life of the process: it needs the database
+    only, so it sweeps while the broker is still away too. SHOP_EXPIRY_SWEEP_SECONDS=0 turns it off."""
+    metrics = ExpiryMetrics(registry)
+    if settings.expiry_sweep_seconds <= 0:
+        yield
+        return
+    sweeper = ExpirySweeper(shop, metrics, holder=holder, period=settings.expiry_sweep_seconds)
+    task = asyncio.create_task(sweeper.run(), name="expiry-sweeper")
+    try:
+        yield
+    finally:
+        sweeper.stop()
+        await _close("expiry sweeper", task)
+
+
 async def run(settings: Settings, *, admin_host: str = "127.0.0.1", registry: CollectorRegistry | None = None) -> None:
     registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
     stopping = asyncio.Event()
@@ -147,9 +172,10 @@ async def run(settings: Settings, *, admin_host: str = "127.0.0.1", registry: Co
                 commit_interval=settings.consumer_commit_seconds,
             ),
         )
-        relay = OutboxRelay(shop.db, producer, relay_metrics, holder=f"{socket.gethostname()}:{os.getpid()}", clock=shop.clock)
+        relay = OutboxRelay(shop.db, producer, relay_metrics, holder=lease_holder(), clock=shop.clock)
         flushing = contextlib.asynccontextmanager(flush_stdout_periodically)(None)
-        async with flushing, _admin_site(admin_app(registry, shop, runner), admin_host, settings.consumer_admin_port):
+        sweeping = _expiry_sweeping(shop, settings, registry, lease_holder())
+        async with flushing, _admin_site(admin_app(registry, shop, runner), admin_host, settings.consumer_admin_port), sweeping:
             if not (await _start_until_up(producer, "producer", stopping) and await _start_until_up(consumer, "consumer", stopping)):
                 return
             log.info("consumers_started", group=settings.consumer_group, topics=sorted(topics))

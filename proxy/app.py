@@ -25,7 +25,6 @@ from handlers.errors import answer, answer_new, error_middleware
 from handlers.routes import NEW_ROUTES, NewHandler, NewRoute
 from proxy.admin import create_admin_app
 from proxy.cors import setup_cors
-from proxy.expiry_task import expiry_sweeper
 from proxy.forwarder import Forwarder, make_session
 from proxy.gray import goes_new, sticky_value
 from common.logs import flush_stdout_periodically
@@ -305,7 +304,6 @@ def create_app(
     app.cleanup_ctx.append(flush_stdout_periodically)
     app.cleanup_ctx.append(_upstream_session)
     app.cleanup_ctx.append(_routing_watcher)
-    app.cleanup_ctx.append(expiry_sweeper(settings))
     if settings.admin_port is not None:
         app.cleanup_ctx.append(_admin_site)
 

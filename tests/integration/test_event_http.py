@@ -44,7 +44,7 @@ async def edge_on(aiohttp_client: Any, tmp_path: Path, db_url: str, **settings: 
     # Old shopping is a dead URL: at 100 % nothing may reach it, and a test would see a 502 if it did.
     legacy = dead_url()
     routing = write_routing(tmp_path / "routing.yaml", routing_doc(legacy, events=EVENTS_ROUTE))
-    app = create_app(edge_settings(routing, legacy, db_url=db_url, expiry_sweep_seconds=0, **settings),
+    app = create_app(edge_settings(routing, legacy, db_url=db_url, **settings),
                      registry=CollectorRegistry())
     return await aiohttp_client(app)
 

@@ -1,29 +1,42 @@
-"""The expiry sweeper (shop/expiry.py, proxy/expiry_task.py) on MariaDB and SQLite.
+"""The expiry sweeper (shop/expiry.py, consumers/expiry.py) on MariaDB and SQLite.
 
 An expired unpaid order gives back its stock, coupon and wallet reservation exactly once, also
 when two sweepers run at once and when old shopping cancels the same order at the same moment.
+The sweeper runs in shopping-consumers, not the edge: of two sweepers only the holder of the
+`expiry_sweeper` lease sweeps, and the other takes over when it stops.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal as D
 from pathlib import Path
+from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
 from sqlalchemy import func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from consumers.expiry import ExpiryMetrics, ExpirySweeper
 from proxy.app import create_app
 from shop import schema as t
 from shop.db import create_all, drop_all, make_engine
+from shop.bootstrap import Shop
 from shop.expiry import expire_due, expire_one
+from shop.reference import ReferenceCache
 from common.settings import Settings, SettingsError
 from tests.builders import insert_order, shop_at
-from tests.support.edge import dead_url, edge_settings, routing_doc, write_routing
+from tests.support.edge import dead_url, edge_settings, routing_doc, sample, write_routing
+from tests.support.net import free_port
 
 STOCK = 50
 WALLET = D("20.0000")
@@ -331,10 +344,73 @@ async def test_old_shopping_and_two_sweepers_race_on_mariadb(maria: AsyncEngine)
     assert releases == 20
 
 
-# --- the edge task -------------------------------------------------------------------------------
+# --- the consumers' sweeper (consumers/expiry.py) -----------------------------------------------
 
 
-async def test_the_edge_sweeps_in_the_background(aiohttp_client, tmp_path: Path, sqlite_url: str) -> None:
+def sweeper(engine: AsyncEngine, holder: str, period: float = 0.05) -> tuple[ExpirySweeper, CollectorRegistry]:
+    registry = CollectorRegistry()
+    shop = Shop(engine, engine, ReferenceCache(engine, 0.0))
+    return ExpirySweeper(shop, ExpiryMetrics(registry), holder=holder, period=period), registry
+
+
+async def until(predicate: Any, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not await predicate():
+        assert time.monotonic() < deadline, "not true in time"
+        await asyncio.sleep(0.05)
+
+
+async def test_two_sweepers_at_once_one_holds_the_lease_and_each_order_is_expired_once(engine: AsyncEngine) -> None:
+    due = t.utcnow() - timedelta(seconds=1)
+    async with engine.begin() as conn:
+        first = [await place(conn, f"S{i}", user_id=800 + i, expires_at=due, lines=((1 + i % 5, 1),)) for i in range(6)]
+    (a, a_metrics), (b, b_metrics) = sweeper(engine, "host-a:1"), sweeper(engine, "host-b:2")
+    tasks = [asyncio.create_task(a.run()), asyncio.create_task(b.run())]
+    try:
+        async def all_cancelled() -> bool:
+            return all([await status_of(engine, p.order_id) == "cancelled" for p in first])
+
+        await until(all_cancelled)
+        await asyncio.sleep(0.3)  # several more periods: the lease stays where it is
+        leaders = [sample(r, "expiry_sweeper_leader") for r in (a_metrics, b_metrics)]
+        assert sorted(leaders) == [0.0, 1.0], leaders
+        leader, standby = (a, b) if leaders[0] == 1.0 else (b, a)
+        lead_reg, standby_reg = (a_metrics, b_metrics) if leaders[0] == 1.0 else (b_metrics, a_metrics)
+        assert (sample(lead_reg, "expiry_orders_expired_total"), sample(standby_reg, "expiry_orders_expired_total")) == (6, 0)
+        for p in first:
+            await assert_released_once(engine, p)
+            assert (await history(engine, p.order_id))[-1] == ("pending_payment", "cancelled", "consumer", "expired")
+
+        # The holder stops (a clean shutdown releases the lease): the other takes over at once.
+        leader.stop()
+        async with engine.begin() as conn:
+            later = await place(conn, "S-LATER", user_id=900, expires_at=t.utcnow() - timedelta(seconds=1))
+        await until(lambda: _is(status_of(engine, later.order_id), "cancelled"))
+        await assert_released_once(engine, later)
+        assert sample(standby_reg, "expiry_orders_expired_total") == 1
+        assert sample(standby_reg, "expiry_sweeper_leader") == 1
+    finally:
+        a.stop(), b.stop()
+        await asyncio.gather(*tasks)
+    assert await stock(engine) == {sku: STOCK for sku in range(1, 6)}
+
+
+async def _is(value: Any, want: Any) -> bool:
+    return (await value) == want
+
+
+async def test_a_sweep_that_cannot_reach_the_database_is_counted_and_the_next_one_tries_again(engine: AsyncEngine) -> None:
+    dead = make_engine("mysql+aiomysql://root@127.0.0.1:1/nothing")
+    try:
+        s, registry = sweeper(dead, "host-a:1")
+        assert await s.sweep_once() == 0
+        assert sample(registry, "expiry_sweep_errors_total") == 1
+    finally:
+        await dead.dispose()
+
+
+async def test_the_edge_no_longer_sweeps(aiohttp_client, tmp_path: Path, sqlite_url: str) -> None:
+    """The sweeper moved into shopping-consumers (issue 10 §7): an edge, even told a short period, expires nothing."""
     engine = await fresh(sqlite_url)
     try:
         async with engine.begin() as conn:
@@ -342,13 +418,48 @@ async def test_the_edge_sweeps_in_the_background(aiohttp_client, tmp_path: Path,
         path = write_routing(tmp_path / "routing.yaml", routing_doc(dead_url()))
         settings = edge_settings(path, dead_url(), db_url=sqlite_url, expiry_sweep_seconds=0.05)
         await aiohttp_client(create_app(settings, registry=CollectorRegistry()))
-        for _ in range(100):
-            if await status_of(engine, "EDGE1") == "cancelled":
-                break
-            await asyncio.sleep(0.05)
-        await assert_released_once(engine, p)
+        await asyncio.sleep(0.5)
+        await assert_untouched(engine, p, "pending_payment")
     finally:
         await engine.dispose()
+
+
+def test_the_consumers_process_sweeps_even_while_the_broker_is_away(tmp_path: Path, sqlite_url: str) -> None:
+    """A real shopping-consumers (no broker reachable): the sweeper needs the database only, and reports on /metrics."""
+    async def setup() -> Placed:
+        engine = await fresh(sqlite_url)
+        try:
+            async with engine.begin() as conn:
+                return await place(conn, "PROC1", user_id=610, expires_at=t.utcnow() - timedelta(seconds=1))
+        finally:
+            await engine.dispose()
+
+    placed = asyncio.run(setup())
+    admin = free_port()
+    env = {**os.environ, "SHOP_DB_URL": sqlite_url, "SHOP_KAFKA_BOOTSTRAP": f"127.0.0.1:{free_port()}",
+           "SHOP_EXPIRY_SWEEP_SECONDS": "0.2", "SHOP_CONSUMER_ADMIN_PORT": str(admin)}
+    log = tmp_path / "consumers.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen([str(Path(sys.executable).parent / "shopping-consumers")], env=env, stdout=out,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+
+    async def check() -> None:
+        engine = make_engine(sqlite_url)
+        try:
+            await until(lambda: _is(status_of(engine, "PROC1"), "cancelled"), timeout=20)
+            await assert_released_once(engine, placed)
+            assert (await history(engine, "PROC1"))[-1][2] == "consumer"
+        finally:
+            await engine.dispose()
+
+    try:
+        asyncio.run(check())
+        with urllib.request.urlopen(f"http://127.0.0.1:{admin}/metrics", timeout=5) as resp:
+            text = resp.read().decode()
+        assert "expiry_sweeper_leader 1.0" in text and "expiry_orders_expired_total 1.0" in text
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0, log.read_text()[-3000:]
 
 
 def test_sweep_period_setting() -> None:
