@@ -68,10 +68,7 @@ class ExpirySweeper:
                 await self.sweep_once()
         finally:
             self._metrics.leader.set(0)
-            try:
-                await leases.release(self._db, LEASE, self._holder)
-            except Exception as exc:  # the lease then simply runs out
-                log.info("expiry_lease_release_failed", error=exc.__class__.__name__)
+            await leases.release_quietly(self._db, LEASE, self._holder)
 
     async def _stopped_within(self, seconds: float) -> bool:
         try:

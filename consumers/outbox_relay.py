@@ -92,10 +92,7 @@ class OutboxRelay:
                     await self._pause(self._poll)
         finally:
             self._metrics.leader.set(0)
-            try:
-                await leases.release(self._db, LEASE, self._holder)
-            except Exception as exc:  # the lease then simply runs out
-                log.info("outbox_lease_release_failed", error=exc.__class__.__name__)
+            await leases.release_quietly(self._db, LEASE, self._holder)
 
     async def _pause(self, seconds: float) -> None:
         try:

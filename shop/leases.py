@@ -11,11 +11,14 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
+import structlog
 from sqlalchemy import insert, or_, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shop import schema as t
+
+log = structlog.get_logger("shop.leases")
 
 
 async def hold(db: AsyncEngine, name: str, holder: str, now: datetime, ttl: timedelta) -> bool:
@@ -44,3 +47,11 @@ async def release(db: AsyncEngine, name: str, holder: str) -> None:
         await conn.execute(
             update(t.leases).where(lc.name == name, lc.holder == holder).values(expires_at=datetime(1970, 1, 1))
         )
+
+
+async def release_quietly(db: AsyncEngine, name: str, holder: str) -> None:
+    """`release` at the end of a holder's loop, whatever the database says: unreleased, the lease simply runs out."""
+    try:
+        await release(db, name, holder)
+    except Exception as exc:
+        log.info("lease_release_failed", lease=name, error=exc.__class__.__name__)
