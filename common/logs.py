@@ -1,5 +1,10 @@
 """structlog set-up: one JSON object per line, request id bound per request by the edge.
 
+The libraries' own records (aiokafka, aiohttp, asyncio, warnings, an uncaught exception) go through
+the stdlib `logging` root handler, rendered by structlog's ProcessorFormatter into the same JSON
+lines on the same stream: `level`, `logger`, `timestamp`, `event` (the record's message) and, for
+a record with exc_info, the traceback as one `exception` string field, never as lines of its own.
+
 Lines go to a buffered stdout and are flushed at least every `FLUSH_SECONDS` (and at exit)
 rather than one write(2) per line: at thousands of requests a second the per-line flush was
 the access log's main cost (≈ 40 µs of ≈ 55 µs per request in bench/RESULTS.md).
@@ -37,13 +42,13 @@ class LineLogger:
 def configure_logging(level: str = "info", stream: BinaryIO | None = None) -> None:
     """Called once by each process's entry point, never at import time."""
     numeric = logging.getLevelName(level.upper())
-    logging.basicConfig(level=numeric, stream=sys.stderr, format="%(message)s")
     if stream is None:
         # stdout with a 256 KiB buffer instead of 8 KiB: one write(2) per ~1,000 access lines, not per ~40.
         sys.stdout.flush()
         raw = io.FileIO(sys.stdout.fileno(), "wb", closefd=False)
         sys.stdout = io.TextIOWrapper(io.BufferedWriter(raw, buffer_size=STDOUT_BUFFER), encoding="utf-8")
     out = stream if stream is not None else sys.stdout.buffer
+    _route_stdlib_logging(out, numeric)
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
@@ -56,6 +61,58 @@ def configure_logging(level: str = "info", stream: BinaryIO | None = None) -> No
         logger_factory=lambda *args: LineLogger(out),
         cache_logger_on_first_use=True,
     )
+
+
+class StdlibLineHandler(logging.Handler):
+    """The root handler: each stdlib record as one JSON line (bytes) on the processes' log stream."""
+
+    def __init__(self, stream: BinaryIO, level: int = logging.NOTSET) -> None:
+        super().__init__(level)
+        self._write = stream.write
+        self.setFormatter(structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[
+                structlog.contextvars.merge_contextvars,
+                structlog.stdlib.add_log_level,
+                structlog.stdlib.add_logger_name,
+                IsoStamper(),
+            ],
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                structlog.processors.format_exc_info,
+                structlog.processors.JSONRenderer(serializer=_dumps_text),
+            ],
+        ))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = self.format(record)
+        except Exception:
+            self.handleError(record)
+            return
+        # One write per line: the buffered stream's lock keeps a line whole across threads.
+        self._write(line.encode("utf-8", "backslashreplace") + b"\n")
+
+
+def _route_stdlib_logging(stream: BinaryIO, level: int) -> None:
+    root = logging.getLogger()
+    for handler in root.handlers[:]:
+        root.removeHandler(handler)
+    root.addHandler(StdlibLineHandler(stream))
+    root.setLevel(level)
+    logging.captureWarnings(True)  # warnings.warn → the py.warnings logger, not a bare stderr line
+    crashes = logging.getLogger("uncaught")
+
+    def excepthook(kind: type[BaseException], exc: BaseException, tb: Any) -> None:
+        crashes.critical("uncaught_exception", exc_info=(kind, exc, tb))
+        stream.flush()
+
+    def unraisablehook(unraisable: Any) -> None:
+        exc = unraisable.exc_value
+        crashes.error("unraisable_exception: %s", unraisable.err_msg or "exception ignored",
+                      exc_info=(type(exc), exc, unraisable.exc_traceback) if exc is not None else None)
+
+    sys.excepthook = excepthook
+    sys.unraisablehook = unraisablehook
 
 
 class IsoStamper:
@@ -82,6 +139,10 @@ class IsoStamper:
 def _dumps(event: Any, **_: Any) -> bytes:
     # default=str: a stray Decimal or exception in an event must not lose the line.
     return orjson.dumps(event, default=str)
+
+
+def _dumps_text(event: Any, **_: Any) -> str:
+    return _dumps(event).decode("utf-8")
 
 
 async def flush_stdout_periodically(app: Any) -> AsyncIterator[None]:
