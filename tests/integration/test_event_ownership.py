@@ -34,7 +34,7 @@ from shop.bootstrap import Shop, shop_resources
 from shop.checkout import parse_order_request, place_order
 from shop.errors import Conflict
 from shop.events import EVENT_TYPES
-from shop.settings import Settings
+from common.settings import Settings
 from tests.builders import NOW
 from tests.support.broker import Broker, running_broker, unique_topic, wait_until
 from tests.support.legacydb import private_mariadb

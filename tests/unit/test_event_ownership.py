@@ -23,7 +23,7 @@ from consumers.ownership import ConsumersLoader, Ownership
 from handlers.routes import NEW_ROUTES
 from proxy.routing import parse_routing
 from shop.events import EVENT_TYPES
-from shop.settings import DEFAULT_TOPICS, ROUTING_INTERPOLATION_VARS
+from common.settings import DEFAULT_TOPICS, ROUTING_INTERPOLATION_VARS
 
 REPO = Path(__file__).resolve().parents[2]
 HEAD = "version: 1\nlegacy_url: ${EDGE_LEGACY_URL:-http://127.0.0.1:8090}\nroutes: {}\nconsumers:\n"
