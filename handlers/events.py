@@ -20,11 +20,11 @@ from types import MappingProxyType
 from aiohttp import hdrs, web
 
 from handlers.context import SERVICE_TOKEN, SHOP
-from handlers.errors import shop_error_response
+from handlers.errors import to_response
 from handlers.http import json_body, ok
 from shop import events as ev
 from shop.errors import Conflict, LoginRequired, NotFound
-from shop.settings import DEFAULT_TOPICS
+from common.settings import DEFAULT_TOPICS
 from shop.tokens import bearer_matches
 
 # Path segment → event type. The legacy API's names are fixed (old shopping's callers use them),
@@ -37,7 +37,7 @@ BY_PATH_NAME: Mapping[str, ev.EventType] = MappingProxyType({
 
 async def event(request: web.Request, params: Mapping[str, str]) -> web.StreamResponse:
     if not bearer_matches(request.headers.get(hdrs.AUTHORIZATION), request.config_dict[SERVICE_TOKEN]):
-        refused = shop_error_response(LoginRequired(data={"reason": "service token required"}))
+        refused = to_response(LoginRequired(data={"reason": "service token required"}))
         refused.headers[hdrs.WWW_AUTHENTICATE] = "Bearer"
         return refused
     name = params.get("name", "")

@@ -25,7 +25,7 @@ from shop import schema as t
 from shop.bootstrap import shop_resources
 from shop.checkout import parse_order_request, place_order
 from shop.events import EVENT_TYPES
-from shop.settings import Settings
+from common.settings import Settings
 from tests.builders import NOW
 from tests.support.edge import SERVICE_TOKEN, dead_url, edge_settings, internal_headers, routing_doc, write_routing
 from tests.support.shopdb import seed_database
