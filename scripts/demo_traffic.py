@@ -85,7 +85,8 @@ def shopper_request(rng: random.Random, users: int, skus: int) -> tuple[str, dic
     if rng.random() < 0.2:
         region = rng.choice(tuple(REGION_CURRENCY))
         items = [{"sku_id": s, "qty": rng.randint(1, 3)} for s in rng.sample(range(1, 21), rng.randint(1, 4))]
-        body = {"items": items, "region": region, "currency": REGION_CURRENCY[region], "coupon_code": rng.choice(PUBLIC_CODES)}
+        body: dict[str, Any] = {"items": items, "region": region, "currency": REGION_CURRENCY[region],
+                                "coupon_code": rng.choice(PUBLIC_CODES)}
         return "/shopping/cal_price/v4_4", body, {"X-Device-Id": f"anon-{rng.randint(1, 5000)}", "X-Platform": "web"}
     user = rng.randint(1, users)
     # Demo users have one address each, with the same id as the user.
