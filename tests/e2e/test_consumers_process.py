@@ -27,6 +27,7 @@ from common.settings import DEFAULT_TOPICS
 from tests.support.broker import Broker, running_broker, wait_until
 from tests.support.consumers_process import Consumers
 from tests.support.consumers_process import captured as _captured
+from tests.support.consumers_process import order_status as _status
 from tests.support.consumers_process import placed_order as _placed
 from tests.support.consumers_process import produce as _produce
 from tests.support.shopdb import seed_database
@@ -35,15 +36,6 @@ from tests.support.shopdb import seed_database
 @pytest.fixture(scope="module")
 def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
     yield from running_broker(tmp_path_factory.mktemp("broker"))
-
-
-async def _status(db_url: str, order_id: str) -> str | None:
-    engine = make_engine(db_url)
-    try:
-        async with engine.connect() as conn:
-            return (await conn.execute(select(t.orders.c.status).where(t.orders.c.id == order_id))).scalar()
-    finally:
-        await engine.dispose()
 
 
 async def _count(db_url: str, stmt: Any) -> int:

@@ -25,14 +25,12 @@ from typing import Any
 
 import pytest
 import yaml
-from sqlalchemy import select
 
 from common import local_broker
 from common.settings import DEFAULT_TOPICS
 from shop import schema as t
-from shop.db import make_engine
 from tests.support.broker import Broker, running_broker, wait_until
-from tests.support.consumers_process import Consumers, captured, placed_order, produce
+from tests.support.consumers_process import Consumers, captured, order_status, placed_order, produce
 from tests.support.monitoring import (
     CONSUMERS_ALERT_GROUPS,
     PROMETHEUS,
@@ -112,15 +110,6 @@ class Prometheus:
         local_broker.stop_broker(self.proc)  # terminate, wait, kill if it must
 
 
-async def _status(db_url: str, order_id: str) -> str | None:
-    engine = make_engine(db_url)
-    try:
-        async with engine.connect() as conn:
-            return (await conn.execute(select(t.orders.c.status).where(t.orders.c.id == order_id))).scalar()
-    finally:
-        await engine.dispose()
-
-
 async def test_the_consumers_dashboard_and_alerts_match_the_running_process(
     broker: Broker, mariadb_url: str, tmp_path: Path,
 ) -> None:
@@ -135,7 +124,7 @@ async def test_the_consumers_dashboard_and_alerts_match_the_running_process(
         await wait_until(lambda: _safe(lambda: prometheus.value('up{job="consumers"}') == 1), timeout=60, interval=0.5)
         await produce(broker, "payment_notified_cm", order_id, captured(order_id, f"pn-live-{order_id}"))
         await produce(broker, "payment_notified_cm", order_id, {"not": "an event"})  # → payment_notified_cm.dlq
-        await wait_until(lambda: _is(_status(mariadb_url, order_id), "fulfilling"), timeout=60)
+        await wait_until(lambda: _is(order_status(mariadb_url, order_id), "fulfilling"), timeout=60)
         await wait_until(lambda: consumers.count("payment_notified_cm", "dead_lettered") == 1, timeout=30)
         await wait_until(lambda: Scrape.of(f"http://127.0.0.1:{consumers.admin_port}/metrics").total(
             "outbox_published_total") >= 3, timeout=30)  # noti order_placed, noti order_paid, purchased

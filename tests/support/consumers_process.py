@@ -16,10 +16,13 @@ from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
+from sqlalchemy import select
 
 from common.settings import Settings
 from shop.bootstrap import shop_resources
+from shop import schema as t
 from shop.checkout import parse_order_request, place_order
+from shop.db import make_engine
 from tests.builders import NOW
 from tests.support.broker import Broker
 from tests.support.net import free_port
@@ -92,3 +95,13 @@ def captured(order_id: str, event_id: str) -> dict[str, Any]:
     """payment_notified_cm, status captured, for the worked example's order."""
     return {"event_id": event_id, "order_id": order_id, "payment_id": None, "provider": "adyen", "status": "captured",
             "amount": "96.07", "currency": "EUR", "psp_reference": f"PSP-{event_id}", "occurred_at": "2026-06-01T12:00:00Z"}
+
+
+async def order_status(db_url: str, order_id: str) -> str | None:
+    """The order's status now (None: no such order)."""
+    engine = make_engine(db_url)
+    try:
+        async with engine.connect() as conn:
+            return (await conn.execute(select(t.orders.c.status).where(t.orders.c.id == order_id))).scalar()
+    finally:
+        await engine.dispose()
