@@ -17,9 +17,8 @@ from contextlib import closing
 from pathlib import Path
 
 from tests.support.scrape import Scrape
-from tests.support.stack_process import ROOT, Stack
+from tests.support.stack_process import ROOT, Stack, free_offset
 
-OFFSET = 22000  # edge 30080, consumers admin 30082, broker 31092: apart from test_stack's ports
 SPLIT = """consumers:
   payment_notified: {new_percent: 50}
   payment_failed: {new_percent: 50}
@@ -43,7 +42,7 @@ def rows(db: Path, sql: str) -> list[tuple]:
 
 
 def test_demo_orders_reach_fulfilling_on_both_sides(tmp_path: Path) -> None:
-    stack = Stack(OFFSET, tmp_path / "var", routing=split_routing(tmp_path / "routing.yaml"))
+    stack = Stack(free_offset(), tmp_path / "var", routing=split_routing(tmp_path / "routing.yaml"))
     db = tmp_path / "var" / "shop.db"
     try:
         stack.start()

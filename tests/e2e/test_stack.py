@@ -21,12 +21,9 @@ from common.local_broker import port_open
 from common.settings import DEFAULT_TOPICS
 from tests.support.listeners import listening_addresses
 from tests.support.scrape import Scrape
-from tests.support.stack_process import Stack
+from tests.support.stack_process import PORTS, Stack, free_offset
 
 ROOT = Path(__file__).resolve().parents[2]
-# Below the ephemeral port range (32768+), so no client socket can be holding one of them.
-OFFSET = 21000  # edge 29080, admin 29081, consumers admin 29082, legacy 29090, its knobs 29099, broker 30092
-PORTS = (8080, 8081, 8082, 8090, 8099, 9092)
 
 
 def get(url: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], dict]:
@@ -56,23 +53,24 @@ async def partitions(bootstrap: str) -> dict[str, int]:
 
 
 async def test_stack_serves_through_the_edge_runs_the_consumers_and_stops_cleanly(tmp_path: Path) -> None:
-    stack = Stack(OFFSET, tmp_path)
+    stack = Stack(free_offset(), tmp_path)
+    offset = stack.offset
     try:
         stack.start()
         output = stack.output
-        status, headers, body = get(f"http://127.0.0.1:{8080 + OFFSET}/shopping/cart", {"X-User-Id": "1"})
+        status, headers, body = get(f"http://127.0.0.1:{8080 + offset}/shopping/cart", {"X-User-Id": "1"})
         assert status == 200 and headers["X-Edge-Route"] == "passthrough"
         assert [i["sku_id"] for i in body["data"]["items"]] == [1, 2, 3]  # the worked example's cart
-        _, _, routes = get(f"http://127.0.0.1:{8081 + OFFSET}/_edge/routes")
+        _, _, routes = get(f"http://127.0.0.1:{8081 + offset}/_edge/routes")
         assert "calc_price" in routes["routes"]
 
         # The broker: the five input topics and noti with several partitions, a DLQ per input topic.
-        found = await partitions(f"127.0.0.1:{9092 + OFFSET}")
+        found = await partitions(f"127.0.0.1:{9092 + offset}")
         assert {found.get(t) for t in (*DEFAULT_TOPICS.values(), "noti")} == {4}, found
         assert {found.get(f"{t}.dlq") for t in DEFAULT_TOPICS.values()} == {1}, found
 
         # shopping-consumers: alive, joined the group (readyz = partitions assigned, DB reachable), metrics.
-        consumers = f"http://127.0.0.1:{8082 + OFFSET}"
+        consumers = f"http://127.0.0.1:{8082 + offset}"
         status, _, health = get(f"{consumers}/healthz")
         assert status == 200 and health["ok"] is True
         status, _, ready = get(f"{consumers}/readyz")
@@ -87,19 +85,19 @@ async def test_stack_serves_through_the_edge_runs_the_consumers_and_stops_cleanl
 
         # A demo stack is for this machine: every listener, the edge's public port included, is on loopback.
         for port in PORTS:
-            assert listening_addresses(port + OFFSET) == {"127.0.0.1"}, port
+            assert listening_addresses(port + offset) == {"127.0.0.1"}, port
         assert any("only from this machine" in line for line in output), stack.banner
         # Old shopping's knobs answer on their own port, and the edge's public port does not reach them.
-        edge = f"http://127.0.0.1:{8080 + OFFSET}"
+        edge = f"http://127.0.0.1:{8080 + offset}"
         assert [status_of(m, edge + "/_emulator/faults") for m in ("GET", "POST", "DELETE")] == [404, 404, 404]
-        _, _, faults = get(f"http://127.0.0.1:{8099 + OFFSET}/_emulator/faults")
+        _, _, faults = get(f"http://127.0.0.1:{8099 + offset}/_emulator/faults")
         assert faults == {"faults": []}
     finally:
         code = stack.stop()
     assert code == 0, stack.banner + stack.rest
     assert stack.rest.rstrip().endswith("stopped."), stack.rest  # nothing had to be killed
     for port in PORTS:
-        assert not port_open(port + OFFSET), f"something still listens on {port + OFFSET}"
+        assert not port_open(port + offset), f"something still listens on {port + offset}"
     # The consumers stopped on their own terms (offsets committed, group left) while the broker was up.
     log = stack.log("consumers")
     assert "consumers_stopped" in log and "Traceback" not in log and "shutdown_step_failed" not in log, log[-3000:]

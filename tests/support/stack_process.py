@@ -3,7 +3,9 @@ and its own var/ directory, stopped with Ctrl-C (SIGINT) as a person would."""
 
 from __future__ import annotations
 
+import random
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -11,6 +13,27 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
+# make run's ports (scripts/stack.py PORTS): broker, legacy, its knobs, edge, edge admin, consumers admin.
+PORTS = (9092, 8090, 8099, 8080, 8081, 8082)
+
+
+def free_offset() -> int:
+    """A --port-offset whose six ports are all free now, below the ephemeral range (32768+) so no
+    client socket can be holding one of them; random, so suites running side by side rarely meet."""
+    for _ in range(200):
+        offset = random.randrange(9000, 32767 - max(PORTS))
+        if all(_bindable(p + offset) for p in PORTS):
+            return offset
+    raise RuntimeError("no free port offset for a stack")
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 @dataclass
