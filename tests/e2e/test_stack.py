@@ -1,4 +1,6 @@
-"""`make run`'s stack as real processes: curl through the edge reaches old shopping; Ctrl-C stops all.
+"""`make run`'s stack as real processes: curl through the edge reaches old shopping; the broker has
+the event topics with several partitions; shopping-consumers answers on its admin port with its
+partitions assigned; Ctrl-C stops all, the consumers leaving their group before the broker goes.
 
 Everything listens on 127.0.0.1 (the edge too, unless `--host` says otherwise), and old shopping's
 fault knobs are on their own loopback port, not reachable through the edge.
@@ -7,27 +9,21 @@ fault knobs are on their own loopback port, not reachable through the edge.
 from __future__ import annotations
 
 import json
-import signal
-import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
+from aiokafka import AIOKafkaConsumer
+
+from common.local_broker import port_open
+from common.settings import DEFAULT_TOPICS
 from tests.support.listeners import listening_addresses
+from tests.support.scrape import Scrape
+from tests.support.stack_process import PORTS, Stack, free_offset
 
 ROOT = Path(__file__).resolve().parents[2]
-# Below the ephemeral port range (32768+), so no client socket can be holding one of them.
-OFFSET = 21000  # edge 29080, admin 29081, legacy 29090, its knobs 29099, broker 30092
-PORTS = (8080, 8081, 8090, 8099, 9092)
-
-
-def port_open(port: int) -> bool:
-    with socket.socket() as s:
-        s.settimeout(0.2)
-        return s.connect_ex(("127.0.0.1", port)) == 0
 
 
 def get(url: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], dict]:
@@ -46,46 +42,65 @@ def status_of(method: str, url: str) -> int:
         return exc.code
 
 
-def test_stack_serves_through_the_edge_and_stops_cleanly(tmp_path: Path) -> None:
-    proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "scripts" / "stack.py"), "--port-offset", str(OFFSET), "--var", str(tmp_path)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
-    output: list[str] = []
+async def partitions(bootstrap: str) -> dict[str, int]:
+    """Topic → number of partitions, from the broker's metadata."""
+    reader = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    await reader.start()
     try:
-        deadline = time.monotonic() + 90
-        assert proc.stdout is not None
-        while time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            if not line:
-                break
-            output.append(line)
-            if line.startswith("ready:"):
-                break
-        assert any(l.startswith("ready:") for l in output), "".join(output)
+        return {topic: len(reader.partitions_for_topic(topic) or ()) for topic in await reader.topics()}
+    finally:
+        await reader.stop()
 
-        status, headers, body = get(f"http://127.0.0.1:{8080 + OFFSET}/shopping/cart", {"X-User-Id": "1"})
+
+async def test_stack_serves_through_the_edge_runs_the_consumers_and_stops_cleanly(tmp_path: Path) -> None:
+    stack = Stack(free_offset(), tmp_path)
+    offset = stack.offset
+    try:
+        stack.start()
+        output = stack.output
+        status, headers, body = get(f"http://127.0.0.1:{8080 + offset}/shopping/cart", {"X-User-Id": "1"})
         assert status == 200 and headers["X-Edge-Route"] == "passthrough"
         assert [i["sku_id"] for i in body["data"]["items"]] == [1, 2, 3]  # the worked example's cart
-        _, _, routes = get(f"http://127.0.0.1:{8081 + OFFSET}/_edge/routes")
+        _, _, routes = get(f"http://127.0.0.1:{8081 + offset}/_edge/routes")
         assert "calc_price" in routes["routes"]
-        assert port_open(9092 + OFFSET)
+
+        # The broker: the five input topics and noti with several partitions, a DLQ per input topic.
+        found = await partitions(f"127.0.0.1:{9092 + offset}")
+        assert {found.get(t) for t in (*DEFAULT_TOPICS.values(), "noti")} == {4}, found
+        assert {found.get(f"{t}.dlq") for t in DEFAULT_TOPICS.values()} == {1}, found
+
+        # shopping-consumers: alive, joined the group (readyz = partitions assigned, DB reachable), metrics.
+        consumers = f"http://127.0.0.1:{8082 + offset}"
+        status, _, health = get(f"{consumers}/healthz")
+        assert status == 200 and health["ok"] is True
+        status, _, ready = get(f"{consumers}/readyz")
+        assert status == 200 and ready == {"ready": True, "problems": []}
+        scrape = Scrape.of(f"{consumers}/metrics")
+        assert scrape.total("consumer_events_total") == 0  # the children exist, nothing consumed yet
+        # The relay holds its lease at once; the expiry sweeper's first sweep is one period after the start.
+        assert {"consumer_events_total", "outbox_unpublished", "expiry_sweeper_leader"} <= scrape.names
+        assert scrape.total("outbox_relay_leader") == 1
+        # The banner says who applies each event type (the repo's routing.yaml: old shopping, all of them).
+        assert any("payment_notified: legacy" in line for line in output), stack.banner
+
         # A demo stack is for this machine: every listener, the edge's public port included, is on loopback.
         for port in PORTS:
-            assert listening_addresses(port + OFFSET) == {"127.0.0.1"}, port
-        assert any("only from this machine" in line for line in output), "".join(output)
+            assert listening_addresses(port + offset) == {"127.0.0.1"}, port
+        assert any("only from this machine" in line for line in output), stack.banner
         # Old shopping's knobs answer on their own port, and the edge's public port does not reach them.
-        edge = f"http://127.0.0.1:{8080 + OFFSET}"
+        edge = f"http://127.0.0.1:{8080 + offset}"
         assert [status_of(m, edge + "/_emulator/faults") for m in ("GET", "POST", "DELETE")] == [404, 404, 404]
-        _, _, faults = get(f"http://127.0.0.1:{8099 + OFFSET}/_emulator/faults")
+        _, _, faults = get(f"http://127.0.0.1:{8099 + offset}/_emulator/faults")
         assert faults == {"faults": []}
     finally:
-        proc.send_signal(signal.SIGINT)
-        rest, _ = proc.communicate(timeout=30)
-    assert proc.returncode == 0, "".join(output) + rest
-    assert "stopped." in rest
+        code = stack.stop()
+    assert code == 0, stack.banner + stack.rest
+    assert stack.rest.rstrip().endswith("stopped."), stack.rest  # nothing had to be killed
     for port in PORTS:
-        assert not port_open(port + OFFSET), f"something still listens on {port + OFFSET}"
+        assert not port_open(port + offset), f"something still listens on {port + offset}"
+    # The consumers stopped on their own terms (offsets committed, group left) while the broker was up.
+    log = stack.log("consumers")
+    assert "consumers_stopped" in log and "Traceback" not in log and "shutdown_step_failed" not in log, log[-3000:]
 
 
 def test_an_empty_database_file_is_seeded_not_trusted(tmp_path: Path) -> None:

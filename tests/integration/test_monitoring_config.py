@@ -1,5 +1,6 @@
 """The ops-facing monitoring config: Prometheus scrape config, alert rules and their unit tests,
-Grafana dashboards and provisioning.
+Grafana dashboards and provisioning (the files on their own; tests/e2e/test_monitoring_live.py
+holds the consumers' dashboard and alerts against the running process).
 
 Runs the real `promtool` (Debian package `prometheus`; `make test` runs
 scripts/ensure-promtool.sh first). Without promtool on PATH these tests FAIL, never skip:
@@ -7,28 +8,35 @@ a monitoring config nobody checked is worse than none.
 
 Metric names are a contract (shared spec edge.md, "Metrics" table): dashboards and alerts may
 use only those names, so a renamed metric breaks this test instead of silently emptying a
-panel or muting an alert.
+panel or muting an alert. The consumers process also exports metrics the table does not list
+(issue 10: `outbox_unpublished` and the relay's counters, the expiry sweeper's): the consumers
+dashboard and the consumers/outbox alerts may use those too, and the live test checks every
+name they use against a scrape of the real process.
 """
 
 from __future__ import annotations
 
-import json
 import re
-import shutil
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parents[2]
-PROMETHEUS = REPO / "prometheus"
-GRAFANA = REPO / "grafana"
-DASHBOARDS = {
-    "edge": GRAFANA / "dashboards" / "edge.json",
-    "consumers": GRAFANA / "dashboards" / "consumers.json",
-}
+from tests.support.monitoring import (
+    CONSUMERS_ALERT_GROUPS,
+    DASHBOARDS,
+    GRAFANA,
+    PROMETHEUS,
+    alert_rules,
+    concrete,
+    load_dashboard,
+    metric_names,
+    panel_exprs,
+    panels,
+    promtool,
+    run,
+)
 
 # The metric names of the Metrics table in shared spec edge.md ("names are a contract").
 # Keep in step with that table, not with the code: the code follows the spec.
@@ -53,6 +61,9 @@ CONTRACT_METRICS = CONTRACT_COUNTERS_AND_GAUGES | {
     f"{h}{suffix}" for h in CONTRACT_HISTOGRAMS for suffix in ("_bucket", "_count", "_sum")
 }
 
+# The shopping-consumers process's own metrics, outside the spec's table (checked live, see above).
+CONSUMERS_OWN_PREFIXES = ("outbox_", "expiry_")
+
 EXPECTED_ALERTS = frozenset({
     "EdgeHighErrorRate",
     "EdgeNewSideWorseThanLegacy",
@@ -63,27 +74,13 @@ EXPECTED_ALERTS = frozenset({
     "ShadowSkippedHigh",
     "ConsumerLagHigh",
     "ConsumerDeadLetters",
+    "OutboxBacklogGrowing",
+    "OutboxUnpublishedOld",
+    "OutboxRelayFailing",
 })
 
 
 # ---------------------------------------------------------------------------------- promtool
-
-def _promtool() -> str:
-    """promtool's path; called inside each test (not a fixture) so a missing one is a FAILED test."""
-    path = shutil.which("promtool")
-    if path is None:
-        pytest.fail(
-            "promtool is not on PATH, so the Prometheus config, alert rules and their unit tests "
-            "cannot be checked. Install it with `bash scripts/ensure-promtool.sh` "
-            "(Debian package `prometheus`); `make test` does this first.",
-            pytrace=False,
-        )
-    return path
-
-
-def _run(cmd: list[str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
-
 
 @pytest.mark.parametrize(
     "args",
@@ -95,7 +92,7 @@ def _run(cmd: list[str]) -> subprocess.CompletedProcess[str]:
     ids=["check-config", "check-rules", "test-rules"],
 )
 def test_promtool_accepts(args: list[str]) -> None:
-    result = _run([_promtool(), *args])
+    result = run([promtool(), *args])
     assert result.returncode == 0, (
         f"`promtool {' '.join(args)}` exited {result.returncode}\n"
         f"--- stdout\n{result.stdout}\n--- stderr\n{result.stderr}"
@@ -118,39 +115,6 @@ def test_prometheus_scrapes_edge_and_consumers() -> None:
 
 
 # ---------------------------------------------------------------- PromQL metric-name extraction
-
-_STRING = re.compile(r'"(?:\\.|[^"\\])*"|\'(?:\\.|[^\'\\])*\'|`[^`]*`')
-_GRAFANA_VAR = re.compile(r"\$\{\w+(?::\w+)?\}|\$\w+|\[\[\w+\]\]")
-_BRACKETS = re.compile(r"\[[^\[\]]*\]")
-_MATCHERS = re.compile(r"\{[^{}]*\}")
-_GROUPING = re.compile(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^()]*\)", re.IGNORECASE)
-_IDENT = re.compile(r"(?<![\w:.])([A-Za-z_:][\w:]*)(\s*\()?")
-_KEYWORDS = frozenset({
-    "by", "without", "on", "ignoring", "group_left", "group_right", "offset", "bool",
-    "and", "or", "unless", "inf", "nan",
-})
-
-
-def metric_names(expr: str) -> set[str]:
-    """Metric names a PromQL expression selects (also tolerates Grafana `$var` macros).
-
-    Strings, label matchers, range/subquery brackets and grouping label lists are removed first,
-    so what remains as a bare identifier not followed by `(` is a metric name.
-    """
-    assert "__name__" not in expr, f"select metrics by name, not via __name__: {expr}"
-    s = _STRING.sub('""', expr)
-    s = _GRAFANA_VAR.sub("5m", s)
-    s = _BRACKETS.sub("", s)
-    s = _MATCHERS.sub("", s)
-    s = _GROUPING.sub("", s)
-    names = set()
-    for m in _IDENT.finditer(s):
-        name, call = m.group(1), m.group(2)
-        if call or name.lower() in _KEYWORDS:
-            continue
-        names.add(name)
-    return names
-
 
 @pytest.mark.parametrize(
     ("expr", "expected"),
@@ -185,36 +149,25 @@ def test_contract_check_catches_strangers() -> None:
         "bare histogram": {"edge_request_duration_seconds"},
         "misspelt": {"edge_request_total"},
     }
+    # The consumers' own metrics pass where they are allowed (the consumers board and alerts), only there.
+    own = {"relay": "outbox_unpublished and on (instance) outbox_relay_leader == 1 or consumer_lags"}
+    assert _off_contract(own) == {"relay": {"outbox_unpublished", "outbox_relay_leader", "consumer_lags"}}
+    assert _off_contract(own, CONSUMERS_OWN_PREFIXES) == {"relay": {"consumer_lags"}}
 
 
-def _off_contract(exprs: dict[str, str]) -> dict[str, set[str]]:
-    return {where: bad for where, e in exprs.items() if (bad := metric_names(e) - CONTRACT_METRICS)}
+def _off_contract(exprs: dict[str, str], own: tuple[str, ...] = ()) -> dict[str, set[str]]:
+    """Per expression, the names neither in the spec's table nor of a prefix in `own`."""
+    return {
+        where: bad for where, e in exprs.items()
+        if (bad := {n for n in metric_names(e) - CONTRACT_METRICS if not (own and n.startswith(own))})
+    }
+
+
+def _own(board_or_group: str) -> tuple[str, ...]:
+    return CONSUMERS_OWN_PREFIXES if board_or_group == "consumers" or board_or_group in CONSUMERS_ALERT_GROUPS else ()
 
 
 # ------------------------------------------------------------------------------------- Grafana
-
-def _load_dashboard(name: str) -> dict[str, Any]:
-    return json.loads(DASHBOARDS[name].read_text(encoding="utf-8"))
-
-
-def _panels(dashboard: dict[str, Any]) -> list[dict[str, Any]]:
-    out = []
-    for panel in dashboard["panels"]:
-        if panel.get("type") == "row":
-            out.extend(panel.get("panels", []))
-        else:
-            out.append(panel)
-    return out
-
-
-def _panel_exprs(dashboard: dict[str, Any]) -> dict[str, str]:
-    return {
-        f"{panel['title']} [{target.get('refId', i)}]": target["expr"]
-        for panel in _panels(dashboard)
-        for i, target in enumerate(panel.get("targets", []))
-        if target.get("expr")
-    }
-
 
 def _variables(dashboard: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {v["name"]: v for v in dashboard["templating"]["list"]}
@@ -227,18 +180,18 @@ def _var_query(var: dict[str, Any]) -> str:
 
 @pytest.mark.parametrize("name", sorted(DASHBOARDS))
 def test_dashboard_structure(name: str) -> None:
-    dashboard = _load_dashboard(name)
+    dashboard = load_dashboard(name)
     assert dashboard["schemaVersion"] >= 36
     assert dashboard.get("uid") and dashboard.get("title")
     variables = _variables(dashboard)
     assert variables["DS_PROMETHEUS"]["type"] == "datasource"
     assert variables["DS_PROMETHEUS"]["query"] == "prometheus"
 
-    panels = _panels(dashboard)
-    assert panels, "no panels"
-    ids = [p.get("id") for p in panels]
+    found = panels(dashboard)
+    assert found, "no panels"
+    ids = [p.get("id") for p in found]
     assert len(set(ids)) == len(ids), f"duplicate panel ids: {ids}"
-    for panel in panels:
+    for panel in found:
         title = panel.get("title")
         assert title, f"panel without a title: {panel.get('id')}"
         ds = panel.get("datasource")
@@ -252,19 +205,19 @@ def test_dashboard_structure(name: str) -> None:
 
 
 def test_dashboard_template_variables() -> None:
-    route = _variables(_load_dashboard("edge"))["route"]
+    route = _variables(load_dashboard("edge"))["route"]
     assert route["type"] == "query"
     assert re.fullmatch(r"label_values\(\s*edge_requests_total\s*,\s*route\s*\)", _var_query(route))
-    topic = _variables(_load_dashboard("consumers"))["topic"]
+    topic = _variables(load_dashboard("consumers"))["topic"]
     assert re.fullmatch(r"label_values\(\s*consumer_events_total\s*,\s*topic\s*\)", _var_query(topic))
 
 
 @pytest.mark.parametrize("name", sorted(DASHBOARDS))
 def test_dashboard_uses_only_contract_metrics(name: str) -> None:
-    dashboard = _load_dashboard(name)
-    exprs = _panel_exprs(dashboard)
+    dashboard = load_dashboard(name)
+    exprs = panel_exprs(dashboard)
     assert exprs
-    assert _off_contract(exprs) == {}, "metric names not in the spec's Metrics table"
+    assert _off_contract(exprs, _own(name)) == {}, "metric names not in the spec's Metrics table"
     for var in dashboard["templating"]["list"]:
         if m := re.fullmatch(r"label_values\(\s*([\w:]+)\s*,\s*\w+\s*\)", _var_query(var)):
             assert m.group(1) in CONTRACT_METRICS, f"variable {var['name']}: {m.group(1)}"
@@ -273,7 +226,7 @@ def test_dashboard_uses_only_contract_metrics(name: str) -> None:
 def test_dashboards_cover_every_contract_metric() -> None:
     """Every metric of the contract is on a dashboard: edge_* on edge.json, consumer_* on consumers.json."""
     used = {
-        name: set().union(*map(metric_names, _panel_exprs(_load_dashboard(name)).values()))
+        name: set().union(*map(metric_names, panel_exprs(load_dashboard(name)).values()))
         for name in DASHBOARDS
     }
     for metric in sorted(CONTRACT_COUNTERS_AND_GAUGES | CONTRACT_HISTOGRAMS):
@@ -286,14 +239,12 @@ def test_dashboard_queries_are_valid_promql(tmp_path: Path) -> None:
     """Every panel expression, with Grafana's macros filled in, passes promtool as a recording rule."""
     rules = []
     for name in sorted(DASHBOARDS):
-        for where, expr in _panel_exprs(_load_dashboard(name)).items():
-            concrete = re.sub(r"\$__(?:rate_interval|interval|range)\b", "5m", expr)
-            concrete = _GRAFANA_VAR.sub(".*", concrete)  # $route / $topic sit inside =~ regexes
-            rules.append({"record": f"dashboard:check:{len(rules)}", "expr": concrete,
+        for where, expr in panel_exprs(load_dashboard(name)).items():
+            rules.append({"record": f"dashboard:check:{len(rules)}", "expr": concrete(expr),
                           "labels": {"panel": f"{name}: {where}"}})
     path = tmp_path / "dashboard_queries.yml"
     path.write_text(yaml.safe_dump({"groups": [{"name": "dashboards", "rules": rules}]}), encoding="utf-8")
-    result = _run([_promtool(), "check", "rules", str(path)])
+    result = run([promtool(), "check", "rules", str(path)])
     assert result.returncode == 0, f"dashboard PromQL rejected:\n{result.stdout}\n{result.stderr}"
 
 
@@ -310,28 +261,36 @@ def test_grafana_provisioning() -> None:
 
 # -------------------------------------------------------------------------------------- alerts
 
-def _alert_rules() -> list[dict[str, Any]]:
-    doc = yaml.safe_load((PROMETHEUS / "alerts.yml").read_text(encoding="utf-8"))
-    return [rule for group in doc["groups"] for rule in group["rules"] if "alert" in rule]
-
-
 def test_alerts_use_only_contract_metrics() -> None:
-    rules = _alert_rules()
+    rules = alert_rules()
     assert {r["alert"] for r in rules} == EXPECTED_ALERTS
     exprs = {r["alert"]: r["expr"] for r in rules}
     assert all(metric_names(e) for e in exprs.values()), "an alert selects no metric at all"
-    assert _off_contract(exprs) == {}, "metric names not in the spec's Metrics table"
+    consumers = {r["alert"] for r in alert_rules(CONSUMERS_ALERT_GROUPS)}
+    assert consumers == {a for a in EXPECTED_ALERTS if a.startswith(("Consumer", "Outbox"))}
+    assert _off_contract({a: e for a, e in exprs.items() if a not in consumers}) == {}, \
+        "metric names not in the spec's Metrics table"
+    assert _off_contract({a: e for a, e in exprs.items() if a in consumers}, CONSUMERS_OWN_PREFIXES) == {}, \
+        "metric names neither in the spec's Metrics table nor the consumers process's own"
+
+
+# What an alert's text must name for on-call to know where to look (default: the route, or the topic).
+LABEL_NAMED = {
+    "EdgeRoutingReloadFailing": "$labels.instance",
+    "OutboxBacklogGrowing": "$labels.instance",
+    "OutboxRelayFailing": "$labels.instance",
+    "OutboxUnpublishedOld": "$labels.job",  # every process reads the same database: one alert per job
+}
 
 
 def test_alerts_are_actionable() -> None:
-    for rule in _alert_rules():
+    for rule in alert_rules():
         name = rule["alert"]
         assert rule.get("labels", {}).get("severity") in {"critical", "warning", "info"}, name
         annotations = rule.get("annotations", {})
         assert annotations.get("summary") and annotations.get("description"), name
         text = annotations["summary"] + annotations["description"]
-        label = "$labels.topic" if name.startswith("Consumer") else (
-            "$labels.instance" if name == "EdgeRoutingReloadFailing" else "$labels.route")
+        label = LABEL_NAMED.get(name, "$labels.topic" if name.startswith("Consumer") else "$labels.route")
         assert label in text, f"{name}: the annotations do not name {label}"
 
 
@@ -345,3 +304,25 @@ def test_every_alert_has_firing_and_quiet_unit_tests() -> None:
             (firing if check.get("exp_alerts") else quiet).add(check["alertname"])
     assert firing >= EXPECTED_ALERTS, f"no firing case: {sorted(EXPECTED_ALERTS - firing)}"
     assert quiet >= EXPECTED_ALERTS, f"no quiet case: {sorted(EXPECTED_ALERTS - quiet)}"
+
+
+def test_consumer_and_outbox_alerts_are_shown_to_clear() -> None:
+    """Each consumers/outbox alert has a unit test where it fires and, later in the same series, resolves."""
+    doc = yaml.safe_load((PROMETHEUS / "alerts_test.yml").read_text(encoding="utf-8"))
+    cleared: set[str] = set()
+    for case in doc["tests"]:
+        fired_at: dict[str, float] = {}
+        for check in sorted(case.get("alert_rule_test", []), key=lambda c: _minutes(c["eval_time"])):
+            name, at = check["alertname"], _minutes(check["eval_time"])
+            if check.get("exp_alerts"):
+                fired_at.setdefault(name, at)
+            elif name in fired_at and at > fired_at[name]:
+                cleared.add(name)
+    wanted = {r["alert"] for r in alert_rules(CONSUMERS_ALERT_GROUPS)}
+    assert cleared >= wanted, f"no firing-then-clearing case: {sorted(wanted - cleared)}"
+
+
+def _minutes(duration: str) -> float:
+    m = re.fullmatch(r"(\d+)([smh])", duration)
+    assert m, f"eval_time {duration!r}: only one unit is used in alerts_test.yml"
+    return int(m.group(1)) * {"s": 1 / 60, "m": 1, "h": 60}[m.group(2)]
