@@ -28,6 +28,7 @@ import json
 import random
 import signal
 import time
+import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -228,7 +229,9 @@ async def checkout(session: aiohttp.ClientSession, base: str, rng: random.Random
     placed = await call(
         "POST", "/shopping/cart/checkout/entries",
         {**body, "expected_total": priced["data"]["summary"]["total"]},
-        {"Idempotency-Key": f"demo-{rng.getrandbits(64):016x}"},
+        # A fresh key per checkout, as the apps make one: from the seeded rng, a second demo run
+        # would replay the first run's keys and "place" (and pay again) orders already paid.
+        {"Idempotency-Key": f"demo-{uuid.uuid4().hex}"},
     )
     if placed is None:
         return

@@ -9,6 +9,7 @@ stack's broker; the database, not the demo's own summary, says what happened.
 
 from __future__ import annotations
 
+import re
 import sqlite3
 import subprocess
 import sys
@@ -41,31 +42,46 @@ def rows(db: Path, sql: str) -> list[tuple]:
         return conn.execute(sql).fetchall()
 
 
+def demo(stack: Stack, seconds: int) -> subprocess.CompletedProcess[str]:
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "demo_traffic.py"), "--edge", f"http://127.0.0.1:{stack.port(8080)}",
+         "--kafka", f"127.0.0.1:{stack.port(9092)}", "--seconds", str(seconds), "--rate", "15", "--checkout-share", "0.4",
+         "--interval", "5", "--failed-share", "0.1"],
+        capture_output=True, text=True, timeout=180,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "no Kafka broker" not in out.stdout, out.stdout
+    return out
+
+
+def placed_by(run: subprocess.CompletedProcess[str]) -> int:
+    found = re.search(r"^orders: placed:(\d+)", run.stdout, re.M)
+    assert found, run.stdout
+    return int(found.group(1))
+
+
 def test_demo_orders_reach_fulfilling_on_both_sides(tmp_path: Path) -> None:
     stack = Stack(free_offset(), tmp_path / "var", routing=split_routing(tmp_path / "routing.yaml"))
     db = tmp_path / "var" / "shop.db"
     try:
         stack.start()
         started = time.time()
-        demo = subprocess.run(
-            [sys.executable, str(ROOT / "scripts" / "demo_traffic.py"), "--edge", f"http://127.0.0.1:{stack.port(8080)}",
-             "--kafka", f"127.0.0.1:{stack.port(9092)}", "--seconds", "20", "--rate", "15", "--checkout-share", "0.4",
-             "--interval", "5", "--failed-share", "0.1"],
-            capture_output=True, text=True, timeout=180,
-        )
-        assert demo.returncode == 0, demo.stdout + demo.stderr
-        assert "no Kafka broker" not in demo.stdout, demo.stdout
+        first = demo(stack, 20)
+        # Run again with the same --seed, as an operator does: the same traffic mix, but new orders
+        # (a replayed Idempotency-Key would "place" the first run's orders again and pay them twice).
+        again = demo(stack, 6)
         scrape = Scrape.of(f"http://127.0.0.1:{stack.port(8082)}/metrics")
     finally:
         code = stack.stop()
     assert code == 0, stack.banner + stack.rest
-    report = demo.stdout + "\n" + stack.logs()
+    report = first.stdout + "\n" + again.stdout + "\n" + stack.logs()
 
     # The demo's orders (the seed's own are older): placed by the checkout, as the app would.
     since = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(started - 5))
     demo_orders = f"SELECT id FROM orders WHERE created_at >= '{since}'"
     placed = rows(db, f"SELECT COUNT(*) FROM ({demo_orders})")[0][0]
     assert placed >= 20, report
+    assert placed == placed_by(first) + placed_by(again), report
     # Every order the payment system captured went paid → fulfilling; none is left paid (purchased lost).
     paid = dict(rows(db, f"SELECT order_id, COUNT(*) FROM order_status_history WHERE to_status = 'paid'"
                          f" AND order_id IN ({demo_orders}) GROUP BY order_id"))
@@ -86,4 +102,4 @@ def test_demo_orders_reach_fulfilling_on_both_sides(tmp_path: Path) -> None:
     assert scrape.total("consumer_events_total", topic="payment_notified_cm", outcome="forwarded_legacy") >= 1
     assert scrape.total("consumer_events_total", outcome="dead_lettered") == 0, report
     assert scrape.total("outbox_published_total") >= placed  # order_placed noti at least
-    assert "orders: placed:" in demo.stdout and "fulfilling:" in demo.stdout, demo.stdout
+    assert "fulfilling:" in first.stdout, first.stdout
