@@ -12,8 +12,9 @@ accepted and any other is not. Adyen webhooks go to ``--webhook-url`` (the edge'
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
+import signal
 
 from aiohttp import web
 
@@ -48,23 +49,26 @@ def main(argv: list[str] | None = None) -> None:
     configure_logging("info")
     config = PspConfig.from_settings(settings, webhook_url=None if args.no_webhooks else args.webhook_url,
                                      paypal_token_ttl=args.token_ttl, random_seed=args.random_seed)
-    app = create_app(config)
-    app.cleanup_ctx.append(_admin_listener(admin_port))
-    web.run_app(app, host=args.host, port=args.port, print=None, access_log=None)
+    asyncio.run(serve(create_app(config), args.host, args.port, admin_port))
 
 
-def _admin_listener(port: int) -> Callable[[web.Application], AsyncIterator[None]]:
-    async def listener(app: web.Application) -> AsyncIterator[None]:
-        runner = web.AppRunner(create_admin_app(app), access_log=None)
-        await runner.setup()
-        try:
-            await web.TCPSite(runner, ADMIN_HOST, port).start()
-            log.info("PSP emulator control API (/_psp/*) on http://%s:%d", ADMIN_HOST, port)
-            yield
-        finally:
+async def serve(app: web.Application, host: str, port: int, admin_port: int) -> None:
+    """Both listeners (the PSPs on `host`, the control API on loopback) until SIGINT or SIGTERM, then both closed."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    runners = [web.AppRunner(app, access_log=None), web.AppRunner(create_admin_app(app), access_log=None)]
+    try:
+        for runner, (bind, at) in zip(runners, ((host, port), (ADMIN_HOST, admin_port)), strict=True):
+            await runner.setup()
+            await web.TCPSite(runner, bind, at).start()
+        log.info("PSP emulator on http://%s:%d, control API (/_psp/*) on http://%s:%d", host, port, ADMIN_HOST,
+                 admin_port)
+        await stop.wait()
+    finally:
+        for runner in reversed(runners):
             await runner.cleanup()
-
-    return listener
 
 
 if __name__ == "__main__":

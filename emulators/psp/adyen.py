@@ -28,8 +28,8 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from emulators.psp.idempotency import Refusal, fingerprint, once
-from emulators.psp.state import STATE, PspState, call_hits, hang_if_asked, note
+from emulators.psp.idempotency import Act, Refusal
+from emulators.psp.state import STATE, PspState, call_hits, respond_once
 
 PROVIDER = "adyen"
 REDIRECT_CARD = "4212345678910006"
@@ -70,20 +70,9 @@ async def json_body(request: web.Request) -> Any:
         raise web.HTTPBadRequest(text=orjson.dumps(bad.body).decode(), content_type="application/json") from None
 
 
-async def idempotent(request: web.Request, body: Any, act: Any) -> web.Response:
-    state = request.app[STATE]
-    key = request.headers.get("Idempotency-Key")
-    try:
-        status, doc, replayed = await once(state.replays, PROVIDER, key,
-                                           fingerprint(request.method, request.path, body), act,
-                                           replay_status=lambda s: s, reused=reused)
-    except Refusal as r:
-        return web.json_response(r.body, status=r.status)
-    note(request, replayed=replayed)
-    headers = {"Idempotency-Key": key} if key else None
-    if 200 <= status < 300 and not replayed:
-        await hang_if_asked(request)
-    return web.json_response(doc, status=status, headers=headers)
+async def respond(request: web.Request, body: Any, act: Act) -> web.Response:
+    return await respond_once(request, PROVIDER, "Idempotency-Key", body, act, replay_status=lambda s: s,
+                              reused=reused, echo_key=True)
 
 
 def check_common(state: PspState, body: Any) -> dict[str, Any]:
@@ -177,7 +166,7 @@ async def payments(request: web.Request) -> web.Response:
             answer.update(resultCode="Authorised", additionalData={"authCode": f"{state.rng.randrange(10**6):06d}"})
         return 200, answer
 
-    return await idempotent(request, body, act)
+    return await respond(request, body, act)
 
 
 async def issuer_page(request: web.Request) -> web.StreamResponse:
@@ -232,7 +221,7 @@ async def refunds(request: web.Request) -> web.Response:
         return 201, {"merchantAccount": state.config.adyen_merchant_account, "paymentPspReference": psp,
                      "pspReference": rid, "reference": reference, "status": "received", "amount": amount}
 
-    return await idempotent(request, body, act)
+    return await respond(request, body, act)
 
 
 def snapshot(state: PspState) -> dict[str, Any]:

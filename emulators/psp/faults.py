@@ -113,16 +113,15 @@ class FaultTable:
         self.webhook_out_of_order = False
 
     def set(self, rule: CallRule) -> None:
-        self._rules.pop(rule.path, None)
-        self._rules[rule.path] = rule
+        """Rules apply in the order they were set, so a replaced rule moves to the end."""
+        self._rules = {**{p: r for p, r in self._rules.items() if p != rule.path}, rule.path: rule}
 
-    def remove(self, pattern: str) -> bool:
-        return self._rules.pop(pattern, None) is not None
-
-    def clear(self) -> None:
-        self._rules.clear()
-        self.webhook_copies = 1
-        self.webhook_out_of_order = False
+    def clear(self, pattern: str | None = None) -> bool:
+        """Drop the rule for `pattern`, or (None) every rule and webhook knob; False if there was no such rule."""
+        if pattern is not None:
+            return self._rules.pop(pattern, None) is not None
+        self._rules, self.webhook_copies, self.webhook_out_of_order = {}, 1, False
+        return True
 
     def set_webhooks(self, body: Any) -> None:
         if not isinstance(body, dict):

@@ -34,8 +34,8 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from emulators.psp.idempotency import Refusal, fingerprint, once
-from emulators.psp.state import STATE, PspState, call_hits, hang_if_asked, note
+from emulators.psp.idempotency import Act, Refusal
+from emulators.psp.state import STATE, PspState, call_hits, note, respond_once
 
 PROVIDER = "paypal"
 _VALUE = re.compile(r"^\d{1,15}(\.\d{1,3})?$")
@@ -115,9 +115,10 @@ def authorised(request: web.Request) -> bool:
     return expiry is not None and time.monotonic() < expiry
 
 
-def invalid_token() -> web.Response:
-    return web.json_response({"error": "invalid_token", "error_description": "Access Token not found in cache"},
-                             status=401)
+def invalid_token() -> web.HTTPUnauthorized:
+    return web.HTTPUnauthorized(text=orjson.dumps({"error": "invalid_token",
+                                                   "error_description": "Access Token not found in cache"}).decode(),
+                                content_type="application/json")
 
 
 async def json_body(request: web.Request) -> Any:
@@ -133,19 +134,16 @@ async def json_body(request: web.Request) -> Any:
         raise web.HTTPBadRequest(text=orjson.dumps(bad).decode(), content_type="application/json") from None
 
 
-async def idempotent(request: web.Request, body: Any, act: Any) -> web.Response:
-    state = request.app[STATE]
-    key = request.headers.get("PayPal-Request-Id")
-    try:
-        status, doc, replayed = await once(state.replays, PROVIDER, key,
-                                           fingerprint(request.method, request.path, body), act,
-                                           replay_status=lambda s: 200 if s == 201 else s, reused=reused)
-    except Refusal as refusal:
-        return web.json_response(refusal.body, status=refusal.status)
-    note(request, replayed=replayed)
-    if 200 <= status < 300 and not replayed:
-        await hang_if_asked(request)
-    return web.json_response(doc, status=status)
+async def respond(request: web.Request, body: Any, act: Act) -> web.Response:
+    return await respond_once(request, PROVIDER, "PayPal-Request-Id", body, act,
+                              replay_status=lambda s: 200 if s == 201 else s, reused=reused)
+
+
+async def api_request(request: web.Request) -> tuple[PspState, Any, str]:
+    """The state, the JSON body and the origin of a PayPal API call with a live token (401 otherwise)."""
+    if not authorised(request):
+        raise invalid_token()
+    return request.app[STATE], await json_body(request), origin_of(request)
 
 
 # --- orders --------------------------------------------------------------------------------------
@@ -207,11 +205,7 @@ def origin_of(request: web.Request) -> str:
 
 
 async def create_order(request: web.Request) -> web.Response:
-    if not authorised(request):
-        return invalid_token()
-    body = await json_body(request)
-    state = request.app[STATE]
-    origin = origin_of(request)
+    state, body, origin = await api_request(request)
 
     def act() -> tuple[int, Any]:
         if not isinstance(body, dict) or body.get("intent") != "CAPTURE":
@@ -237,12 +231,12 @@ async def create_order(request: web.Request) -> web.Response:
         }
         return 201, order_view(state, state.orders[oid], origin)
 
-    return await idempotent(request, body, act)
+    return await respond(request, body, act)
 
 
 async def get_order(request: web.Request) -> web.Response:
     if not authorised(request):
-        return invalid_token()
+        raise invalid_token()
     state = request.app[STATE]
     order = state.orders.get(request.match_info["order_id"])
     if order is None:
@@ -267,11 +261,7 @@ async def approve(request: web.Request) -> web.StreamResponse:
 
 
 async def capture_order(request: web.Request) -> web.Response:
-    if not authorised(request):
-        return invalid_token()
-    body = await json_body(request)
-    state = request.app[STATE]
-    origin = origin_of(request)
+    state, body, origin = await api_request(request)
     oid = request.match_info["order_id"]
     capture_status = call_hits(request).paypal_capture_status or "COMPLETED"
 
@@ -292,15 +282,11 @@ async def capture_order(request: web.Request) -> web.Response:
         order["status"] = "COMPLETED"
         return 201, order_view(state, order, origin)
 
-    return await idempotent(request, body, act)
+    return await respond(request, body, act)
 
 
 async def refund_capture(request: web.Request) -> web.Response:
-    if not authorised(request):
-        return invalid_token()
-    body = await json_body(request)
-    state = request.app[STATE]
-    origin = origin_of(request)
+    state, body, origin = await api_request(request)
     cid = request.match_info["capture_id"]
 
     def act() -> tuple[int, Any]:
@@ -339,7 +325,7 @@ async def refund_capture(request: web.Request) -> web.Response:
                      "links": [{"href": f"{origin}/v2/payments/refunds/{rid}", "rel": "self", "method": "GET"},
                                {"href": f"{origin}/v2/payments/captures/{cid}", "rel": "up", "method": "GET"}]}
 
-    return await idempotent(request, body, act)
+    return await respond(request, body, act)
 
 
 def snapshot(state: PspState) -> dict[str, Any]:

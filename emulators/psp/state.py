@@ -6,13 +6,14 @@ import asyncio
 import random
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
 from emulators.psp.faults import NO_HITS, FaultTable, Hits
-from emulators.psp.idempotency import ReplayStore
+from emulators.psp.idempotency import Act, Refusal, ReplayStore, fingerprint, once
 from emulators.psp.webhooks import WebhookSender
 
 if TYPE_CHECKING:
@@ -103,3 +104,20 @@ async def hang_if_asked(request: web.Request) -> None:
             break
         await asyncio.sleep(0.05)
     raise web.HTTPRequestTimeout()  # only a client that waited `hang_seconds` reads this
+
+
+async def respond_once(request: web.Request, provider: str, key_header: str, body: Any, act: Act, *,
+                       replay_status: Callable[[int], int], reused: Act, echo_key: bool = False) -> web.Response:
+    """Answer a POST that acts: `act` at most once per idempotency key, then the act-then-time-out fault."""
+    state = request.app[STATE]
+    key = request.headers.get(key_header)
+    try:
+        status, doc, replayed = await once(state.replays, provider, key,
+                                           fingerprint(request.method, request.path, body), act,
+                                           replay_status=replay_status, reused=reused)
+    except Refusal as refusal:
+        return web.json_response(refusal.body, status=refusal.status)
+    note(request, replayed=replayed)
+    if 200 <= status < 300 and not replayed:
+        await hang_if_asked(request)
+    return web.json_response(doc, status=status, headers={key_header: key} if echo_key and key else None)

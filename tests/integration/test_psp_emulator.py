@@ -14,6 +14,7 @@ import asyncio
 import base64
 import copy
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -181,12 +182,15 @@ async def test_the_control_api_refuses_a_peer_that_is_not_loopback(
     assert (await (await psp.admin.get("/_psp/faults")).json())["rules"] == []  # nothing was set
 
 
-def get_status(url: str) -> int:
+def answers(url: str, body: bytes | None = None, headers: dict[str, str] | None = None) -> int | None:
+    """The HTTP status `url` answers with, or None while nothing listens there."""
     try:
-        with urllib.request.urlopen(url, timeout=2) as resp:
+        with urllib.request.urlopen(urllib.request.Request(url, data=body, headers=headers or {}), timeout=5) as resp:
             return resp.status
     except urllib.error.HTTPError as exc:
         return exc.code
+    except OSError:
+        return None
 
 
 @pytest.mark.skipif(not PROC_NET_TCP.exists(), reason="reads the listening sockets from /proc/net/tcp")
@@ -194,27 +198,25 @@ def test_the_emulator_process_serves_both_psps_and_its_knobs_on_loopback_only() 
     port, admin = free_port(), free_port()
     env = {**os.environ, "PAYPAL_CLIENT_ID": PAYPAL_CLIENT_ID, "PAYPAL_SECRET": PAYPAL_SECRET,
            "ADYEN_API_KEY": ADYEN_API_KEY, "ADYEN_MERCHANT_ACCOUNT": MERCHANT, "ADYEN_HMAC_KEY": HMAC_KEY}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "emulators.psp", "--host", "0.0.0.0", "--port", str(port), "--admin-port", str(admin),
-         "--no-webhooks"],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
+    command = [sys.executable, "-m", "emulators.psp", "--host", "0.0.0.0", "--port", str(port),
+               "--admin-port", str(admin), "--no-webhooks"]
+    proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    basic = base64.b64encode(f"{PAYPAL_CLIENT_ID}:{PAYPAL_SECRET}".encode()).decode()
     try:
+        health = f"http://127.0.0.1:{admin}/_psp/health"
         deadline = time.monotonic() + 30
-        while not (listening_addresses(admin) and listening_addresses(port)) and time.monotonic() < deadline:
-            assert proc.poll() is None, proc.communicate()[0]
+        while answers(health) is None:
+            assert proc.poll() is None and time.monotonic() < deadline, "the emulator did not come up"
             time.sleep(0.1)
-        assert listening_addresses(port) == {"0.0.0.0"}
-        assert listening_addresses(admin) == {"127.0.0.1"}
-        assert get_status(f"http://127.0.0.1:{admin}/_psp/health") == 200
-        assert get_status(f"http://127.0.0.1:{port}/_psp/health") == 404
-        request = urllib.request.Request(
-            f"http://127.0.0.1:{port}/v1/oauth2/token", data=b"grant_type=client_credentials",
-            headers={"Authorization": "Basic " + base64.b64encode(f"{PAYPAL_CLIENT_ID}:{PAYPAL_SECRET}".encode()).decode()})
-        with urllib.request.urlopen(request, timeout=5) as resp:
-            assert resp.status == 200  # the credentials came from the same settings the clients read
+        assert (listening_addresses(port), listening_addresses(admin)) == ({"0.0.0.0"}, {"127.0.0.1"})
+        assert answers(health) == 200
+        assert answers(f"http://127.0.0.1:{port}/_psp/health") == 404
+        # The credentials came from the same settings the clients read.
+        assert answers(f"http://127.0.0.1:{port}/v1/oauth2/token", b"grant_type=client_credentials",
+                       {"Authorization": f"Basic {basic}"}) == 200
     finally:
-        proc.terminate()
-        out = proc.communicate(timeout=10)[0]
+        proc.send_signal(signal.SIGTERM)
+        out = proc.communicate(timeout=15)[0]
+    assert proc.returncode == 0, out  # SIGTERM closes both listeners cleanly
     for secret in (PAYPAL_SECRET, ADYEN_API_KEY, HMAC_KEY):
         assert secret not in out
