@@ -77,7 +77,7 @@ async def test_every_webhook_is_signed_so_the_adapter_verifies_it(psp: Psp, webh
     assert all(i["merchantAccountCode"] == MERCHANT for i in items)
     assert {i["originalReference"] for i in items[1:]} == {ref}
     for field in ("pspReference", "merchantReference", "eventCode", "success"):
-        tampered = copy.deepcopy(items[2])
+        tampered = dict(copy.deepcopy(items[2]))
         tampered[field] = tampered[field] + "x"
         assert not key.verify(tampered), field
     assert not AdyenHmac.from_hex("11" * 32).verify(items[0])
