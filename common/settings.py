@@ -175,10 +175,10 @@ class Settings:
     adyen_hmac_key: str = setting("ADYEN_HMAC_KEY", "00" * 32, secret=True)
     # Outbound PSP calls (adapters/retry.py): each attempt's timeout, and how many attempts a call
     # makes (always with the same idempotency key) with full-jitter backoff from base up to max.
-    psp_timeout_seconds: float = setting("PSP_TIMEOUT_SECONDS", 10.0, number(0.1, 120.0))
-    psp_max_attempts: int = setting("PSP_MAX_ATTEMPTS", 3, whole(1, 10))
-    psp_backoff_seconds: float = setting("PSP_BACKOFF_SECONDS", 0.2, number(0.0, 60.0))
-    psp_backoff_max_seconds: float = setting("PSP_BACKOFF_MAX_SECONDS", 2.0, number(0.0, 300.0))
+    psp_timeout_seconds: float = setting("SHOP_PSP_TIMEOUT_SECONDS", 10.0, number(0.1, 120.0))
+    psp_max_attempts: int = setting("SHOP_PSP_MAX_ATTEMPTS", 3, whole(1, 10))
+    psp_backoff_seconds: float = setting("SHOP_PSP_BACKOFF_SECONDS", 0.2, number(0.0, 60.0))
+    psp_backoff_max_seconds: float = setting("SHOP_PSP_BACKOFF_MAX_SECONDS", 2.0, number(0.0, 300.0))
     # The consumers process (shopping-consumers).
     consumer_group: str = setting("SHOP_CONSUMER_GROUP", "shopping-new")
     consumer_admin_port: int = setting("SHOP_CONSUMER_ADMIN_PORT", 8082, whole(1, 65535))

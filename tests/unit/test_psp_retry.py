@@ -99,13 +99,13 @@ async def test_retry_after_raises_the_wait_but_never_past_the_cap() -> None:
 
 
 def test_the_policy_comes_from_the_psp_settings_and_bad_values_stop_the_process() -> None:
-    settings = Settings.from_env({"PSP_TIMEOUT_SECONDS": "2.5", "PSP_MAX_ATTEMPTS": "5", "PSP_BACKOFF_SECONDS": "0.5",
-                                  "PSP_BACKOFF_MAX_SECONDS": "4"})
+    settings = Settings.from_env({"SHOP_PSP_TIMEOUT_SECONDS": "2.5", "SHOP_PSP_MAX_ATTEMPTS": "5",
+                                  "SHOP_PSP_BACKOFF_SECONDS": "0.5", "SHOP_PSP_BACKOFF_MAX_SECONDS": "4"})
     assert RetryPolicy.from_settings(settings) == RetryPolicy(attempts=5, timeout=2.5, base_delay=0.5, max_delay=4.0)
     assert RetryPolicy.from_settings(Settings.from_env({})) == RetryPolicy(attempts=3, timeout=10.0, base_delay=0.2,
                                                                            max_delay=2.0)
-    with pytest.raises(SettingsError, match="PSP_MAX_ATTEMPTS"):
-        Settings.from_env({"PSP_MAX_ATTEMPTS": "0"})
+    with pytest.raises(SettingsError, match="SHOP_PSP_MAX_ATTEMPTS"):
+        Settings.from_env({"SHOP_PSP_MAX_ATTEMPTS": "0"})
     secrets = Settings.from_env({"PAYPAL_SECRET": "pp-s3cret-1", "ADYEN_API_KEY": "ak-s3cret-2",
                                  "ADYEN_HMAC_KEY": "ab" * 32})
     assert "s3cret" not in repr(secrets) and "ab" * 32 not in repr(secrets)
