@@ -21,7 +21,7 @@ mariadb:
 run: $(STAMP)
 	$(BIN)/python scripts/stack.py
 
-PY_DIRS := common shop handlers proxy shadow emulators consumers scripts bench tests
+PY_DIRS := common adapters shop handlers proxy shadow emulators consumers scripts bench tests
 
 test: $(STAMP) mariadb lint typecheck
 	bash scripts/ensure-promtool.sh

@@ -173,6 +173,12 @@ class Settings:
     adyen_api_key: str = setting("ADYEN_API_KEY", "emulator", secret=True)
     adyen_merchant_account: str = setting("ADYEN_MERCHANT_ACCOUNT", "EmulatorMerchant")
     adyen_hmac_key: str = setting("ADYEN_HMAC_KEY", "00" * 32, secret=True)
+    # Outbound PSP calls (adapters/retry.py): each attempt's timeout, and how many attempts a call
+    # makes (always with the same idempotency key) with full-jitter backoff from base up to max.
+    psp_timeout_seconds: float = setting("SHOP_PSP_TIMEOUT_SECONDS", 10.0, number(0.1, 120.0))
+    psp_max_attempts: int = setting("SHOP_PSP_MAX_ATTEMPTS", 3, whole(1, 10))
+    psp_backoff_seconds: float = setting("SHOP_PSP_BACKOFF_SECONDS", 0.2, number(0.0, 60.0))
+    psp_backoff_max_seconds: float = setting("SHOP_PSP_BACKOFF_MAX_SECONDS", 2.0, number(0.0, 300.0))
     # The consumers process (shopping-consumers).
     consumer_group: str = setting("SHOP_CONSUMER_GROUP", "shopping-new")
     consumer_admin_port: int = setting("SHOP_CONSUMER_ADMIN_PORT", 8082, whole(1, 65535))
