@@ -144,7 +144,9 @@ def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
 
     tmp = tmp_path_factory.mktemp(f"fuzz-{request.param}")
     db_url = asyncio.run(_seeded(request.param, tmp))
-    legacy_port, edge_port, admin_port = free_port(), free_port(), free_port()
+    # The emulator's control listener gets its own free port too: its default (--port + 9) may be
+    # taken by another suite's process on a busy machine.
+    legacy_port, legacy_admin_port, edge_port, admin_port = free_port(), free_port(), free_port(), free_port()
     routing = tmp / "routing.yaml"
     _fuzz_routing(routing, f"http://127.0.0.1:{legacy_port}")
     env = {
@@ -160,7 +162,8 @@ def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
     try:
         with legacy_log.open("wb") as out:
             procs.append(subprocess.Popen(
-                [sys.executable, "-m", "emulators.legacy", "--host", "127.0.0.1", "--port", str(legacy_port), "--db-url", db_url],
+                [sys.executable, "-m", "emulators.legacy", "--host", "127.0.0.1", "--port", str(legacy_port),
+                 "--admin-port", str(legacy_admin_port), "--db-url", db_url],
                 env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=ROOT,
             ))
         _wait_listening(procs[-1], legacy_port, legacy_log, "old shopping")
