@@ -35,9 +35,9 @@ EVENTS_ROUTE = {"match": {"methods": ["POST"], "path": "/event/{name}"}, "new_pe
 
 
 async def placed_order(db_url: str, key: str = "http-events") -> str:
-    async with shop_resources(Settings.from_env({}, db_url=db_url)) as shop:
+    async with shop_resources(Settings.from_env({}, db_url=db_url), clock=lambda: NOW) as shop:
         req = parse_order_request(WORKED, key, "ios", "5.10.0")
-        return (await place_order(shop.db, shop.db_read, shop.reference, req, 1, NOW)).order_id
+        return (await place_order(shop, req, 1)).order_id
 
 
 async def edge_on(aiohttp_client: Any, tmp_path: Path, db_url: str, **settings: Any) -> TestClient:

@@ -69,10 +69,10 @@ async def placed(shop: Shop, n: int) -> list[tuple[str, str]]:
         body = {**WORKED, "items": [{"sku_id": 1, "qty": 1}], "expected_total": "0.00"}
         key = f"own-{i}-{time.monotonic_ns()}"
         try:
-            await place_order(shop.db, shop.db_read, shop.reference, parse_order_request(body, key, "ios", "5.10.0"), 1, NOW)
+            await place_order(shop, parse_order_request(body, key, "ios", "5.10.0"), 1)
         except Conflict as exc:  # price_changed: the quote to place it at
             body["expected_total"] = exc.data["summary"]["total"]
-        order = await place_order(shop.db, shop.db_read, shop.reference, parse_order_request(body, key, "ios", "5.10.0"), 1, NOW)
+        order = await place_order(shop, parse_order_request(body, key, "ios", "5.10.0"), 1)
         out.append((order.order_id, str(order.total)))
     return out
 
