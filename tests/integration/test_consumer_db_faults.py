@@ -25,8 +25,7 @@ from shop import schema as t
 from shop.bootstrap import Shop, shop_resources
 from tests.builders import NOW
 from tests.support.broker import Broker, running_broker, wait_until
-from tests.support.event_stream import EventConsumers, captured, failed, history, new_order, payment_row, write_consumers
-from tests.support.legacydb import private_mariadb
+from tests.support.event_stream import EventConsumers, captured, failed, history, new_order, payment_row, private_shop, write_consumers
 from tests.support.tcpproxy import TcpProxy
 
 
@@ -38,8 +37,7 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
 @pytest.fixture
 async def shops() -> AsyncIterator[tuple[Shop, Shop, TcpProxy]]:
     """(the shop as the test sees it, the same database through the proxy for the consumer, the proxy)."""
-    url = await private_mariadb("consumer_db_faults")
-    async with shop_resources(Settings.from_env({}, db_url=url), clock=lambda: NOW) as direct:
+    async with private_shop("consumer_db_faults") as direct:
         proxy = TcpProxy("127.0.0.1", direct.db.url.port or 3306)
         await proxy.start()
         proxied = direct.db.url.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
@@ -101,7 +99,7 @@ async def test_the_database_down_mid_stream_pauses_the_partitions_and_then_every
     assert {o: moves[o] for o in failing} == {o: [("pending_payment", "payment_failed", "consumer")] for o in failing}
     p, pe = t.payments.c, t.processed_events.c
     async with direct.db.connect() as conn:
-        payments = dict((await conn.execute(select(p.order_id, func.count()).group_by(p.order_id))).all())
+        payments: dict[str, int] = dict((await conn.execute(select(p.order_id, func.count()).group_by(p.order_id))).all())
         claimed = (await conn.execute(select(func.count()).select_from(t.processed_events).where(
             pe.event_id.in_([e["event_id"] for _, e in events])))).scalar_one()
     assert set(payments.values()) == {1} and len(payments) == len(events)

@@ -30,13 +30,12 @@ from sqlalchemy import func, select
 
 from emulators.legacy.app import create_app
 from shop import schema as t
-from shop.bootstrap import Shop, shop_resources
+from shop.bootstrap import Shop
 from shop.checkout import parse_order_request, place_order
 from shop.errors import Conflict
 from shop.events import EVENT_TYPES
-from common.settings import DEFAULT_TOPICS, Settings
+from common.settings import DEFAULT_TOPICS
 from consumers.runner import RunnerOptions
-from tests.builders import NOW
 from tests.support.broker import Broker, running_broker, unique_topic, wait_until
 from tests.support.edge import url_of
 from tests.support.event_stream import (
@@ -49,13 +48,13 @@ from tests.support.event_stream import (
     new_order,
     paid_order,
     payment_row,
+    private_shop,
     produce,
     purchased,
     refund_done,
     refund_row,
     write_consumers,
 )
-from tests.support.legacydb import private_mariadb
 from tests.support.net import free_port
 
 WORKED = {"user_coupon_id": None, "address_id": 1, "currency": "EUR", "use_wallet": False}
@@ -68,8 +67,7 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
 
 @pytest.fixture
 async def shop() -> AsyncIterator[Shop]:
-    url = await private_mariadb("event_ownership")
-    async with shop_resources(Settings.from_env({}, db_url=url), clock=lambda: NOW) as s:
+    async with private_shop("event_ownership") as s:
         yield s
 
 

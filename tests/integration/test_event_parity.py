@@ -23,16 +23,15 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestServer
 from sqlalchemy import func, select, text
-from sqlalchemy.engine import make_url
 
-from common.settings import DEFAULT_TOPICS, Settings
+from common.settings import DEFAULT_TOPICS
 from consumers.events import apply_locally
 from consumers.legacy_delivery import LegacyDelivery, LegacyNotYet, legacy_session
 from consumers.runner import Event, PoisonMessage
 from emulators.legacy import events as legacy_events
 from emulators.legacy.app import create_app
 from shop import schema as t
-from shop.bootstrap import Shop, shop_resources
+from shop.bootstrap import Shop
 from shop.checkout import parse_order_request, place_order
 from shop.errors import Conflict
 from shop.events import EVENT_TYPES, NotYet
@@ -40,8 +39,7 @@ from shop.order_views import paid_from_client
 from shop.reservations import release_all
 from tests.builders import NOW
 from tests.support.edge import url_of
-from tests.support.event_stream import authorized, captured, failed, purchased, refund_done
-from tests.support.legacydb import private_mariadb
+from tests.support.event_stream import authorized, captured, failed, inserted_id, private_shop, purchased, refund_done
 from tests.support.net import free_port
 from tests.support.shopdb import demo_buyers
 
@@ -60,19 +58,14 @@ async def place(shop: Shop, user: int, body: dict[str, Any]) -> str:
     return (await place_order(shop, parse_order_request(req, f"parity-{user}", "ios", "5.10.0"), user)).order_id
 
 
-async def copy_database(source: str, target: str) -> None:
-    """`target` becomes a copy of `source`, row for row (same server; the tables already created in both)."""
-    async with shop_resources(Settings.from_env({}, db_url=source)) as shop, shop.db.begin() as conn:
+async def copy_database(source: Shop, target: Shop) -> None:
+    """`target`'s tables become a copy of `source`'s, row for row (two databases of one server)."""
+    async with source.db.begin() as conn:
         await conn.execute(text("SET FOREIGN_KEY_CHECKS = 0"))
         for table in t.metadata.sorted_tables:
-            await conn.execute(text(f"DELETE FROM `{target}`.`{table.name}`"))
-            await conn.execute(text(f"INSERT INTO `{target}`.`{table.name}` SELECT * FROM `{source_db(source)}`.`{table.name}`"))
-
-
-def source_db(url: str) -> str:
-    database = make_url(url).database
-    assert database
-    return database
+            into, source_table = f"`{target.db.url.database}`.`{table.name}`", f"`{source.db.url.database}`.`{table.name}`"
+            await conn.execute(text(f"DELETE FROM {into}"))
+            await conn.execute(text(f"INSERT INTO {into} SELECT * FROM {source_table}"))
 
 
 class Side:
@@ -114,14 +107,12 @@ def old_side(delivery: LegacyDelivery) -> Apply:
 @pytest.fixture
 async def copies() -> AsyncIterator[tuple[Shop, Shop, list[str]]]:
     """(the shop old shopping applies to, the shop the new side applies to, the orders), identical at the start."""
-    new_url, old_url = await private_mariadb("parity_new"), await private_mariadb("parity_old")
-    async with shop_resources(Settings.from_env({}, db_url=new_url), clock=lambda: NOW) as new:
+    async with private_shop("parity_new") as new, private_shop("parity_old") as old:
         orders = [await place(new, 1, WORKED)]
         for user in demo_buyers(6):
             orders.append(await place(new, user, {"address_id": user, "currency": "USD", "use_wallet": True}))
-        await copy_database(new_url, source_db(old_url))
-        async with shop_resources(Settings.from_env({}, db_url=old_url), clock=lambda: NOW) as old:
-            yield old, new, orders
+        await copy_database(new, old)
+        yield old, new, orders
 
 
 async def order_money(shop: Shop, order_id: str) -> tuple[str, str]:
@@ -171,7 +162,7 @@ async def new_refund(shop: Shop, order_id: str, amount: str, *, attempts: int, r
         inserted = await uow.conn.execute(t.refunds.insert().values(
             order_id=order_id, payment_id=payment, amount=Decimal(amount), currency=(await order_money(shop, order_id))[1],
             status="submitted", attempts=attempts, request_id=request_id, created_at=NOW, updated_at=NOW))
-        return int(inserted.inserted_primary_key[0])
+        return inserted_id(inserted)
 
 
 async def new_payment(shop: Shop, order_id: str) -> int:
@@ -181,7 +172,7 @@ async def new_payment(shop: Shop, order_id: str) -> int:
         inserted = await uow.conn.execute(t.payments.insert().values(
             order_id=order_id, provider="adyen", status="created", amount=Decimal(total), currency=currency,
             created_at=NOW, updated_at=NOW))
-        return int(inserted.inserted_primary_key[0])
+        return inserted_id(inserted)
 
 
 async def cancel(shop: Shop, order_id: str) -> None:
@@ -293,8 +284,7 @@ async def test_old_shopping_and_the_new_side_leave_the_same_rows_for_the_same_ev
 
 
 async def test_the_new_side_waits_for_old_shopping_applying_the_same_event_and_writes_no_second_payment() -> None:
-    url = await private_mariadb("parity_lock")
-    async with shop_resources(Settings.from_env({}, db_url=url), clock=lambda: NOW) as shop:
+    async with private_shop("parity_lock") as shop:
         order_id = await place(shop, 1, WORKED)
         event = captured(order_id)
         async with shop.db.connect() as conn:  # old shopping, halfway through the same event

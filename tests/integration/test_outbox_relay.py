@@ -24,16 +24,14 @@ from prometheus_client import CollectorRegistry
 from sqlalchemy import func, insert, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from common.settings import Settings
 from consumers.outbox_relay import OutboxRelay, RelayMetrics
 from shop import schema as t
-from shop.bootstrap import Shop, shop_resources
+from shop.bootstrap import Shop
 from shop.checkout import parse_order_request, place_order
 from shop.db import make_engine
 from tests.builders import NOW
 from tests.support.broker import Broker, running_broker, unique_topic, wait_until
-from tests.support.event_stream import FAST_GROUP
-from tests.support.legacydb import private_mariadb
+from tests.support.event_stream import FAST_GROUP, private_shop
 from tests.support.net import free_port
 from tests.support.tcpproxy import TcpProxy
 
@@ -48,8 +46,7 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
 
 @pytest.fixture
 async def shop() -> AsyncIterator[Shop]:
-    url = await private_mariadb("outbox_relay")
-    async with shop_resources(Settings.from_env({}, db_url=url), clock=lambda: NOW) as s:
+    async with private_shop("outbox_relay") as s:
         yield s
 
 
@@ -218,9 +215,13 @@ async def test_two_relays_publish_each_row_once_and_a_takeover_loses_none(broker
                     await asyncio.sleep(0.3)
                 await wait_until(lambda: b.value("outbox_relay_leader") == 1, timeout=TTL.total_seconds() * 5)
                 await wait_until(lambda: all_published(shop.db), timeout=30)
+                assert a.value("outbox_relay_leader") == 0  # cut off: it no longer claims the lease
                 proxy.refusing = False  # a is back, and finds the lease b's
+                a_published = a.value("outbox_published_total")
                 await asyncio.sleep(TTL.total_seconds())
                 assert (a.value("outbox_relay_leader"), b.value("outbox_relay_leader")) == (0, 1)
+                assert a.value("outbox_published_total") == a_published  # standing by again
+                assert b.value("outbox_published_total") >= len(later)
         seqs = per_key(await read(broker, topic, len(sent) + len(later)))
         for key in keys:
             assert sorted(set(seqs[key])) == list(range(100)), (key, seqs[key])  # none lost

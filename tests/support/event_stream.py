@@ -9,8 +9,9 @@ other writer of its database. The events and the rows tests start from are built
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from prometheus_client import CollectorRegistry
 from sqlalchemy import func, select
 
-from common.settings import DEFAULT_TOPICS
+from common.settings import DEFAULT_TOPICS, Settings
 from consumers.app import is_transient
 from consumers.events import owned_handler
 from consumers.legacy_delivery import LegacyDelivery, legacy_session
@@ -27,15 +28,24 @@ from consumers.metrics import ConsumerMetrics
 from consumers.ownership import ConsumersLoader, Ownership
 from consumers.runner import ConsumerRunner, RunnerOptions
 from shop import schema as t
-from shop.bootstrap import Shop
+from shop.bootstrap import Shop, shop_resources
 from shop.events import EVENT_TYPES
 from tests.builders import NOW, insert_order
 from tests.support.broker import Broker, unique_topic
 from tests.support.edge import routing_doc, write_routing
+from tests.support.legacydb import private_mariadb
 
 # Tansu answers a join after about half the session timeout: 1 s instead of 5 with the default 10 s.
 FAST_GROUP = {"session_timeout_ms": 2000, "heartbeat_interval_ms": 200, "rebalance_timeout_ms": 2000}
 TOTAL = Decimal("96.07")  # tests.builders.insert_order's total
+
+
+@contextlib.asynccontextmanager
+async def private_shop(name: str) -> AsyncIterator[Shop]:
+    """A freshly seeded MariaDB database of the test's own (private_mariadb), as a Shop whose clock stands at NOW."""
+    url = await private_mariadb(name)
+    async with shop_resources(Settings.from_env({}, db_url=url), clock=lambda: NOW) as shop:
+        yield shop
 
 
 def write_consumers(path: Path, legacy_url: str, owners: Mapping[str, str | int]) -> Path:
@@ -133,7 +143,7 @@ def failed(order_id: str, payment_id: int | None, **extra: Any) -> dict[str, Any
             "provider": "adyen", "reason": "Refused", **extra}
 
 
-def purchased(order_id: str, user_id: int = 1, **extra: Any) -> dict[str, Any]:
+def purchased(order_id: str, user_id: int | None = 1, **extra: Any) -> dict[str, Any]:
     # The id both sides' outbox rows give the purchased event of a paid order.
     return {"event_id": f"purchased:{order_id}", "order_id": order_id, "user_id": user_id, **extra}
 
@@ -144,6 +154,13 @@ def refund_done(order_id: str, refund_id: int, amount: str | Decimal, status: st
 
 
 # --- rows the events apply to -----------------------------------------------------------------------
+
+
+def inserted_id(result: Any) -> int:
+    """The id the database gave the row an INSERT just wrote."""
+    key = result.inserted_primary_key
+    assert key is not None
+    return int(key[0])
 
 
 async def new_order(shop: Shop, order_id: str, *, status: str = "pending_payment", user_id: int = 1) -> None:
@@ -159,7 +176,7 @@ async def payment_row(shop: Shop, order_id: str, status: str = "created", psp_re
             order_id=order_id, provider="adyen", status=status, amount=TOTAL, currency="EUR", psp_reference=psp_reference,
             created_at=NOW, updated_at=NOW,
         ))
-        return int(inserted.inserted_primary_key[0])
+        return inserted_id(inserted)
 
 
 async def refund_row(shop: Shop, order_id: str, amount: str | Decimal, *, attempts: int = 1) -> int:
@@ -170,7 +187,7 @@ async def refund_row(shop: Shop, order_id: str, amount: str | Decimal, *, attemp
             order_id=order_id, payment_id=payment, amount=Decimal(amount), currency="EUR", status="submitted",
             attempts=attempts, request_id=f"rq-{order_id}-{amount}-{attempts}", created_at=NOW, updated_at=NOW,
         ))
-        return int(inserted.inserted_primary_key[0])
+        return inserted_id(inserted)
 
 
 async def paid_order(shop: Shop, order_id: str) -> None:
