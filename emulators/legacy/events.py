@@ -190,10 +190,19 @@ async def _payment_notified(conn: AsyncConnection, body: Body, order: Any) -> No
     payment_id = body.text("payment_id", 64, optional=True)
     if amount != order.total or currency != order.currency:
         raise unapplicable(order.id, "amount_mismatch")
+    p = payments.c
     if order.status == CANCELLED:
+        # An authorisation applied before the order was cancelled, delivered again (the new side
+        # applied it, then a flip sent the redelivery here): already done, not a capture to refuse.
+        reached = [s for s, step in PAYMENT_STEPS.items() if step >= PAYMENT_STEPS[status]]
+        done = (await conn.execute(select(p.id).where(
+            p.provider == provider, p.psp_reference == psp, p.order_id == order.id, p.amount == amount,
+            p.currency == currency, p.status.in_(reached),
+        ))).first()
+        if done is not None:
+            return
         raise unapplicable(order.id, f"{status}_after_cancel")
     at = now()
-    p = payments.c
     row = (await conn.execute(select(p.id).where(p.provider == provider, p.psp_reference == psp))).first()
     if row is None and _row_id(payment_id) is not None:
         row = (await conn.execute(
@@ -231,8 +240,14 @@ async def _payment_failed(conn: AsyncConnection, body: Body, order: Any) -> None
     at = now()
     if payment_id is not None:
         p = payments.c
-        await conn.execute(update(payments).where(p.id == payment_id, p.order_id == order.id, p.status.in_(("created", "authorized")))
-                           .values(status="failed", updated_at=at))
+        failing = await conn.execute(update(payments).where(p.id == payment_id, p.order_id == order.id, p.status.in_(("created", "authorized")))
+                                     .values(status="failed", updated_at=at))
+        if failing.rowcount == 0:
+            # This payment failed already: the event was applied (here or by the new side) and must not
+            # fail the buyer's next attempt (payment_confirming) a second time.
+            already = (await conn.execute(select(p.id).where(p.id == payment_id, p.order_id == order.id, p.status == "failed"))).first()
+            if already is not None:
+                return
     moved, _ = await move_status(conn, order.id, (PENDING_PAYMENT, PAYMENT_CONFIRMING), PAYMENT_FAILED, (reason or provider)[:255])
     if moved:
         await _noti(conn, order, "payment_failed", {"provider": provider, "reason": reason}, at)
