@@ -9,8 +9,9 @@ Every call has three steps, and no PSP call ever runs inside a transaction:
 3. a unit of work that applies the answer with guarded compare-and-set updates (old shopping and
    the webhook consumers write the same rows), so a replayed or racing answer changes nothing twice.
 
-Once step 2 has started, steps 2 and 3 run to the end even when the caller stops waiting (the edge's
-route timeout, a client hang-up): what the PSP did is always recorded.
+Once started, a call runs to its end even when the caller stops waiting (the edge's route timeout, a
+client hang-up): what the PSP did is always recorded, and an order paypal_finished moved to
+payment_confirming always gets its capture call.
 
 **One unresolved attempt per order and provider.** An attempt whose PSP answer never arrived (PayPal
 order id, or Adyen pspReference, still NULL) is *reused*, key and row, by the next pay call for the
@@ -405,11 +406,11 @@ def _after_cancel(task: asyncio.Future[Any]) -> None:
 async def paypal_pay(shop: Shop, gateways: Gateways, order_id: str, user_id: int | None, ptype: str) -> dict[str, Any]:
     """A PayPal order for the order's total; `data`: pay_id, paypal_order_id, approve_url."""
     method = payment_method_code(ptype)
+    return await _to_the_end(_paypal_pay(shop, gateways, order_id, user_id, method))
+
+
+async def _paypal_pay(shop: Shop, gateways: Gateways, order_id: str, user_id: int | None, method: str) -> dict[str, Any]:
     attempt = await shop.run("new", lambda uow: open_attempt(uow, "paypal", order_id, user_id, method))
-    return await _to_the_end(_paypal_create(shop, gateways, attempt))
-
-
-async def _paypal_create(shop: Shop, gateways: Gateways, attempt: Attempt) -> dict[str, Any]:
     try:
         order = await gateways.paypal.create_order(
             reference=attempt.order_id, amount=attempt.amount, currency=attempt.currency, request_id=attempt.key,
@@ -475,13 +476,15 @@ async def paypal_finished(shop: Shop, gateways: Gateways, order_id: str, pay_id:
                           user_id: int | None) -> dict[str, Any]:
     """Capture `pay_id`'s PayPal order (idempotent); `data`: order_id, status."""
     payment = _pay_id(pay_id)
-    started = await shop.run("new", lambda uow: _start_capture(uow, order_id, payment, user_id))
-    if isinstance(started, dict):
-        return started
-    return await _to_the_end(_capture(shop, gateways, started))
+    # Whole, step 1 included: an order moved to payment_confirming is always followed by its capture call.
+    return await _to_the_end(_paypal_finished(shop, gateways, order_id, payment, user_id))
 
 
-async def _capture(shop: Shop, gateways: Gateways, job: _Capture) -> dict[str, Any]:
+async def _paypal_finished(shop: Shop, gateways: Gateways, order_id: str, pay_id: int,
+                           user_id: int | None) -> dict[str, Any]:
+    job = await shop.run("new", lambda uow: _start_capture(uow, order_id, pay_id, user_id))
+    if isinstance(job, dict):
+        return job
     attempt = job.attempt
     try:
         result = await gateways.paypal.capture_order(job.paypal_order_id, request_id=attempt.key)
@@ -538,11 +541,12 @@ async def _capture_pending(uow: UnitOfWork, attempt: Attempt, capture_id: str | 
 async def adyen_pay(shop: Shop, gateways: Gateways, order_id: str, user_id: int | None,
                     request: AdyenPayRequest) -> dict[str, Any]:
     """Adyen /payments for the order's total; `data`: pay_id, resultCode, action (or null)."""
+    return await _to_the_end(_adyen_pay(shop, gateways, order_id, user_id, request))
+
+
+async def _adyen_pay(shop: Shop, gateways: Gateways, order_id: str, user_id: int | None,
+                     request: AdyenPayRequest) -> dict[str, Any]:
     attempt = await shop.run("new", lambda uow: open_attempt(uow, "adyen", order_id, user_id, request.method))
-    return await _to_the_end(_adyen(shop, gateways, attempt, request))
-
-
-async def _adyen(shop: Shop, gateways: Gateways, attempt: Attempt, request: AdyenPayRequest) -> dict[str, Any]:
     try:
         result = await gateways.adyen.pay(
             reference=attempt.order_id, amount=attempt.amount, currency=attempt.currency,

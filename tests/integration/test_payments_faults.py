@@ -95,6 +95,27 @@ async def test_an_authorisation_that_acts_then_times_out_is_one_payment(aiohttp_
     assert await shopper.status(order_id) == "authorized"
 
 
+async def test_a_caller_who_stops_waiting_still_gets_the_payment_recorded(aiohttp_client, tmp_path: Path, db_url: str,
+                                                                          psp: Psp) -> None:
+    """The edge's route timeout (here 0.5 s) answers the app 504 while Adyen is still working (1.5 s):
+    the call goes on, and what Adyen did is on the rows when the app asks again."""
+    edge = await pay_edge(aiohttp_client, tmp_path, db_url, psp, route_timeout_ms=500)
+    shopper = Shopper(edge, db_url)
+    order_id = await shopper.order("F-L")
+    await psp.fault(path=PAYMENTS, delay_ms=1500, times=1)
+    status, body = await shopper.adyen_pay(order_id)
+    assert (status, body["msg"], body["data"]) == (504, "upstream_timeout", {"route": "adyen_pay"})
+    deadline = asyncio.get_running_loop().time() + 20
+    while await shopper.status(order_id) != "authorized":
+        assert asyncio.get_running_loop().time() < deadline, await shopper.payments(order_id)
+        await asyncio.sleep(0.1)
+    [payment] = await shopper.rows(t.payments, order_id)
+    assert payment["status"] == "authorized" and payment["psp_reference"]
+    status, body = await shopper.adyen_pay(order_id)  # the app's retry: paid for already
+    assert (status, body["data"]) == (409, {"status": "authorized"})
+    assert len((await psp.state())["adyen"]["payments"]) == 1
+
+
 @pytest.mark.parametrize("route", ["paypal_pay", "adyen_pay"])
 async def test_psp_5xx_is_a_502_envelope_and_a_later_retry_uses_the_same_attempt(aiohttp_client, tmp_path: Path, db_url: str,
                                                                                  psp: Psp, route: str) -> None:

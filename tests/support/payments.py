@@ -42,13 +42,13 @@ def psp_settings(psp: Psp, **overrides: Any) -> dict[str, Any]:
 
 
 async def pay_edge(aiohttp_client: Callable[..., Awaitable[TestClient]], tmp_path: Path, db_url: str, psp: Psp,
-                   *, seed: bool = True, **settings: Any) -> TestClient:
+                   *, seed: bool = True, route_timeout_ms: int = 10000, **settings: Any) -> TestClient:
     """A seeded database (``seed=False``: the one there) and an edge in front of it with the three pay
     routes at 100 % new (old shopping: nowhere); `settings` override the edge's Settings."""
     if seed:
         await seed_database(db_url)
     routes = {name: {"match": {"methods": ["POST"], "path": path}, "new_percent": 100, "writes": True,
-                     "timeout_ms": 10000} for name, path in PAY_ROUTES.items()}
+                     "timeout_ms": route_timeout_ms} for name, path in PAY_ROUTES.items()}
     routing = write_routing(tmp_path / "routing.yaml", routing_doc(dead_url(), **routes))
     app_settings = edge_settings(routing, dead_url(), db_url=db_url, **psp_settings(psp, **settings))
     from proxy.app import create_app
