@@ -172,7 +172,8 @@ class PspTimedOut(UpstreamTimeout):
     retryable = True
 
 
-def _psp_error(provider: str, failure: PspFailure) -> ShopError:
+def _psp_error(provider: str, failure: PspFailure, *, refused: ShopError | None = None) -> ShopError:
+    """The answer for a PSP call that failed; `refused`: the one for a 422, the PSP's "not this request"."""
     data: dict[str, Any] = {"provider": provider}
     if failure.code:
         data["psp_code"] = failure.code
@@ -182,7 +183,9 @@ def _psp_error(provider: str, failure: PspFailure) -> ShopError:
         return PspOutcomeUnknown(data=data)
     if failure.kind == "amount":
         return Unprocessable("payment_method_unavailable", {"provider": provider, "reason": "amount_not_supported"})
-    # The PSP refused the request itself (our credentials, a field it rejects): nothing happened.
+    if failure.kind == "rejected" and failure.status == 422 and refused is not None:
+        return refused
+    # Our credentials, or a refusal that is ours to fix, not the shopper's: nothing happened.
     return UpstreamError("psp_error", data)
 
 
@@ -421,7 +424,9 @@ async def _paypal_pay(shop: Shop, gateways: Gateways, order_id: str, user_id: in
         log.warning("paypal_create_failed", order_id=attempt.order_id, pay_id=attempt.pay_id, kind=failure.kind,
                     psp_code=failure.code, status=failure.status)
         await _attempt_refused(shop, attempt, failure)
-        raise _psp_error("paypal", failure) from None
+        # PayPal's 422 for an order it won't take (CURRENCY_NOT_SUPPORTED…): PayPal is not a method for it.
+        unavailable = Unprocessable("payment_method_unavailable", {"provider": "paypal", "psp_code": failure.code})
+        raise _psp_error("paypal", failure, refused=unavailable) from None
     await shop.run("new", lambda uow: _set_payment(uow, attempt.pay_id, ("created",), paypal_order_id=order.id))
     log.info("paypal_order_created", order_id=attempt.order_id, pay_id=attempt.pay_id, paypal_order_id=order.id,
              reused=attempt.reused)
@@ -559,7 +564,9 @@ async def _adyen_pay(shop: Shop, gateways: Gateways, order_id: str, user_id: int
         log.warning("adyen_pay_failed", order_id=attempt.order_id, pay_id=attempt.pay_id, kind=failure.kind,
                     psp_code=failure.code, status=failure.status)
         await _attempt_refused(shop, attempt, failure)
-        raise _psp_error("adyen", failure) from None
+        # Adyen's 422 is validation of what the app sent (the card fields): the app's to fix.
+        invalid = BadRequest(data={"field": "paymentMethod", "reason": "refused by the PSP", "psp_code": failure.code})
+        raise _psp_error("adyen", failure, refused=invalid) from None
     pay_id = await shop.run("new", lambda uow: record_adyen_answer(uow, attempt, result))
     log.info("adyen_payment", order_id=attempt.order_id, pay_id=pay_id, result_code=result.result_code,
              psp_reference=result.psp_reference, reused=attempt.reused)

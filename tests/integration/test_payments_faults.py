@@ -137,6 +137,26 @@ async def test_psp_5xx_is_a_502_envelope_and_a_later_retry_uses_the_same_attempt
     assert len(await shopper.rows(t.payments, order_id)) == 1
 
 
+async def test_a_psp_refusal_is_a_4xx_and_ends_the_attempt(aiohttp_client, tmp_path: Path, db_url: str, psp: Psp) -> None:
+    """PayPal's 422 (an order it won't take) and Adyen's (fields it rejects) did nothing: the attempt is
+    failed, the answer says whose problem it is, and the next call is a new attempt with a new key."""
+    shopper = Shopper(await pay_edge(aiohttp_client, tmp_path, db_url, psp), db_url)
+    paypal_order, adyen_order = await shopper.order("F-R1"), await shopper.order("F-R2")
+    await psp.fault(path="/v2/checkout/orders", error_status=422, times=1)
+    await psp.fault(path=PAYMENTS, error_status=422, times=1)
+    status, body = await shopper.paypal_pay(paypal_order)
+    assert (status, body["code"], body["msg"], body["data"]["provider"]) == (
+        422, 42207, "payment_method_unavailable", "paypal"), body
+    status, body = await shopper.adyen_pay(adyen_order)
+    assert (status, body["code"], body["data"]["field"]) == (400, 40001, "paymentMethod"), body
+    for order_id, pay in ((paypal_order, shopper.paypal_pay), (adyen_order, shopper.adyen_pay)):
+        assert [p[1] for p in await shopper.payments(order_id)] == ["failed"]
+        assert await shopper.status(order_id) == "pending_payment"
+        assert (await pay(order_id))[0] == 200
+        assert [p[1] for p in await shopper.payments(order_id)][0] == "failed"
+    assert len({c["key"] for c in await psp.calls("POST")} - {None}) == 4
+
+
 async def test_an_unreachable_psp_is_a_clean_502_and_the_same_request_works_once_it_is_back(
         aiohttp_client, tmp_path: Path, db_url: str, psp: Psp) -> None:
     down = await pay_edge(aiohttp_client, tmp_path, db_url, psp, paypal_base_url=dead_url(), adyen_base_url=dead_url())
