@@ -17,6 +17,7 @@ from shop import events, payments
 from shop import schema as t
 from shop.db import make_engine
 from tests.builders import NOW, shop_at
+from tests.support.edge import internal_headers
 from tests.support.payments import CARD, REDIRECT_CARD, RETURN_URL, Shopper, pay_edge
 from tests.support.psp import Psp
 
@@ -147,3 +148,16 @@ async def test_amounts_go_out_in_adyens_minor_units(shopper: Shopper, psp: Psp, 
     assert (status, body["data"]["resultCode"]) == (200, "Authorised"), body
     [sent] = (await psp.state())["adyen"]["payments"].values()
     assert sent["amount"] == {"currency": currency, "value": minor}
+
+
+async def test_the_direct_paths_serve_internal_callers_only(shopper: Shopper, psp: Psp) -> None:
+    order_id = await shopper.order("AD-D")
+    body = {"paymentMethod": CARD, "returnUrl": RETURN_URL}
+    resp = await shopper.edge.post(f"/order2/adyen/any/{order_id}", json=body, headers={"X-User-Id": "1"})
+    assert resp.status == 404 and await psp.calls() == []
+    resp = await shopper.edge.post(f"/order2/adyen/any/{order_id}", json=body,
+                                   headers=internal_headers(**{"X-User-Id": "1"}))
+    answer = await resp.json()
+    assert (resp.status, answer["data"]["resultCode"]) == (200, "Authorised"), answer
+    resp = await shopper.edge.post(f"/order2/paypal/pay/paypal/{order_id}", headers=internal_headers(**{"X-User-Id": "1"}))
+    assert (resp.status, (await resp.json())["data"]) == (409, {"status": "authorized"})

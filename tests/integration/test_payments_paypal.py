@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from shop import schema as t
+from tests.support.edge import internal_headers
 from tests.support.payments import Shopper, pay_edge
 from tests.support.psp import Psp
 
@@ -64,8 +65,7 @@ async def test_pay_approve_finish_pays_the_order_with_purchased_and_noti(shopper
     assert outbox[1]["payload"]["template"] == "order_paid"
     assert outbox[1]["payload"]["vars"] == {"amount": "96.07", "currency": "EUR", "provider": "paypal"}
     # The detail shows the payment, and nothing of PayPal's ids.
-    resp = await shopper.edge.get(f"/order2/detail/{order_id}", headers={
-        "X-User-Id": "1", "Authorization": "Bearer test-service-token-9c1f"})
+    resp = await shopper.edge.get(f"/order2/detail/{order_id}", headers=internal_headers(**{"X-User-Id": "1"}))
     detail = (await resp.json())["data"]
     assert detail["payments"] == [{"provider": "paypal", "status": "captured", "amount": "96.07", "currency": "EUR"}]
     assert capture_id not in str(detail) and data["paypal_order_id"] not in str(detail)
