@@ -439,9 +439,9 @@ def test_status_with_no_edge_is_a_clean_error(ctl: Ctl, unused_tcp_port: int) ->
 
 def test_set_refuses_a_placeholder_route_and_names_it(routing: Path, ctl: Ctl) -> None:
     before = routing.read_bytes()
-    code, out, err = ctl("set", "paypal_pay", "10", "--file", str(routing), "--no-reload")
+    code, out, err = ctl("set", "refund", "10", "--file", str(routing), "--no-reload")
     assert (code, out) == (1, "")
-    assert "would be rejected" in err and "routes.paypal_pay (line" in err and "placeholder" in err
+    assert "would be rejected" in err and "routes.refund (line" in err and "placeholder" in err
     assert routing.read_bytes() == before
 
 
