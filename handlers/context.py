@@ -8,15 +8,20 @@ the edge dispatches a legacy path in-process and on direct ``/order2`` calls.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from datetime import timedelta
 
 from aiohttp import web
 
+from adapters.refunds import PspRefunds, psp_refunds
 from common.settings import Settings
 from shop.bootstrap import Shop, shop_resources
 
 SHOP = web.AppKey("shop", Shop)
 # SHOP_SERVICE_TOKEN for the internal-only handlers (POST /event/{name}); "" = unset, refuses everyone.
 SERVICE_TOKEN = web.AppKey("service_token", str)
+# The refund API's PSP calls (handlers/refund.py) and how long one may take before the retrier takes over.
+PSP_REFUNDS = web.AppKey("psp_refunds", PspRefunds)
+REFUND_INFLIGHT = web.AppKey("refund_inflight", timedelta)
 
 
 def setup_new_side(app: web.Application, settings: Settings) -> None:
@@ -28,6 +33,15 @@ def setup_new_side(app: web.Application, settings: Settings) -> None:
             yield
 
     app.cleanup_ctx.append(resources)
+
+    app[REFUND_INFLIGHT] = timedelta(seconds=settings.refund_inflight_seconds)
+
+    async def refunds(app: web.Application) -> AsyncIterator[None]:
+        async with psp_refunds(settings) as psp:
+            app[PSP_REFUNDS] = psp
+            yield
+
+    app.cleanup_ctx.append(refunds)
 
 
 async def db_ready(app: web.Application) -> str | None:

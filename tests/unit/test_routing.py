@@ -313,7 +313,7 @@ def test_settings_capture_only_the_allow_listed_variables() -> None:
 
 
 def test_placeholder_routes_are_flagged_as_data() -> None:
-    assert {name for name, r in NEW_ROUTES.items() if r.placeholder} == {"paypal_pay", "paypal_finished", "adyen_pay", "refund"}
+    assert {name for name, r in NEW_ROUTES.items() if r.placeholder} == {"paypal_pay", "paypal_finished", "adyen_pay"}
 
 
 @pytest.mark.parametrize("block", ["new_percent: 10", 'allow_new: ["1001"]'])
