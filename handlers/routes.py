@@ -18,6 +18,7 @@ from handlers.events import event
 from handlers.orders import detail, paid_from_client, payment_methods
 from handlers.payments import adyen_pay, paypal_finished, paypal_pay
 from handlers.pricing import calc_price, coupons
+from handlers.refund import refund
 from shop.errors import NotMigrated
 
 NewHandler = Callable[[web.Request, Mapping[str, str]], Awaitable[web.StreamResponse]]
@@ -61,6 +62,6 @@ NEW_ROUTES: Mapping[str, NewRoute] = _routes(
     NewRoute("adyen_pay", "POST", "/adyen/any/{order_id}", adyen_pay),
     NewRoute("payment_methods", "GET", "/payment_methods/{order_id}", payment_methods),
     NewRoute("paid_from_client", "POST", "/paid_from_client/{order_id}", paid_from_client),
-    placeholder("refund", "POST", "/refund"),
+    NewRoute("refund", "POST", "/refund", refund),
     NewRoute("events", "POST", "/event/{name}", event),
 )
