@@ -183,6 +183,8 @@ class Settings:
     consumer_session_timeout_ms: int = setting("SHOP_CONSUMER_SESSION_TIMEOUT_MS", 10_000, whole(1000, 300_000))
     # How often applied offsets are committed; a crash redelivers at most this much (as duplicates).
     consumer_commit_seconds: float = setting("SHOP_CONSUMER_COMMIT_SECONDS", 0.2, number(0.01, 300.0))
+    # At most this many events of one partition applied in one transaction (1: one by one).
+    consumer_batch_max: int = setting("SHOP_CONSUMER_BATCH_MAX", 500, whole(1, 10_000))
     # The idempotent producer: on for the company's Kafka; the bundled Tansu broker refuses InitProducerId.
     kafka_idempotence: bool = setting("SHOP_KAFKA_IDEMPOTENCE", True, flag)
     # Delivering old shopping's share of the events to its POST /event/{name}: per-call timeout, pool size.

@@ -169,7 +169,7 @@ async def run(settings: Settings, *, admin_host: str = "127.0.0.1", registry: Co
             is_transient=is_transient,
             options=RunnerOptions(
                 max_concurrency=settings.consumer_concurrency, max_attempts=settings.consumer_max_attempts,
-                commit_interval=settings.consumer_commit_seconds,
+                commit_interval=settings.consumer_commit_seconds, batch_max=settings.consumer_batch_max,
             ),
         )
         relay = OutboxRelay(shop.db, producer, relay_metrics, holder=lease_holder(), clock=shop.clock)

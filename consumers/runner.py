@@ -16,6 +16,17 @@ What a handler's failure does:
 - any other error: retried the same way, counted ``retried``, and after ``max_attempts`` sent to
   the DLQ (a bug or a row that can never be written must not stall the partition for ever).
 
+Batches: a handler with an ``apply_batch`` method (consumers/events.py) gets up to
+``batch_max`` messages of one partition at a time, in offset order, and applies a prefix of them
+(usually all) in one DB transaction; the offset moves past that prefix after its commit, as for
+one message. When the batch fails:
+- transient: the same batch again after the backoff (the partition waits, as above);
+- ``BatchFailed(index)``: the messages before ``index`` go again as a batch, the failing one alone
+  with the rules above (the DLQ, a few retries), then batching resumes after it;
+- anything else: the rest of the fetched messages one by one, so one bad message can cost a slow
+  batch but never blocks or rolls back its neighbours for ever.
+Messages that do not decode are dead-lettered between the batches around them, in their place.
+
 Rebalance: on revoke, the revoked partitions' tasks are cancelled (their in-flight transaction
 rolls back, or has committed and will be redelivered as a duplicate) and what they finished is
 committed. ``stop()`` (SIGTERM) lets every partition finish the message it is on, commits, and
@@ -25,12 +36,14 @@ leaves the group.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
+import itertools
 import json
 import random
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -61,6 +74,19 @@ class EventHandler(Protocol):
         """Apply one event; returns the outcome to count (processed, duplicate, forwarded_legacy, …)."""
 
 
+class BatchHandler(EventHandler, Protocol):
+    async def apply_batch(self, events: Sequence[Event]) -> Sequence[str]:
+        """Apply a non-empty prefix of `events` (in one transaction) and return their outcomes, in order."""
+
+
+class BatchFailed(Exception):
+    """`events[index]` of a batch cannot go in a batch; the batch before it can (nothing was applied)."""
+
+    def __init__(self, index: int) -> None:
+        super().__init__(index)
+        self.index = index
+
+
 @dataclass(frozen=True, slots=True)
 class RunnerOptions:
     max_concurrency: int = 8
@@ -69,7 +95,9 @@ class RunnerOptions:
     backoff_max: float = 5.0
     commit_interval: float = 0.2
     commit_timeout: float = 5.0
-    fetch_max_records: int = 500
+    fetch_max_records: int = 2000
+    # Messages of one partition applied in one transaction by a handler that batches (1: never batch).
+    batch_max: int = 500
     # A partition holding this many fetched, unapplied messages is paused until it catches up.
     buffer_per_partition: int = 2000
 
@@ -220,14 +248,85 @@ class ConsumerRunner:
                 part.wakeup.clear()
                 await part.wakeup.wait()
                 continue
-            record = part.queue[0]
+            handler = self._handlers[part.tp.topic]
+            batching = self._options.batch_max > 1 and hasattr(handler, "apply_batch")
+            records = list(itertools.islice(part.queue, self._options.batch_max if batching else 1))
             async with self._slots:
-                await self._apply_with_retries(part, record)
-            if part.queue and part.queue[0] is record:  # _drain may have emptied the queue meanwhile
+                if batching:
+                    await self._apply_batch(part, handler, records)  # type: ignore[arg-type]
+                else:
+                    await self._apply_one(part, records[0])
+            # _drain may have emptied the queue meanwhile
+            for record in records:
+                if not part.queue or part.queue[0] is not record:
+                    break
                 part.queue.popleft()
-            part.done = record.offset + 1
             if part.tp in self._consumer.paused() and len(part.queue) < self._options.buffer_per_partition // 2:
                 self._consumer.resume(part.tp)
+
+    async def _apply_batch(self, part: _Partition, handler: BatchHandler, records: list[ConsumerRecord[bytes, bytes]]) -> None:
+        """`records` (one partition, in offset order) applied in as few transactions as they allow."""
+        pending: list[tuple[ConsumerRecord[bytes, bytes], Event]] = []
+        for record in records:
+            try:
+                pending.append((record, decode(record)))
+            except PoisonMessage as exc:
+                await self._apply_run(part, handler, pending)
+                pending = []
+                await self._dead_letter(record, str(exc))
+                part.done = record.offset + 1
+        await self._apply_run(part, handler, pending)
+
+    async def _apply_run(self, part: _Partition, handler: BatchHandler, run: list[tuple[ConsumerRecord[bytes, bytes], Event]]) -> None:
+        topic = part.tp.topic
+        attempt = 0
+        while run:
+            attempt += 1
+            started = time.perf_counter()
+            try:
+                outcomes = await handler.apply_batch([event for _, event in run])
+            except asyncio.CancelledError:
+                raise
+            except BatchFailed as failed:
+                at = failed.index if 0 <= failed.index < len(run) else 0
+                if at > 0:
+                    await self._apply_run(part, handler, run[:at])
+                await self._apply_one(part, run[at][0])
+                run, attempt = run[at + 1:], 0
+                continue
+            except Exception as exc:
+                if not self._is_transient(exc):
+                    log.warning("event_batch_failed", topic=topic, partition=part.tp.partition, offset=run[0][0].offset,
+                                events=len(run), error=exc.__class__.__name__, then="one_by_one")
+                    for record, _ in run:
+                        await self._apply_one(part, record)
+                    return
+                self._metrics.events.labels(topic, "retried").inc(len(run))
+                delay = min(self._options.backoff_max, self._options.backoff_initial * 2 ** (attempt - 1))
+                log.warning(
+                    "event_batch_retry", topic=topic, partition=part.tp.partition, offset=run[0][0].offset,
+                    events=len(run), attempt=attempt, error=exc.__class__.__name__, retry_in=round(delay, 3),
+                )
+                await self._sleep(delay * random.uniform(0.5, 1.0))
+                continue
+            if not 0 < len(outcomes) <= len(run):  # a handler bug: never skip an event for it
+                log.error("event_batch_outcomes", topic=topic, outcomes=len(outcomes), events=len(run))
+                for record, _ in run:
+                    await self._apply_one(part, record)
+                return
+            # Each event of the batch waited for the whole transaction: that is its processing time.
+            elapsed = time.perf_counter() - started
+            histogram = self._metrics.processing.labels(topic)
+            for _ in outcomes:
+                histogram.observe(elapsed)
+            for outcome, count in collections.Counter(outcomes).items():
+                self._metrics.events.labels(topic, outcome).inc(count)
+            part.done = run[len(outcomes) - 1][0].offset + 1
+            run, attempt = run[len(outcomes):], 0
+
+    async def _apply_one(self, part: _Partition, record: ConsumerRecord[bytes, bytes]) -> None:
+        await self._apply_with_retries(part, record)
+        part.done = record.offset + 1
 
     async def _apply_with_retries(self, part: _Partition, record: ConsumerRecord[bytes, bytes]) -> None:
         topic = record.topic
