@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: run test lint test-unit fuzz venv mariadb bench-edge bench-price bench-shadow bench-order bench-events demo-traffic clean
+.PHONY: run test lint typecheck test-unit fuzz venv mariadb bench-edge bench-price bench-shadow bench-order bench-events demo-traffic clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -23,13 +23,17 @@ run: $(STAMP)
 
 PY_DIRS := common shop handlers proxy shadow emulators consumers scripts bench tests
 
-test: $(STAMP) mariadb lint
+test: $(STAMP) mariadb lint typecheck
 	bash scripts/ensure-promtool.sh
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 # Unused imports and names, undefined names, shadowed fixtures: cheap, and caught before the tests run.
 lint: $(STAMP)
 	$(BIN)/python -m pyflakes $(PY_DIRS)
+
+# Type hints are checked, not just written ([tool.mypy] in pyproject.toml says what).
+typecheck: $(STAMP)
+	$(BIN)/python -m mypy
 
 test-unit: $(STAMP)
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests/unit

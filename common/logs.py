@@ -17,7 +17,7 @@ import io
 import logging
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, MutableMapping
 from typing import Any, BinaryIO
 
 import orjson
@@ -126,7 +126,7 @@ class IsoStamper:
         self._second = -1
         self._prefix = ""
 
-    def __call__(self, _logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
+    def __call__(self, _logger: Any, _name: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
         now = time.time()
         second = int(now)
         if second != self._second:

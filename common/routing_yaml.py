@@ -89,8 +89,13 @@ def _number(where: str, line: int, text: str, tag: str) -> int | Decimal:
     return value
 
 
+def _line(event: yaml.Event) -> int:
+    mark = event.start_mark
+    return mark.line + 1 if mark is not None else 0
+
+
 def _scalar(where: str, event: yaml.ScalarEvent) -> Any:
-    line = event.start_mark.line + 1
+    line = _line(event)
     text = event.value
     if event.implicit[0]:
         # A plain digit string with a leading 0 means different things in YAML 1.1 (017 → 15, 08 → "08"): always ask.
@@ -109,11 +114,12 @@ def _scalar(where: str, event: yaml.ScalarEvent) -> Any:
 
 
 def _check_event(where: str, event: yaml.Event) -> None:
-    line = event.start_mark.line + 1
+    line = _line(event)
     if isinstance(event, yaml.AliasEvent):
-        raise _at(where, line, f"YAML aliases (*{event.anchor}) are not allowed in routing.yaml: write the value out")
-    if getattr(event, "anchor", None):
-        raise _at(where, line, f"YAML anchors (&{event.anchor}) are not allowed in routing.yaml: write the value out")
+        raise _at(where, line, f"YAML aliases (*{getattr(event, 'anchor', '')}) are not allowed in routing.yaml: write the value out")
+    anchor = getattr(event, "anchor", None)
+    if anchor:
+        raise _at(where, line, f"YAML anchors (&{anchor}) are not allowed in routing.yaml: write the value out")
     tag = getattr(event, "tag", None)
     if tag not in (None, "!"):
         raise _at(where, line, f"YAML tags ({tag}) are not allowed in routing.yaml")
@@ -155,7 +161,7 @@ def _build(loader: Any, stack: list[_Open]) -> Node | None:
         if isinstance(event, yaml.DocumentStartEvent):
             documents += 1
             if documents > 1:
-                raise _at("", event.start_mark.line + 1, "more than one YAML document (---): routing.yaml is one")
+                raise _at("", _line(event), "more than one YAML document (---): routing.yaml is one")
             continue
         if isinstance(event, yaml.StreamStartEvent | yaml.StreamEndEvent | yaml.DocumentEndEvent):
             continue
@@ -164,7 +170,7 @@ def _build(loader: Any, stack: list[_Open]) -> Node | None:
             done = stack.pop()
             node = Node(done.items, done.line)
         else:
-            line = event.start_mark.line + 1
+            line = _line(event)
             if top is not None and isinstance(top.items, dict) and top.key is None:
                 # The next event is a key: only a plain scalar will do.
                 _check_event(top.where, event)

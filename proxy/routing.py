@@ -10,7 +10,7 @@ import hashlib
 import re
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 from types import MappingProxyType
 from urllib.parse import unquote
 
@@ -244,12 +244,15 @@ def _shadow(where: str, node: _Node) -> ShadowSpec:
         if not isinstance(keys["unordered_lists"].value, bool):
             raise _fail(f"{where}.unordered_lists", keys["unordered_lists"], "must be true or false")
         unordered = keys["unordered_lists"].value
-    tolerance = None
+    tolerance: Decimal | None = None
     if "tolerance" in keys:
         raw = keys["tolerance"].value
         if isinstance(raw, bool) or not isinstance(raw, int | Decimal | str):
             raise _fail(f"{where}.tolerance", keys["tolerance"], "must be a number ≥ 0")
-        tolerance = raw
+        try:
+            tolerance = raw if isinstance(raw, Decimal) else Decimal(str(raw))
+        except InvalidOperation:
+            raise _fail(f"{where}.tolerance", keys["tolerance"], "must be a number ≥ 0") from None
     try:
         rules = CompareRules(ignore=ignore, tolerance=tolerance, unordered_lists=unordered)
     except ValueError as exc:
@@ -299,7 +302,7 @@ def _parse(
     legacy_url = parse_legacy_url(top.get("legacy_url"), env, interpolation_vars, default_legacy_url)
 
     timeout = DEFAULT_TIMEOUT_MS
-    sticky = DEFAULT_STICKY_KEY
+    sticky: tuple[str, ...] = DEFAULT_STICKY_KEY
     if "defaults" in top:
         defaults = _keys("defaults", top["defaults"], ("timeout_ms", "sticky_key"))
         if "timeout_ms" in defaults:

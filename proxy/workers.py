@@ -41,6 +41,8 @@ def reuse_port_worker(host: str, port: int, backlog: int) -> type[GunicornUVLoop
     """A worker class listening on host:port itself; gunicorn instantiates it once per worker process."""
 
     class ReusePortWorker(GunicornUVLoopWebWorker):  # type: ignore[misc]
+        sockets: list[Any]  # gunicorn's listeners (its base class is untyped)
+
         def init_process(self) -> None:
             # After the fork, before aiohttp starts serving self.sockets: serve our own socket instead
             # of the master's placeholder. The placeholder is kept open, not closed: closing gunicorn's

@@ -103,7 +103,7 @@ def render_json(
         for outcome, n in (counters.get(name) or {}).items():
             outcomes[str(outcome)] = int(n)
         total = sum(outcomes.values())
-        fields = []
+        fields: list[dict[str, Any]] = []
         for field in sorted(set(stats.fields(name)) | set(store.fields(name))):
             s = stats.field_stats(name, field)
             fields.append({

@@ -271,7 +271,7 @@ async def _write_order(uow: UnitOfWork, q: Quote, req: OrderRequest, user_id: in
             inserted = await conn.execute(insert(t.user_coupons).values(
                 user_id=user_id, coupon_id=choice.coupon.coupon_id, status="locked", order_id=order_id, created_at=now,
             ))
-            user_coupon_id = inserted.inserted_primary_key[0]
+            user_coupon_id = inserted.inserted_primary_key[0]  # type: ignore[index]  # an INSERT always has a key
     if not await reserve_wallet(conn, user_id, order_id, result.usd.wallet_deduction, now=now):
         raise Conflict("price_changed", price_view(result))
     s = result.shown

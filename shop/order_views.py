@@ -186,7 +186,7 @@ def normalise_platform(platform: str | None) -> str | None:
     return p if p in PLATFORMS else None
 
 
-def method_applies(method: Mapping[str, Any], *, region: str, currency: str, platform: str | None, total: Decimal) -> bool:
+def method_applies(method: Mapping[Any, Any], *, region: str, currency: str, platform: str | None, total: Decimal) -> bool:
     """One payment_methods row against an order; `platform` already normalised (None = unknown)."""
     if not method["enabled"]:
         return False

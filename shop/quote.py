@@ -175,7 +175,7 @@ async def _caller_facts(
 
 
 def _user_coupon(facts: CallerFacts, ref: ReferenceData, user_id: int, user_coupon_id: int) -> tuple[CouponChoice | None, str | None]:
-    if facts.coupon_owner is None or facts.coupon_id not in ref.coupons_by_id:
+    if facts.coupon_owner is None or facts.coupon_id is None or facts.coupon_id not in ref.coupons_by_id:
         return None, NOT_FOUND
     if facts.coupon_owner != user_id:
         return None, NOT_OWNER

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from types import MappingProxyType
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -66,19 +67,19 @@ def _csv_strs(raw: str | None) -> frozenset[str] | None:
     return None if raw is None or not raw.strip() else frozenset(x.strip().upper() for x in raw.split(",") if x.strip())
 
 
-def coupon_from_row(row: Mapping[str, object]) -> Coupon:
+def coupon_from_row(row: Mapping[Any, Any]) -> Coupon:
     return Coupon(
-        coupon_id=row["id"],  # type: ignore[arg-type]
-        code=row["code"],  # type: ignore[arg-type]
-        title=row["title"],  # type: ignore[arg-type]
-        kind=row["kind"],  # type: ignore[arg-type]
-        value=row["value"],  # type: ignore[arg-type]
-        min_spend=row["min_spend"] or Decimal(0),  # type: ignore[arg-type]
-        max_discount=row["max_discount"],  # type: ignore[arg-type]
-        category_ids=_csv_ints(row["category_ids"]),  # type: ignore[arg-type]
-        regions=_csv_strs(row["regions"]),  # type: ignore[arg-type]
-        starts_at=row["starts_at"],  # type: ignore[arg-type]
-        ends_at=row["ends_at"],  # type: ignore[arg-type]
+        coupon_id=row["id"],
+        code=row["code"],
+        title=row["title"],
+        kind=row["kind"],
+        value=row["value"],
+        min_spend=row["min_spend"] or Decimal(0),
+        max_discount=row["max_discount"],
+        category_ids=_csv_ints(row["category_ids"]),
+        regions=_csv_strs(row["regions"]),
+        starts_at=row["starts_at"],
+        ends_at=row["ends_at"],
     )
 
 
@@ -93,14 +94,14 @@ async def load_reference(engine: AsyncEngine, now: datetime, loaded_at: float) -
             select(t.address_blacklist.c.kind, t.address_blacklist.c.value).order_by(t.address_blacklist.c.id)
         )).all()
     coupons = [coupon_from_row(r) for r in coupon_rows]
-    tariffs: dict[str, dict[str, object]] = {}
+    tariffs: dict[str, dict[str, Any]] = {}
     for r in tariff_rows:
         entry = tariffs.setdefault(r["region"], {"default": Decimal(0), "de_minimis": Decimal(0), "by_category": {}})
         if r["category_id"] is None:
             entry["default"] = r["rate_percent"]
             entry["de_minimis"] = r["de_minimis"]
         else:
-            entry["by_category"][r["category_id"]] = r["rate_percent"]  # type: ignore[index]
+            entry["by_category"][r["category_id"]] = r["rate_percent"]
     return ReferenceData(
         mall_discounts=tuple(
             MallDiscount(r["scope"], r["target_id"], r["kind"], r["value"], r["starts_at"], r["ends_at"])
@@ -113,7 +114,7 @@ async def load_reference(engine: AsyncEngine, now: datetime, loaded_at: float) -
         forex=MappingProxyType({r["currency"]: Forex(r["rate"], r["exponent"]) for r in forex_rows}),
         shipping=MappingProxyType({r["region"]: ShippingRule(r["fee"], r["free_threshold"]) for r in shipping_rows}),
         tariffs=MappingProxyType({
-            region: TariffRule(e["default"], e["de_minimis"], MappingProxyType(dict(e["by_category"])))  # type: ignore[arg-type]
+            region: TariffRule(e["default"], e["de_minimis"], MappingProxyType(dict(e["by_category"])))
             for region, e in tariffs.items()
         }),
         blacklist=tuple(BlacklistEntry(r.kind, r.value) for r in blacklist_rows),

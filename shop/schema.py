@@ -52,7 +52,7 @@ Rate = Numeric(18, 8, asdecimal=True)  # forex rate per 1 USD
 Percent = Numeric(12, 4, asdecimal=True)  # percentages and discount values
 
 # Old shopping's MySQL tables are InnoDB/utf8mb4; be explicit rather than trust the server default.
-_TABLE_OPTIONS = {"mysql_engine": "InnoDB", "mysql_charset": "utf8mb4"}
+_TABLE_OPTIONS: dict[str, Any] = {"mysql_engine": "InnoDB", "mysql_charset": "utf8mb4"}
 
 
 

@@ -8,7 +8,7 @@ insert won the race, update again. No read-modify-write of ``qty``.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeGuard
 
 from aiohttp import web
 from sqlalchemy import delete, insert, select, update
@@ -112,5 +112,5 @@ def _parse(body: Any) -> tuple[int, int, bool | None]:
     return sku_id, qty, selected
 
 
-def _is_int(value: Any) -> bool:
+def _is_int(value: Any) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)

@@ -186,7 +186,7 @@ async def _lock_coupon(conn: AsyncConnection, priced: Priced, uid: int, order_id
         result = await conn.execute(insert(user_coupons).values(
             user_id=uid, coupon_id=picked.coupon.coupon_id, status="locked", order_id=order_id, created_at=now(),
         ))
-        return int(result.inserted_primary_key[0])
+        return int(result.inserted_primary_key[0])  # type: ignore[index]  # an INSERT always has a key
     result = await conn.execute(
         update(user_coupons)
         .where(u.id == picked.user_coupon_id, u.user_id == uid, u.status == "unused")

@@ -35,7 +35,7 @@ from shop.checkout import parse_order_request, place_order
 from shop.errors import Conflict
 from shop.events import EVENT_TYPES
 from common.settings import Settings
-from tests.builders import NOW
+from tests.builders import NOW, shop_at
 from tests.support.broker import Broker, running_broker, unique_topic, wait_until
 from tests.support.legacydb import private_mariadb
 from tests.support.net import free_port
@@ -69,10 +69,10 @@ async def placed(shop: Shop, n: int) -> list[tuple[str, str]]:
         body = {**WORKED, "items": [{"sku_id": 1, "qty": 1}], "expected_total": "0.00"}
         key = f"own-{i}-{time.monotonic_ns()}"
         try:
-            await place_order(shop.db, shop.db_read, shop.reference, parse_order_request(body, key, "ios", "5.10.0"), 1, NOW)
+            await place_order(shop_at(shop.db, NOW, reader=shop.db_read), parse_order_request(body, key, "ios", "5.10.0"), 1)
         except Conflict as exc:  # price_changed: the quote to place it at
             body["expected_total"] = exc.data["summary"]["total"]
-        order = await place_order(shop.db, shop.db_read, shop.reference, parse_order_request(body, key, "ios", "5.10.0"), 1, NOW)
+        order = await place_order(shop_at(shop.db, NOW, reader=shop.db_read), parse_order_request(body, key, "ios", "5.10.0"), 1)
         out.append((order.order_id, str(order.total)))
     return out
 
