@@ -90,6 +90,7 @@ class Bench:
         self.bootstrap = f"127.0.0.1:{self.broker_port}"
         self.broker: subprocess.Popen[bytes] | None = None
         self.consumer: subprocess.Popen[bytes] | None = None
+        self.admin_port = 0
         self.group = f"bench-{int(time.time())}"
         self.results: dict[str, Any] = {}
         self.next_order = 0
@@ -164,7 +165,7 @@ class Bench:
         raise SystemExit(f"{name} did not listen on :{port}")
 
     def start_consumer(self, log_name: str) -> None:
-        admin_port = free_port()
+        admin_port = self.admin_port = free_port()
         env = {
             **os.environ, "SHOP_DB_URL": self.db_url, "SHOP_KAFKA_BOOTSTRAP": self.bootstrap,
             "SHOP_KAFKA_IDEMPOTENCE": "false", "SHOP_CONSUMER_GROUP": self.group,
@@ -325,6 +326,7 @@ class Bench:
         load_paid = load_average()
         settled = self.wait_settled(orders, self.args.timeout) if ok else False
         end = self.cpu_mark()
+        counted = {"payment_notified_cm": self.outcomes("payment_notified_cm"), "purchased": self.outcomes("purchased")}
         first, last = self.window(orders)
         self.stop_consumer()
         seconds = (last - first).total_seconds() if ok else float("nan")
@@ -339,9 +341,50 @@ class Bench:
             "consumer_cpu_s_per_1000_pipeline": None if kill else round((end[1] - mark[1]) * per_k, 3),
             "mariadb_cpu_s_per_1000_pipeline": round((end[2] - mark[2]) * per_k, 3),
             "load_before": load_before, "load_at_paid": load_paid, "load_after": load_average(),
-            "verify": verify,
+            "outcomes": counted, "verify": verify,
         }
         say(name, self.results[name])
+
+    def scrape(self) -> str:
+        import urllib.request
+
+        try:
+            return str(urllib.request.urlopen(f"http://127.0.0.1:{self.admin_port}/metrics", timeout=5).read().decode())
+        except OSError:
+            return ""
+
+    def outcomes(self, topic: str) -> dict[str, int]:
+        """The running consumer's consumer_events_total for `topic`, the outcomes that happened."""
+        out = {}
+        for line in self.scrape().splitlines():
+            if line.startswith("consumer_events_total{") and f'topic="{topic}"' in line:
+                outcome = line.split('outcome="', 1)[1].split('"', 1)[0]
+                if (value := int(float(line.rsplit(" ", 1)[1]))) > 0:
+                    out[outcome] = value
+        return out
+
+    def processing_histogram(self, topic: str) -> tuple[float | None, float | None]:
+        """(mean ms, the bucket bound under which 99 % fall) of the consumer's consumer_processing_seconds."""
+        text = self.scrape()
+        if not text:
+            return None, None
+        buckets: list[tuple[float, float]] = []
+        total = count = 0.0
+        for line in text.splitlines():
+            if not line.startswith("consumer_processing_seconds") or f'topic="{topic}"' not in line:
+                continue
+            name, value = line.rsplit(" ", 1)
+            if name.startswith("consumer_processing_seconds_bucket"):
+                le = name.split('le="', 1)[1].split('"', 1)[0]
+                buckets.append((float("inf") if le == "+Inf" else float(le), float(value)))
+            elif name.startswith("consumer_processing_seconds_sum"):
+                total = float(value)
+            elif name.startswith("consumer_processing_seconds_count"):
+                count = float(value)
+        if not count:
+            return None, None
+        p99 = next((le for le, n in sorted(buckets) if n >= 0.99 * count), float("inf"))
+        return round(total / count * 1000, 1), round(p99 * 1000, 1)
 
     async def steady(self, rate: float, seconds: float) -> None:
         n = int(rate * seconds)
@@ -359,6 +402,7 @@ class Bench:
         end = self.cpu_mark()
         poller.stop()
         self.wait_settled(orders, 60)
+        in_tx = self.processing_histogram("payment_notified_cm")
         self.stop_consumer()
         lat = sorted((poller.seen[o] - produced[o]) * 1000 for o in orders if o in poller.seen and o in produced)
         self.results["steady"] = {
@@ -367,6 +411,8 @@ class Bench:
             "p99_ms": round(lat[int(len(lat) * 0.99)], 1) if lat else None,
             "max_ms": round(lat[-1], 1) if lat else None,
             "poll_ms": poller.period * 1000,
+            # The consumer's own consumer_processing_seconds: batch start → commit, per event.
+            "in_consumer_mean_ms": in_tx[0], "in_consumer_p99_le_ms": in_tx[1],
             "consumer_cpu_share": round((end[1] - mark[1]) / (end[0] - mark[0]), 2),
             "load_before": load_before, "load_after": load_average(),
             "verify": self.verify(orders),
@@ -468,6 +514,10 @@ def report(results: dict[str, Any], facts_: dict[str, str], path: Path, argv: li
         row("backlog", "backlog"),
         row("duplicates", "backlog, 10 % duplicates"),
         row("kill", f"backlog, SIGKILL at {results.get('kill_at', '?')} applied, restarted"),
+        "",
+        *[f"- {label}: the consumer counted {results[name]['outcomes']}." for name, label in (
+            ("backlog", "backlog"), ("duplicates", "10 % duplicates"), ("kill", "after the SIGKILL (the restarted process)"))
+          if results.get(name, {}).get("outcomes")],
         "",
         f"Steady {steady.get('rate', '?')} events/s, {steady.get('events', '?')} events: produce → committed (visible to "
         f"another connection, polled every {steady.get('poll_ms', '?')} ms) p50 {steady.get('p50_ms', '?')} ms, "

@@ -53,6 +53,7 @@ def _kafka_clients(settings: Settings) -> tuple[AIOKafkaConsumer, AIOKafkaProduc
         session_timeout_ms=settings.consumer_session_timeout_ms,
         heartbeat_interval_ms=max(100, settings.consumer_session_timeout_ms // 10),
         rebalance_timeout_ms=settings.consumer_session_timeout_ms,
+        fetch_max_wait_ms=settings.consumer_fetch_wait_ms,
     )
     producer = AIOKafkaProducer(
         bootstrap_servers=settings.kafka_bootstrap, acks="all", enable_idempotence=settings.kafka_idempotence,
