@@ -45,7 +45,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
@@ -253,7 +253,7 @@ class ConsumerRunner:
             records = list(itertools.islice(part.queue, self._options.batch_max if batching else 1))
             async with self._slots:
                 if batching:
-                    await self._apply_batch(part, handler, records)  # type: ignore[arg-type]
+                    await self._apply_batch(part, cast(BatchHandler, handler), records)
                 else:
                     await self._apply_one(part, records[0])
             # _drain may have emptied the queue meanwhile

@@ -475,6 +475,15 @@ async def _lock_orders(uow: UnitOfWork, order_ids: Iterable[str]) -> _Orders:
     return _Orders(rows, status, dict(status))
 
 
+async def _claim_batch(uow: UnitOfWork, evs: Sequence[Any], consumer: str) -> tuple[list[str], list[tuple[int, Any]], _Orders]:
+    """Every event id claimed: the outcomes so far (duplicates marked), the claimed events with their
+    index in the batch, and their orders, locked."""
+    fresh = await uow.claim_many(consumer, [e.event_id for e in evs])
+    todo = [(i, e) for i, e in enumerate(evs) if fresh[i]]
+    orders = await _lock_orders(uow, (e.order_id for _, e in todo)) if todo else _Orders({}, {}, {})
+    return ["processed" if f else "duplicate" for f in fresh], todo, orders
+
+
 def _no_order(order_id: str) -> Unapplicable:
     return Unapplicable(data={"order_id": order_id, "reason": "order_not_found"})
 
@@ -530,12 +539,9 @@ class _Payments:
 
 async def apply_payment_notified_batch(uow: UnitOfWork, evs: Sequence[PaymentNotified], consumer: str) -> list[str]:
     """apply_payment_notified for each event in turn, in one unit of work and a few statements."""
-    fresh = await uow.claim_many(consumer, [e.event_id for e in evs])
-    outcomes = ["processed" if f else "duplicate" for f in fresh]
-    todo = [(i, e) for i, e in enumerate(evs) if fresh[i]]
+    outcomes, todo, orders = await _claim_batch(uow, evs, consumer)
     if not todo:
         return outcomes
-    orders = await _lock_orders(uow, (e.order_id for _, e in todo))
     payments = await _Payments.load(uow, [e for _, e in todo])
     outbox: list[tuple[str, str | None, Mapping[str, Any]]] = []
     for i, ev in todo:
@@ -603,12 +609,9 @@ async def _purchased_effects(uow: UnitOfWork, won: dict[str, int]) -> None:
 
 async def apply_purchased_batch(uow: UnitOfWork, evs: Sequence[Purchased], consumer: str) -> list[str]:
     """apply_purchased for each event in turn, in one unit of work and a few statements."""
-    fresh = await uow.claim_many(consumer, [e.event_id for e in evs])
-    outcomes = ["processed" if f else "duplicate" for f in fresh]
-    todo = [(i, e) for i, e in enumerate(evs) if fresh[i]]
+    outcomes, todo, orders = await _claim_batch(uow, evs, consumer)
     if not todo:
         return outcomes
-    orders = await _lock_orders(uow, (e.order_id for _, e in todo))
     won: dict[str, int] = {}
     for i, ev in todo:
         try:
