@@ -125,6 +125,91 @@ class _Partition:
         self.stopping = False
 
 
+class _GroupCommit:
+    """One transaction for the batches that several partitions of one topic have ready at the same time.
+
+    At a steady rate each partition holds a message or two per fetch, and a transaction of its own
+    each would cost ~10 round trips for one event (with 8 partitions: hundreds of small concurrent
+    transactions a second, all waiting on one event loop). So a partition's batch is first handed
+    here: a round takes the batches submitted so far (up to ``batch_max`` messages, whole batches,
+    at least one) into one ``apply_batch`` call and gives each partition the outcomes of its own
+    messages; the partition records them and moves its own offset, as if it had applied them.
+    One round runs at a time per topic; batches submitted meanwhile go in the next one: the
+    busier, the bigger the rounds (group commit). A big batch alone in its round (a backlog) is
+    handed back at once, so those still run side by side, each in its own transaction.
+
+    Messages of one partition stay together and in offset order; partitions share no key. When the
+    call fails in any way (a poison event, old shopping's event, the database away), nothing of the
+    round was applied and every partition of it gets nothing back: each applies its batch itself,
+    where failures are handled per partition as before. Grouping changes how many transactions
+    carry the events, never what happens to one.
+    """
+
+    def __init__(self, handler: BatchHandler, slots: asyncio.Semaphore, batch_max: int) -> None:
+        self._handler = handler
+        self._slots = slots
+        self._batch_max = batch_max
+        # A batch this big alone in its round (a backlog) is cheap per event already: it goes back
+        # to its partition, so the partitions' big batches still run side by side.
+        self._alone_from = max(2, batch_max // 10)
+        self._waiting: deque[tuple[Sequence[Event], asyncio.Future[Sequence[str]]]] = deque()
+        self._worker: asyncio.Task[None] | None = None
+
+    async def apply(self, events: Sequence[Event]) -> Sequence[str]:
+        """Outcomes for a prefix of `events`, possibly empty: the rest is the caller's to apply."""
+        future: asyncio.Future[Sequence[str]] = asyncio.get_running_loop().create_future()
+        self._waiting.append((events, future))
+        if self._worker is None:
+            self._worker = asyncio.create_task(self._rounds(), name="group-commit")
+        return await future
+
+    def close(self) -> None:
+        if self._worker is not None:
+            self._worker.cancel()
+        while self._waiting:
+            _, future = self._waiting.popleft()
+            if not future.done():
+                future.set_result(())
+
+    async def _rounds(self) -> None:
+        try:
+            await self._run_rounds()
+        finally:
+            # Cleared here, with no await after the last look at the queue: a batch submitted from
+            # now on starts a new worker (a done callback would run a loop turn late, and a batch
+            # submitted in that turn would wait for ever).
+            self._worker = None
+
+    async def _run_rounds(self) -> None:
+        while self._waiting:
+            group: list[tuple[Sequence[Event], asyncio.Future[Sequence[str]]]] = []
+            size = 0
+            while self._waiting and (not group or size + len(self._waiting[0][0]) <= self._batch_max):
+                events, future = self._waiting.popleft()
+                if not future.done():  # a revoked partition stopped waiting
+                    group.append((events, future))
+                    size += len(events)
+            if not group:
+                continue
+            if len(group) == 1 and size >= self._alone_from:
+                group[0][1].set_result(())
+                continue
+            outcomes: Sequence[str] = ()
+            try:
+                async with self._slots:
+                    outcomes = await self._handler.apply_batch([e for events, _ in group for e in events])
+                if len(outcomes) > size:
+                    outcomes = ()
+            except Exception:
+                outcomes = ()  # nothing was applied: every partition on its own
+            finally:  # every partition of the round hears back, whatever happened (cancelled: nothing)
+                at = 0
+                for events, future in group:
+                    if not future.done():
+                        future.set_result(outcomes[at:at + len(events)])
+                    at += len(events)
+
+
 class ConsumerRunner:
     def __init__(
         self,
@@ -146,6 +231,7 @@ class ConsumerRunner:
         self._sleep = sleep
         self._partitions: dict[TopicPartition, _Partition] = {}
         self._slots = asyncio.Semaphore(options.max_concurrency)
+        self._groups: dict[str, _GroupCommit] = {}
         self._stopping = asyncio.Event()
         self.ready = asyncio.Event()
 
@@ -220,6 +306,8 @@ class ConsumerRunner:
             await asyncio.wait(tasks, timeout=10)
         for task in tasks:
             task.cancel()
+        for group in self._groups.values():
+            group.close()
         await self._commit(parts)
 
     async def _commit(self, parts: Iterable[_Partition]) -> None:
@@ -251,11 +339,10 @@ class ConsumerRunner:
             handler = self._handlers[part.tp.topic]
             batching = self._options.batch_max > 1 and hasattr(handler, "apply_batch")
             records = list(itertools.islice(part.queue, self._options.batch_max if batching else 1))
-            async with self._slots:
-                if batching:
-                    await self._apply_batch(part, cast(BatchHandler, handler), records)
-                else:
-                    await self._apply_one(part, records[0])
+            if batching:
+                await self._apply_batch(part, cast(BatchHandler, handler), records)
+            else:
+                await self._apply_one(part, records[0])
             # _drain may have emptied the queue meanwhile
             for record in records:
                 if not part.queue or part.queue[0] is not record:
@@ -283,8 +370,14 @@ class ConsumerRunner:
         while run:
             attempt += 1
             started = time.perf_counter()
+            events = [event for _, event in run]
             try:
-                outcomes = await handler.apply_batch([event for _, event in run])
+                # Together with the other partitions' ready batches first; alone after a failure, or
+                # when the group hands (part of) it back.
+                outcomes = await self._group(topic, handler).apply(events) if attempt == 1 else ()
+                if not outcomes:
+                    async with self._slots:
+                        outcomes = await handler.apply_batch(events)
             except asyncio.CancelledError:
                 raise
             except BatchFailed as failed:
@@ -325,8 +418,15 @@ class ConsumerRunner:
             run, attempt = run[len(outcomes):], 0
 
     async def _apply_one(self, part: _Partition, record: ConsumerRecord[bytes, bytes]) -> None:
-        await self._apply_with_retries(part, record)
+        async with self._slots:
+            await self._apply_with_retries(part, record)
         part.done = record.offset + 1
+
+    def _group(self, topic: str, handler: BatchHandler) -> _GroupCommit:
+        group = self._groups.get(topic)
+        if group is None:
+            group = self._groups[topic] = _GroupCommit(handler, self._slots, self._options.batch_max)
+        return group
 
     async def _apply_with_retries(self, part: _Partition, record: ConsumerRecord[bytes, bytes]) -> None:
         topic = record.topic

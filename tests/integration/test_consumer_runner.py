@@ -39,7 +39,7 @@ from consumers.events import owned_handler
 from consumers.legacy_delivery import LegacyDelivery, legacy_session
 from consumers.metrics import ConsumerMetrics
 from consumers.ownership import ConsumersLoader, Ownership
-from consumers.runner import BatchFailed, ConsumerRunner, Event, PoisonMessage, RunnerOptions
+from consumers.runner import BatchFailed, ConsumerRunner, Event, PoisonMessage, RunnerOptions, _GroupCommit
 from shop import schema as t
 from shop.bootstrap import shop_resources
 from shop.db import create_all, drop_all
@@ -426,3 +426,55 @@ async def test_the_payment_handler_batches_on_mariadb_refusing_one_event_and_app
         assert processed == 30
         dlq = await dead_letters(broker, topic)
         assert len(dlq) == 1 and b"amount_mismatch" in dict(dlq[0].headers)["error"]
+
+
+class Calls:
+    """A batch handler that records each call's events and answers `processed` for all, or raises."""
+
+    def __init__(self, fail: bool = False) -> None:
+        self.calls: list[list[str]] = []
+        self.fail = fail
+
+    async def __call__(self, event: Event) -> str:
+        return "processed"
+
+    async def apply_batch(self, events: Sequence[Event]) -> list[str]:
+        self.calls.append([e.payload["event_id"] for e in events])
+        await asyncio.sleep(0.01)
+        if self.fail:
+            raise RuntimeError("refused")
+        return ["processed"] * len(events)
+
+
+def batch_of(partition: int, *ids: str) -> list[Event]:
+    return [Event("t", partition, n, "k", {"event_id": i}) for n, i in enumerate(ids)]
+
+
+async def test_group_commit_puts_the_partitions_ready_batches_in_one_call_and_hands_each_its_outcomes() -> None:
+    handler = Calls()
+    group = _GroupCommit(handler, asyncio.Semaphore(8), batch_max=500)
+    first = asyncio.create_task(group.apply(batch_of(0, "a")))
+    await asyncio.sleep(0)  # the first round starts with a alone
+    rest = [asyncio.create_task(group.apply(batch_of(p, f"b{p}", f"c{p}"))) for p in (1, 2, 3)]
+    assert await first == ["processed"]
+    assert [await r for r in rest] == [["processed", "processed"]] * 3
+    # Submitted while the first round ran, the three went together in the next.
+    assert handler.calls == [["a"], ["b1", "c1", "b2", "c2", "b3", "c3"]]
+
+
+async def test_group_commit_takes_a_batch_submitted_right_after_a_round_ended() -> None:
+    # The worker of a round that just emptied the queue must not make the next batch wait for ever.
+    handler = Calls()
+    group = _GroupCommit(handler, asyncio.Semaphore(8), batch_max=500)
+    assert await group.apply(batch_of(0, "a")) == ["processed"]
+    assert await asyncio.wait_for(group.apply(batch_of(1, "b")), 5) == ["processed"]
+    assert await asyncio.wait_for(group.apply(batch_of(0, "c")), 5) == ["processed"]
+
+
+async def test_group_commit_hands_a_failed_round_and_a_big_lone_batch_back_untouched() -> None:
+    failing = _GroupCommit(Calls(fail=True), asyncio.Semaphore(8), batch_max=500)
+    assert await asyncio.gather(failing.apply(batch_of(0, "a")), failing.apply(batch_of(1, "b"))) == [(), ()]
+    handler = Calls()
+    big = _GroupCommit(handler, asyncio.Semaphore(8), batch_max=20)
+    assert await big.apply(batch_of(0, *[f"e{n}" for n in range(5)])) == ()  # its partition applies it itself
+    assert handler.calls == []
