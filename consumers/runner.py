@@ -134,8 +134,8 @@ class _GroupCommit:
     here: a round takes the batches submitted so far (up to ``batch_max`` messages, whole batches,
     at least one) into one ``apply_batch`` call and gives each partition the outcomes of its own
     messages; the partition records them and moves its own offset, as if it had applied them.
-    One round runs at a time per topic; batches submitted meanwhile go in the next one: the
-    busier, the bigger the rounds (group commit). A big batch alone in its round (a backlog) is
+    At most two rounds run at a time per topic (one waits on MariaDB while the other is built);
+    batches submitted meanwhile go in the next: the busier, the bigger the rounds (group commit). A big batch alone in its round (a backlog) is
     handed back at once, so those still run side by side, each in its own transaction.
 
     Messages of one partition stay together and in offset order; partitions share no key. When the
@@ -145,40 +145,42 @@ class _GroupCommit:
     carry the events, never what happens to one.
     """
 
-    def __init__(self, handler: BatchHandler, slots: asyncio.Semaphore, batch_max: int) -> None:
+    def __init__(self, handler: BatchHandler, slots: asyncio.Semaphore, batch_max: int, rounds_in_flight: int = 2) -> None:
         self._handler = handler
+        self._rounds_in_flight = rounds_in_flight
         self._slots = slots
         self._batch_max = batch_max
         # A batch this big alone in its round (a backlog) is cheap per event already: it goes back
         # to its partition, so the partitions' big batches still run side by side.
         self._alone_from = max(2, batch_max // 10)
         self._waiting: deque[tuple[Sequence[Event], asyncio.Future[Sequence[str]]]] = deque()
-        self._worker: asyncio.Task[None] | None = None
+        self._workers: set[asyncio.Task[None]] = set()
 
     async def apply(self, events: Sequence[Event]) -> Sequence[str]:
         """Outcomes for a prefix of `events`, possibly empty: the rest is the caller's to apply."""
         future: asyncio.Future[Sequence[str]] = asyncio.get_running_loop().create_future()
         self._waiting.append((events, future))
-        if self._worker is None:
-            self._worker = asyncio.create_task(self._rounds(), name="group-commit")
+        if len(self._workers) < self._rounds_in_flight:
+            self._workers.add(asyncio.create_task(self._rounds(), name="group-commit"))
         return await future
 
     def close(self) -> None:
-        if self._worker is not None:
-            self._worker.cancel()
+        for worker in list(self._workers):
+            worker.cancel()
         while self._waiting:
             _, future = self._waiting.popleft()
             if not future.done():
                 future.set_result(())
 
     async def _rounds(self) -> None:
+        me = asyncio.current_task()
         try:
             await self._run_rounds()
         finally:
-            # Cleared here, with no await after the last look at the queue: a batch submitted from
-            # now on starts a new worker (a done callback would run a loop turn late, and a batch
-            # submitted in that turn would wait for ever).
-            self._worker = None
+            # Left here, with no await after the last look at the queue: a batch submitted from now
+            # on starts a new worker (a done callback would run a loop turn late, and a batch
+            # submitted in that turn could wait for ever).
+            self._workers.discard(me)  # type: ignore[arg-type]
 
     async def _run_rounds(self) -> None:
         while self._waiting:
