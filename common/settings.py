@@ -189,6 +189,12 @@ class Settings:
     consumer_session_timeout_ms: int = setting("SHOP_CONSUMER_SESSION_TIMEOUT_MS", 10_000, whole(1000, 300_000))
     # How often applied offsets are committed; a crash redelivers at most this much (as duplicates).
     consumer_commit_seconds: float = setting("SHOP_CONSUMER_COMMIT_SECONDS", 0.2, number(0.01, 300.0))
+    # At most this many events of one partition applied in one transaction (1: one by one).
+    consumer_batch_max: int = setting("SHOP_CONSUMER_BATCH_MAX", 500, whole(1, 10_000))
+    # How long a fetch may wait at the broker for new messages. Kafka answers as soon as one comes;
+    # the bundled Tansu broker waits the whole time, and a message produced meanwhile waits with it
+    # (aiokafka's 500 ms gave a p99 of 319 ms at a steady 500 events/s; bench/RESULTS.md).
+    consumer_fetch_wait_ms: int = setting("SHOP_CONSUMER_FETCH_WAIT_MS", 20, whole(1, 60_000))
     # The idempotent producer: on for the company's Kafka; the bundled Tansu broker refuses InitProducerId.
     kafka_idempotence: bool = setting("SHOP_KAFKA_IDEMPOTENCE", True, flag)
     # Delivering old shopping's share of the events to its POST /event/{name}: per-call timeout, pool size.

@@ -54,6 +54,7 @@ def _kafka_clients(settings: Settings) -> tuple[AIOKafkaConsumer, AIOKafkaProduc
         session_timeout_ms=settings.consumer_session_timeout_ms,
         heartbeat_interval_ms=max(100, settings.consumer_session_timeout_ms // 10),
         rebalance_timeout_ms=settings.consumer_session_timeout_ms,
+        fetch_max_wait_ms=settings.consumer_fetch_wait_ms,
     )
     producer = AIOKafkaProducer(
         bootstrap_servers=settings.kafka_bootstrap, acks="all", enable_idempotence=settings.kafka_idempotence,
@@ -182,7 +183,7 @@ async def run(settings: Settings, *, admin_host: str = "127.0.0.1", registry: Co
             is_transient=is_transient,
             options=RunnerOptions(
                 max_concurrency=settings.consumer_concurrency, max_attempts=settings.consumer_max_attempts,
-                commit_interval=settings.consumer_commit_seconds,
+                commit_interval=settings.consumer_commit_seconds, batch_max=settings.consumer_batch_max,
             ),
         )
         relay = OutboxRelay(shop.db, producer, relay_metrics, holder=lease_holder(), clock=shop.clock)

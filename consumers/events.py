@@ -9,17 +9,24 @@ waits out old shopping's outage goes wherever a flip meanwhile sent its order.
 Applying here is thin: parse → one `Shop.tx("consumer")` → the same `shop.events` function
 `POST /event/{name}` uses → the outcome. A message the shop refuses for good (not the schema,
 not applicable) becomes a PoisonMessage, i.e. the DLQ with the reason.
+
+Batches (`apply_batch`, what the runner uses): the longest run at the front of the batch that is
+owned here and parses goes through the event type's `apply_batch` in one `Shop.tx("consumer")`;
+an event of old shopping's is delivered alone, by the runner's one-event path. The owner of each event is asked once
+per batch. An event the shop refuses inside a batch is `BatchFailed(index)`: the runner applies
+the ones before it again and that one alone, where it becomes the PoisonMessage above.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 
 from consumers.legacy_delivery import LegacyDelivery
 from consumers.ownership import Ownership
-from consumers.runner import Event, EventHandler, PoisonMessage
+from consumers.runner import BatchFailed, Event, EventHandler, PoisonMessage
 from shop import events as ev
-from shop.events import EventType, consumer_name
+from shop.events import EventFailed, EventType, consumer_name
 from shop.bootstrap import Shop
 from shop.errors import ShopError
 
@@ -56,12 +63,40 @@ def order_id_of(event: Event) -> str:
     return raw
 
 
+class OwnedHandler:
+    """The runner's handler for one event type: each event applied here or delivered to old shopping."""
+
+    def __init__(self, shop: Shop, event_type: EventType, ownership: Ownership, legacy: LegacyDelivery) -> None:
+        self._shop = shop
+        self._type = event_type
+        self._consumer = consumer_name(event_type)
+        self._ownership = ownership
+        self._legacy = legacy
+        self._local = apply_locally(shop, event_type)
+
+    def _owned_here(self, event: Event) -> bool:
+        return self._ownership.owner(self._type.name, order_id_of(event)) == "new"
+
+    async def __call__(self, event: Event) -> str:
+        if self._owned_here(event):
+            return await self._local(event)
+        return await self._legacy.deliver(self._type.name, event)
+
+    async def apply_batch(self, events: Sequence[Event]) -> list[str]:
+        parsed = []
+        for i, event in enumerate(events):
+            try:
+                if not self._owned_here(event):
+                    raise BatchFailed(i)  # delivered alone: old shopping's answers are judged per event
+                parsed.append(self._type.parse(event.payload))
+            except (PoisonMessage, ev.InvalidEvent):
+                raise BatchFailed(i) from None  # alone, it goes to the DLQ with its reason
+        try:
+            async with self._shop.tx("consumer") as uow:
+                return await self._type.apply_batch(uow, parsed, self._consumer)
+        except EventFailed as failed:
+            raise BatchFailed(failed.index) from failed.error
+
+
 def owned_handler(shop: Shop, event_type: EventType, ownership: Ownership, legacy: LegacyDelivery) -> EventHandler:
-    local = apply_locally(shop, event_type)
-
-    async def handle(event: Event) -> str:
-        if ownership.owner(event_type.name, order_id_of(event)) == "new":
-            return await local(event)
-        return await legacy.deliver(event_type.name, event)
-
-    return handle
+    return OwnedHandler(shop, event_type, ownership, legacy)

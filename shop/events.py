@@ -16,25 +16,36 @@ What cannot be applied raises: `InvalidEvent` (not the event's schema) and `Unap
 order that does not exist, money that does not match, a capture on a cancelled order) are for a
 person, through the DLQ; `NotYet` (a `purchased` for an order whose payment is not applied yet,
 the two topics are not ordered) is retried a few times first.
+
+Batches (the consumer's throughput path, docs/decisions.md "Issue 10: throughput"): each event
+type also has `apply_batch(uow, events, consumer)`, the same effects for a list of events in one
+unit of work, with the same outcomes as applying them one after the other. `payment_notified`
+and `purchased` do it with a few multi-row statements: one claim of every event id, the orders
+read `FOR UPDATE` in id order (so two batches lock in one order and the status read is the one
+the guarded update compares), the effects judged in Python event by event (two events of one
+order in one batch see each other), then grouped guarded updates whose row counts are checked
+and multi-row inserts. The other types apply their single-event function per event in the one
+unit. An event that cannot be applied raises `EventFailed(index)`: nothing of the batch is
+written, and the caller applies the events before it again and that one alone.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import timedelta
 from decimal import Decimal, InvalidOperation
 from types import MappingProxyType
 from typing import Any
 
 import structlog
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import bindparam, delete, func, insert, select, tuple_, update
 
 from common import envelope as codes
 from shop import order_states as st
 from shop import schema as t
 from shop.errors import BadRequest, ShopError
-from shop.reservations import settle_wallet, use_coupon
+from shop.reservations import ZERO, settle_wallet, use_coupon
 from shop.uow import UnitOfWork
 
 log = structlog.get_logger("shop.events")
@@ -59,6 +70,19 @@ class Unapplicable(ShopError):
 
 class NotYet(Exception):
     """The event depends on another one not applied yet; worth a few retries."""
+
+
+class EventFailed(Exception):
+    """The event at `index` of a batch cannot be applied (`error` says why); the batch wrote nothing.
+
+    The events before it can be applied without it; the caller runs that one alone, where the error
+    gets its usual treatment (the DLQ, a few retries).
+    """
+
+    def __init__(self, index: int, error: BaseException) -> None:
+        super().__init__(index, error)
+        self.index = index
+        self.error = error
 
 
 # --- parsing --------------------------------------------------------------------------------------
@@ -417,6 +441,258 @@ async def apply_group_update(uow: UnitOfWork, ev: GroupUpdate, consumer: str) ->
     return "processed"
 
 
+# --- batches: the same effects for many events in one unit of work ----------------------------------
+
+_O = t.orders.c
+_ORDERS_LOCKED = (
+    select(_O.id, _O.user_id, _O.status, _O.total, _O.currency)
+    .where(_O.id.in_(bindparam("ids", expanding=True))).order_by(_O.id).with_for_update()
+)
+_HISTORY_INSERT = insert(t.order_status_history)
+_PAYMENT_INSERT = insert(t.payments)
+_P = t.payments.c
+_PAYMENTS_BY_REF = select(_P.id, _P.provider, _P.psp_reference).where(
+    _P.psp_reference.in_(bindparam("refs", expanding=True))).order_by(_P.id)
+_PAYMENTS_BY_ID = select(_P.id, _P.order_id, _P.provider).where(_P.id.in_(bindparam("ids", expanding=True)))
+# Guarded like _record_payment: a payment row only moves forward.
+_PAYMENT_FORWARD = {
+    status: update(t.payments).where(
+        _P.id == bindparam("row_id"),
+        _P.status.in_([s for s, rank in _PAYMENT_RANK.items() if rank < _PAYMENT_RANK[status]]),
+    ).values(status=status, psp_reference=bindparam("psp"), updated_at=bindparam("now"))
+    for status in ("authorized", "captured")
+}
+
+
+@dataclass(slots=True)
+class _Orders:
+    """A batch's orders, locked, and what the batch does to them, event by event."""
+
+    rows: dict[str, Any]
+    status: dict[str, str]  # as the events so far left it
+    seen: dict[str, str]  # as read: what the guarded update compares
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    def move(self, uow: UnitOfWork, order_id: str, event: str, reason: str | None) -> bool:
+        """order_states.transition's judgement on the status the batch has reached: True when it moved."""
+        rule = st.TRANSITIONS[event]
+        seen = self.status[order_id]
+        if seen == rule.target:
+            return False
+        if seen not in rule.sources:
+            raise st.InvalidState(data={"status": seen, "event": event})
+        self.status[order_id] = rule.target
+        self.history.append({"order_id": order_id, "from_status": seen, "to_status": rule.target, "reason": reason,
+                             "actor": uow.actor, "created_at": uow.now})
+        return True
+
+    async def write(self, uow: UnitOfWork) -> None:
+        """One guarded UPDATE per (status read, status reached) and one multi-row history INSERT."""
+        groups: dict[tuple[str, str], list[str]] = {}
+        for order_id, status in self.status.items():
+            if status != self.seen[order_id]:
+                groups.setdefault((self.seen[order_id], status), []).append(order_id)
+        for (seen, target), ids in groups.items():
+            values: dict[str, object] = {"status": target, "updated_at": uow.now}
+            if target == st.PAID:
+                values["paid_at"] = uow.now
+            result = await uow.conn.execute(
+                update(t.orders).where(_O.id.in_(bindparam("ids", expanding=True)), _O.status == seen).values(**values),
+                {"ids": ids},
+            )
+            if result.rowcount != len(ids):
+                # The rows are locked, so only a writer that ignores locks gets here; judge one by one.
+                raise st.Conflict("status_contended", {"orders": len(ids), "moved": result.rowcount})
+        if self.history:
+            await uow.conn.execute(_HISTORY_INSERT, self.history)
+
+
+async def _lock_orders(uow: UnitOfWork, order_ids: Iterable[str]) -> _Orders:
+    """The orders, read and locked in id order (the lock order every batch keeps)."""
+    rows = {r.id: r for r in (await uow.conn.execute(_ORDERS_LOCKED, {"ids": sorted(set(order_ids))})).all()}
+    status = {order_id: r.status for order_id, r in rows.items()}
+    return _Orders(rows, status, dict(status))
+
+
+async def _claim_batch(uow: UnitOfWork, evs: Sequence[Any], consumer: str) -> tuple[list[str], list[tuple[int, Any]], _Orders]:
+    """Every event id claimed: the outcomes so far (duplicates marked), the claimed events with their
+    index in the batch, and their orders, locked."""
+    fresh = await uow.claim_many(consumer, [e.event_id for e in evs])
+    todo = [(i, e) for i, e in enumerate(evs) if fresh[i]]
+    orders = await _lock_orders(uow, (e.order_id for _, e in todo)) if todo else _Orders({}, {}, {})
+    return ["processed" if f else "duplicate" for f in fresh], todo, orders
+
+
+def _no_order(order_id: str) -> Unapplicable:
+    return Unapplicable(data={"order_id": order_id, "reason": "order_not_found"})
+
+
+@dataclass(slots=True)
+class _Payments:
+    """The payment rows a batch of payment_notified finds, inserts and moves forward, as _record_payment."""
+
+    by_ref: dict[tuple[str, str], int]  # (provider, psp_reference) → row id
+    by_id: dict[int, tuple[str, str]]  # row id → (order_id, provider), rows named by payment_id
+    inserts: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+    forward: dict[str, list[dict[str, Any]]] = field(default_factory=lambda: {"authorized": [], "captured": []})
+
+    @classmethod
+    async def load(cls, uow: UnitOfWork, evs: Sequence[PaymentNotified]) -> _Payments:
+        by_ref: dict[tuple[str, str], int] = {}
+        for r in (await uow.conn.execute(_PAYMENTS_BY_REF, {"refs": sorted({e.psp_reference for e in evs})})).all():
+            by_ref.setdefault((r.provider, r.psp_reference), r.id)
+        row_ids = sorted({i for e in evs if (e.provider, e.psp_reference) not in by_ref
+                          and (i := _payment_row_id(e.payment_id)) is not None})
+        by_id = {} if not row_ids else {
+            r.id: (r.order_id, r.provider) for r in (await uow.conn.execute(_PAYMENTS_BY_ID, {"ids": row_ids})).all()
+        }
+        return cls(by_ref, by_id)
+
+    def record(self, uow: UnitOfWork, ev: PaymentNotified) -> None:
+        ref = (ev.provider, ev.psp_reference)
+        planned = self.inserts.get(ref)
+        if planned is not None:  # inserted earlier in this batch: it moves forward before it is written
+            if _PAYMENT_RANK[ev.status] > _PAYMENT_RANK[planned["status"]]:
+                planned["status"] = ev.status
+            return
+        row_id = self.by_ref.get(ref)
+        if row_id is None:
+            named = _payment_row_id(ev.payment_id)
+            if named is not None and self.by_id.get(named) == (ev.order_id, ev.provider):
+                row_id = self.by_ref[ref] = named  # the update below gives it this reference
+        if row_id is None:
+            self.inserts[ref] = {
+                "order_id": ev.order_id, "provider": ev.provider, "status": ev.status, "amount": ev.amount,
+                "currency": ev.currency, "psp_reference": ev.psp_reference, "created_at": uow.now, "updated_at": uow.now,
+            }
+            return
+        self.forward[ev.status].append({"row_id": row_id, "psp": ev.psp_reference, "now": uow.now})
+
+    async def write(self, uow: UnitOfWork) -> None:
+        if self.inserts:
+            await uow.conn.execute(_PAYMENT_INSERT, list(self.inserts.values()))
+        for status in ("authorized", "captured"):  # rank order: a capture after an authorisation wins
+            if self.forward[status]:
+                await uow.conn.execute(_PAYMENT_FORWARD[status], self.forward[status])
+
+
+async def apply_payment_notified_batch(uow: UnitOfWork, evs: Sequence[PaymentNotified], consumer: str) -> list[str]:
+    """apply_payment_notified for each event in turn, in one unit of work and a few statements."""
+    outcomes, todo, orders = await _claim_batch(uow, evs, consumer)
+    if not todo:
+        return outcomes
+    payments = await _Payments.load(uow, [e for _, e in todo])
+    outbox: list[tuple[str, str | None, Mapping[str, Any]]] = []
+    for i, ev in todo:
+        try:
+            order = orders.rows.get(ev.order_id)
+            if order is None:
+                raise _no_order(ev.order_id)
+            if ev.currency != order.currency or ev.amount != order.total:
+                raise Unapplicable(data={"order_id": ev.order_id, "reason": "amount_mismatch", "order_total": str(order.total),
+                                         "order_currency": order.currency, "paid": str(ev.amount), "paid_currency": ev.currency})
+            status = orders.status[ev.order_id]
+            if status == st.CANCELLED:
+                raise Unapplicable(data={"order_id": ev.order_id, "reason": f"{ev.status}_after_cancel"})
+            payments.record(uow, ev)
+            if ev.status == "authorized" and status in _PAID_OR_LATER | {st.AUTHORIZED}:
+                continue
+            moved = orders.move(uow, ev.order_id, "authorized" if ev.status == "authorized" else "captured",
+                                f"{ev.provider}:{ev.psp_reference}")
+        except (ShopError, NotYet) as exc:
+            raise EventFailed(i, exc) from exc
+        if moved and orders.status[ev.order_id] == st.PAID:
+            outbox.append(("purchased", ev.order_id, {
+                "event_id": f"purchased:{ev.order_id}", "order_id": ev.order_id, "user_id": order.user_id,
+                "occurred_at": uow.now.isoformat() + "Z",
+            }))
+            outbox.append(("noti", ev.order_id, {
+                "user_id": order.user_id, "template": "order_paid", "order_id": ev.order_id,
+                "vars": {"amount": str(ev.amount), "currency": ev.currency, "provider": ev.provider},
+            }))
+    await payments.write(uow)
+    await orders.write(uow)
+    await uow.publish_many(outbox)
+    return outcomes
+
+
+_UC = t.user_coupons.c
+_COUPONS_USED = update(t.user_coupons).where(
+    _UC.order_id.in_(bindparam("ids", expanding=True)), _UC.status == "locked",
+).values(status="used", used_at=bindparam("now"))
+_LG = t.wallet_ledger.c
+_LEDGER_OF = select(_LG.order_id, _LG.user_id, _LG.kind, _LG.amount).where(
+    _LG.order_id.in_(bindparam("ids", expanding=True))).order_by(_LG.id)
+_LEDGER_INSERT = insert(t.wallet_ledger)
+_I = t.order_items.c
+_ITEMS_OF = select(_I.order_id, _I.sku_id).where(_I.order_id.in_(bindparam("ids", expanding=True)))
+_CI = t.cart_items.c
+
+
+async def _purchased_effects(uow: UnitOfWork, won: dict[str, int]) -> None:
+    """use_coupon, settle_wallet and the cart lines, for every order (→ user) the batch moved to fulfilling."""
+    ids = sorted(won)
+    await uow.conn.execute(_COUPONS_USED, {"ids": ids, "now": uow.now})
+    open_: dict[str, tuple[int, Decimal]] = {}
+    for r in (await uow.conn.execute(_LEDGER_OF, {"ids": ids})).all():
+        user, held = open_.get(r.order_id, (r.user_id, ZERO))
+        open_[r.order_id] = (user, held + (r.amount if r.kind == "reserve" else -r.amount if r.kind in ("release", "settle") else ZERO))
+    settles = [{"user_id": user, "order_id": order_id, "amount": amount, "kind": "settle", "created_at": uow.now}
+               for order_id, (user, amount) in open_.items() if amount > 0]
+    if settles:
+        await uow.conn.execute(_LEDGER_INSERT, settles)
+    lines = sorted({(won[r.order_id], r.sku_id) for r in (await uow.conn.execute(_ITEMS_OF, {"ids": ids})).all()})
+    if lines:
+        await uow.conn.execute(delete(t.cart_items).where(tuple_(_CI.user_id, _CI.sku_id).in_(lines)))
+
+
+async def apply_purchased_batch(uow: UnitOfWork, evs: Sequence[Purchased], consumer: str) -> list[str]:
+    """apply_purchased for each event in turn, in one unit of work and a few statements."""
+    outcomes, todo, orders = await _claim_batch(uow, evs, consumer)
+    if not todo:
+        return outcomes
+    won: dict[str, int] = {}
+    for i, ev in todo:
+        try:
+            order = orders.rows.get(ev.order_id)
+            if order is None:
+                raise _no_order(ev.order_id)
+            status = orders.status[ev.order_id]
+            if status in (st.PENDING_PAYMENT, st.PAYMENT_CONFIRMING, st.PAYMENT_FAILED, st.AUTHORIZED):
+                raise NotYet(f"order {ev.order_id} is {status}, not paid yet")
+            if status == st.CANCELLED:
+                raise Unapplicable(data={"order_id": ev.order_id, "reason": "purchased_after_cancel"})
+            if status == st.PAID and orders.move(uow, ev.order_id, "purchased", "purchased"):
+                won[ev.order_id] = order.user_id
+        except (ShopError, NotYet) as exc:
+            raise EventFailed(i, exc) from exc
+    await orders.write(uow)
+    if won:
+        await _purchased_effects(uow, won)
+    return outcomes
+
+
+BatchApply = Callable[[UnitOfWork, Sequence[Any], str], Awaitable[list[str]]]
+
+
+def one_by_one(apply: Callable[[UnitOfWork, Any, str], Awaitable[str]]) -> BatchApply:
+    """The batch form of a rare event type: its single-event function per event, in the one unit of work.
+
+    A repeated event id inside the batch is a duplicate by the claim's primary key, as across batches.
+    """
+
+    async def apply_batch(uow: UnitOfWork, evs: Sequence[Any], consumer: str) -> list[str]:
+        outcomes = []
+        for i, ev in enumerate(evs):
+            try:
+                outcomes.append(await apply(uow, ev, consumer))
+            except (ShopError, NotYet) as exc:
+                raise EventFailed(i, exc) from exc
+        return outcomes
+
+    return apply_batch
+
+
 # --- the registry: every event type, for the Kafka consumer and POST /event/{name} alike -------------
 
 
@@ -425,6 +701,8 @@ class EventType:
     name: str  # routing.yaml `consumers:` key and `/event/{name}` path segment; topic: Settings.consumer_topics
     parse: Callable[[Mapping[str, Any]], Any]
     apply: Callable[[UnitOfWork, Any, str], Awaitable[str]]
+    # The same for a list of events, with the outcomes apply would give one after the other.
+    apply_batch: BatchApply
 
 
 def consumer_name(event_type: EventType) -> str:
@@ -435,10 +713,10 @@ def consumer_name(event_type: EventType) -> str:
 
 EVENT_TYPES: Mapping[str, EventType] = MappingProxyType({
     e.name: e for e in (
-        EventType("payment_notified", parse_payment_notified, apply_payment_notified),
-        EventType("payment_failed", parse_payment_failed, apply_payment_failed),
-        EventType("purchased", parse_purchased, apply_purchased),
-        EventType("refund_notified", parse_refund_notified, apply_refund_notified),
-        EventType("group_update", parse_group_update, apply_group_update),
+        EventType("payment_notified", parse_payment_notified, apply_payment_notified, apply_payment_notified_batch),
+        EventType("payment_failed", parse_payment_failed, apply_payment_failed, one_by_one(apply_payment_failed)),
+        EventType("purchased", parse_purchased, apply_purchased, apply_purchased_batch),
+        EventType("refund_notified", parse_refund_notified, apply_refund_notified, one_by_one(apply_refund_notified)),
+        EventType("group_update", parse_group_update, apply_group_update, one_by_one(apply_group_update)),
     )
 })

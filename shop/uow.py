@@ -8,7 +8,7 @@ commits together when the block ends, or rolls back together when it raises.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -22,6 +22,12 @@ from shop import schema as t
 
 _OUTBOX_INSERT = insert(t.outbox)
 _PROCESSED_INSERT = insert(t.processed_events)
+# One statement claims a whole batch: the rows it inserted come back, those already there (or
+# inserted meanwhile by a concurrent delivery, whose commit it waits for on the key) do not.
+_PROCESSED_CLAIM = (
+    insert(t.processed_events).prefix_with("IGNORE", dialect="mysql").prefix_with("IGNORE", dialect="mariadb")
+    .prefix_with("OR IGNORE", dialect="sqlite").returning(t.processed_events.c.event_id)
+)
 
 
 @dataclass(slots=True)
@@ -38,6 +44,12 @@ class UnitOfWork:
         """An outbox row: published by the relay after this transaction commits, never before."""
         await self.conn.execute(_OUTBOX_INSERT, {"topic": topic, "key": key, "payload": dict(payload), "created_at": self.now})
 
+    async def publish_many(self, rows: Iterable[tuple[str, str | None, Mapping[str, Any]]]) -> None:
+        """Outbox rows (topic, key, payload) in one multi-row INSERT; their ids keep the given order."""
+        params = [{"topic": topic, "key": key, "payload": dict(payload), "created_at": self.now} for topic, key, payload in rows]
+        if params:
+            await self.conn.execute(_OUTBOX_INSERT, params)
+
     async def first_time(self, consumer: str, event_id: str) -> bool:
         """Claim the event for `consumer`; False when it was already applied (a redelivery, a duplicate).
 
@@ -51,3 +63,19 @@ class UnitOfWork:
         except IntegrityError:
             return False
         return True
+
+    async def claim_many(self, consumer: str, event_ids: Sequence[str]) -> list[bool]:
+        """`first_time` for a batch, in one statement: per position, True when this unit claimed the id.
+
+        A repeat of an id later in the same batch is False (a duplicate of the earlier one), as is
+        an id some earlier transaction claimed. A concurrent claimer of the same id holds its key
+        lock until it ends; the INSERT waits and then skips the row, so two deliveries never both apply.
+        """
+        first: dict[str, int] = {}
+        for i, event_id in enumerate(event_ids):
+            first.setdefault(event_id, i)
+        if not first:
+            return []
+        result = await self.conn.execute(_PROCESSED_CLAIM, [{"consumer": consumer, "event_id": e} for e in first])
+        claimed = set(result.scalars().all())
+        return [first[e] == i and e in claimed for i, e in enumerate(event_ids)]

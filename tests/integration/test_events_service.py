@@ -6,6 +6,12 @@ reserved: the worked example of domain.md) and applies events as the consumer do
 redelivered event id is a duplicate with no second effect; out-of-order and late events move
 nothing backwards; money that does not match and captures on cancelled orders are refused whole;
 `purchased` before the payment is applied waits; `group_update` changes nothing.
+
+The batch forms (`apply_batch`, one unit of work for many events, what the consumer runs): two
+events of one order in one batch apply in turn; a repeated or already applied id is a duplicate;
+an event that cannot be applied fails the batch naming its index, with nothing written; purchased
+settles every order of the batch; old shopping writing an order during a batch waits for the
+batch's row lock and its guarded update then loses, or (it wrote first) the batch sees its write.
 """
 
 from __future__ import annotations
@@ -16,19 +22,23 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from shop import schema as t
 from shop.bootstrap import Shop, shop_resources
 from shop.checkout import parse_order_request, place_order
 from shop.events import (
+    EVENT_TYPES,
+    EventFailed,
     InvalidEvent,
     NotYet,
     Unapplicable,
     apply_group_update,
     apply_payment_failed,
     apply_payment_notified,
+    apply_payment_notified_batch,
     apply_purchased,
+    apply_purchased_batch,
     apply_refund_notified,
     parse_group_update,
     parse_payment_failed,
@@ -37,7 +47,7 @@ from shop.events import (
     parse_refund_notified,
 )
 from common.settings import Settings
-from tests.builders import NOW
+from tests.builders import NOW, insert_order
 from tests.support.shopdb import seed_database
 
 CONSUMER = "new:test"
@@ -272,3 +282,164 @@ async def test_the_same_event_applied_twice_at_once_has_one_effect(shop: Shop) -
     assert sorted(o if isinstance(o, str) else "busy" for o in outcomes) in (["duplicate", "processed"], ["busy", "processed"])
     assert [to for _, to, _ in await history(shop, order_id)] == ["pending_payment", "paid"]
     assert await one(shop, select(func.count()).select_from(t.payments)) == 1
+
+
+# --- batches ---------------------------------------------------------------------------------------
+
+
+async def apply_batch(shop: Shop, fn: Any, events: list[Any]) -> list[str]:
+    async with shop.tx("consumer") as uow:
+        return list(await fn(uow, events, CONSUMER))
+
+
+async def more_orders(shop: Shop, *order_ids: str) -> None:
+    """Orders as old shopping writes them (EUR 96.07, pending_payment), beside the placed one."""
+    async with shop.db.begin() as conn:
+        for order_id in order_ids:
+            await insert_order(conn, order_id)
+
+
+async def status_of(shop: Shop, order_id: str) -> str:
+    return await one(shop, select(t.orders.c.status).where(t.orders.c.id == order_id))
+
+
+async def test_a_batch_applies_two_events_of_one_order_in_turn_as_one_by_one_would(shop: Shop) -> None:
+    order_id = await placed(shop)
+    await more_orders(shop, "B-2")
+    batch = [parse_payment_notified(notified(order_id, 1, status="authorized")),
+             parse_payment_notified(notified("B-2", 2, psp_reference="PSP2")),
+             parse_payment_notified(notified(order_id, 3)),
+             parse_payment_notified(notified(order_id, 4, status="authorized"))]  # a late authorisation, after the capture
+    assert await apply_batch(shop, apply_payment_notified_batch, batch) == ["processed"] * 4
+    assert [(f, to, a) for f, to, a in await history(shop, order_id)][1:] == [
+        ("pending_payment", "authorized", "consumer"), ("authorized", "paid", "consumer")]
+    assert [to for _, to, _ in await history(shop, "B-2")] == ["paid"]
+    assert await one(shop, select(t.orders.c.paid_at).where(t.orders.c.id == order_id)) == NOW
+    p = t.payments.c
+    assert await one(shop, select(func.count()).select_from(t.payments).where(p.order_id == order_id)) == 1
+    assert await one(shop, select(p.status).where(p.order_id == order_id)) == "captured"
+    assert await outbox_topics(shop, order_id) == ["noti", "purchased", "noti"]
+    assert await outbox_topics(shop, "B-2") == ["purchased", "noti"]
+
+
+async def test_a_batch_counts_a_repeated_id_and_an_already_applied_one_as_duplicates(shop: Shop) -> None:
+    order_id = await placed(shop)
+    await more_orders(shop, "B-2")
+    first = parse_payment_notified(notified(order_id, 1))
+    assert await apply(shop, apply_payment_notified, first) == "processed"
+    second = parse_payment_notified(notified("B-2", 2, psp_reference="PSP2"))
+    outcomes = await apply_batch(shop, apply_payment_notified_batch, [first, second, second])
+    assert outcomes == ["duplicate", "processed", "duplicate"]
+    assert [to for _, to, _ in await history(shop, "B-2")] == ["paid"]
+    assert await one(shop, select(func.count()).select_from(t.payments)) == 2
+    assert await one(shop, select(func.count()).select_from(t.processed_events)) == 2
+    assert await outbox_topics(shop, "B-2") == ["purchased", "noti"]
+
+
+async def test_an_event_a_batch_cannot_apply_fails_it_by_index_and_nothing_is_written(shop: Shop) -> None:
+    order_id = await placed(shop)
+    await more_orders(shop, "B-2")
+    batch = [parse_payment_notified(notified("B-2", 2, psp_reference="PSP2")),
+             parse_payment_notified(notified(order_id, 1, amount="1.00")),
+             parse_payment_notified(notified("NO-SUCH-ORDER", 3))]
+    with pytest.raises(EventFailed) as failed:
+        await apply_batch(shop, apply_payment_notified_batch, batch)
+    assert failed.value.index == 1 and isinstance(failed.value.error, Unapplicable)
+    assert failed.value.error.data["reason"] == "amount_mismatch"
+    assert await status_of(shop, "B-2") == "pending_payment"  # the whole unit rolled back
+    assert await one(shop, select(func.count()).select_from(t.processed_events)) == 0
+    assert await one(shop, select(func.count()).select_from(t.payments)) == 0
+    # What the consumer does next: the events before it again, as a batch, and the rest after it.
+    assert await apply_batch(shop, apply_payment_notified_batch, batch[:1]) == ["processed"]
+    with pytest.raises(EventFailed) as failed:
+        await apply_batch(shop, apply_payment_notified_batch, batch[2:])
+    assert failed.value.index == 0 and failed.value.error.data["reason"] == "order_not_found"
+    assert await status_of(shop, "B-2") == "paid"
+
+
+async def test_a_purchased_batch_settles_every_order_and_waits_on_one_not_paid_yet(shop: Shop) -> None:
+    order_id = await placed(shop)
+    await more_orders(shop, "B-2", "B-3")
+    await apply_batch(shop, apply_payment_notified_batch, [parse_payment_notified(notified(order_id, 1)),
+                                                           parse_payment_notified(notified("B-2", 2, psp_reference="PSP2"))])
+    wallet_before = await one(shop, select(t.wallets.c.balance).where(t.wallets.c.user_id == 1))
+
+    def purchased(oid: str, event_id: str | None = None) -> Any:
+        return parse_purchased({"event_id": event_id or f"purchased:{oid}", "order_id": oid, "user_id": 1})
+
+    with pytest.raises(EventFailed) as failed:  # B-3 is not paid: NotYet, retried by the consumer alone
+        await apply_batch(shop, apply_purchased_batch, [purchased(order_id), purchased("B-3")])
+    assert failed.value.index == 1 and isinstance(failed.value.error, NotYet)
+    assert await status_of(shop, order_id) == "paid"
+    outcomes = await apply_batch(shop, apply_purchased_batch, [
+        purchased(order_id), purchased("B-2"), purchased(order_id), purchased(order_id, "legacy-copy")])
+    assert outcomes == ["processed", "processed", "duplicate", "processed"]
+    for oid in (order_id, "B-2"):
+        assert [to for _, to, _ in await history(shop, oid)][-2:] == ["paid", "fulfilling"]
+    assert await one(shop, select(t.user_coupons.c.status).where(t.user_coupons.c.id == 1)) == "used"
+    lg = t.wallet_ledger.c
+    settles = select(lg.order_id, lg.amount).where(lg.kind == "settle")
+    async with shop.db.connect() as conn:
+        assert [tuple(r) for r in await conn.execute(settles)] == [(order_id, Decimal("20.0000"))]  # B-2 reserved nothing
+    assert await one(shop, select(t.wallets.c.balance).where(t.wallets.c.user_id == 1)) == wallet_before
+    i, c = t.order_items.c, t.cart_items.c
+    ordered = select(i.sku_id).where(i.order_id == order_id).scalar_subquery()
+    assert await one(shop, select(func.count()).select_from(t.cart_items).where(c.user_id == 1, c.sku_id.in_(ordered))) == 0
+    assert await one(shop, select(func.count()).select_from(t.cart_items)) > 0, "only the ordered lines go"
+
+
+async def test_the_rare_event_types_batch_one_by_one_in_one_unit(shop: Shop) -> None:
+    order_id = await placed(shop)
+    failed = {"event_id": "pf-1", "order_id": order_id, "payment_id": None, "provider": "adyen", "reason": "Refused"}
+    batch = [parse_payment_failed(failed), parse_payment_failed(failed)]
+    assert await apply_batch(shop, EVENT_TYPES["payment_failed"].apply_batch, batch) == ["processed", "duplicate"]
+    assert [to for _, to, _ in await history(shop, order_id)] == ["pending_payment", "payment_failed"]
+    groups = [parse_group_update({"event_id": "g-1"}), parse_group_update({"event_id": "g-2"})]
+    assert await apply_batch(shop, EVENT_TYPES["group_update"].apply_batch, groups) == ["processed", "processed"]
+
+
+@pytest.fixture
+async def mariadb_shop(mariadb_url: str) -> AsyncIterator[Shop]:
+    await seed_database(mariadb_url)
+    async with shop_resources(Settings.from_env({}, db_url=mariadb_url), clock=lambda: NOW) as s:
+        yield s
+
+
+async def old_shopping_cancels(shop: Shop, order_id: str) -> int:
+    """Old shopping's own guarded write of the same row, on its own connection: the rows it moved."""
+    o = t.orders.c
+    async with shop.db.begin() as conn:
+        result = await conn.execute(update(t.orders).where(o.id == order_id, o.status.in_(("pending_payment", "payment_failed")))
+                                    .values(status="cancelled"))
+        return result.rowcount
+
+
+async def test_old_shopping_writing_an_order_a_batch_holds_waits_and_its_guarded_write_then_loses(mariadb_shop: Shop) -> None:
+    shop = mariadb_shop
+    order_id = await placed(shop)
+    async with shop.tx("consumer") as uow:
+        assert await apply_payment_notified_batch(uow, [parse_payment_notified(notified(order_id))], CONSUMER) == ["processed"]
+        cancel = asyncio.create_task(old_shopping_cancels(shop, order_id))
+        await asyncio.sleep(0.5)
+        assert not cancel.done(), "old shopping's UPDATE must wait for the batch's row lock"
+    assert await asyncio.wait_for(cancel, 30) == 0  # its guard sees paid: nothing moves
+    assert await status_of(shop, order_id) == "paid"
+    assert [to for _, to, _ in await history(shop, order_id)] == ["pending_payment", "paid"]
+
+
+async def test_a_batch_reading_an_order_old_shopping_is_writing_waits_and_judges_its_write(mariadb_shop: Shop) -> None:
+    shop = mariadb_shop
+    order_id = await placed(shop)
+    await more_orders(shop, "B-2")
+    batch = [parse_payment_notified(notified("B-2", 2, psp_reference="PSP2")), parse_payment_notified(notified(order_id))]
+    o = t.orders.c
+    async with shop.db.begin() as old:  # old shopping's cancel, not yet committed
+        await old.execute(update(t.orders).where(o.id == order_id, o.status == "pending_payment").values(status="cancelled"))
+        applying = asyncio.create_task(apply_batch(shop, apply_payment_notified_batch, batch))
+        await asyncio.sleep(0.5)
+        assert not applying.done(), "the batch's FOR UPDATE read must wait for old shopping's commit"
+    with pytest.raises(EventFailed) as failed:
+        await asyncio.wait_for(applying, 30)
+    assert failed.value.index == 1 and failed.value.error.data["reason"] == "captured_after_cancel"
+    assert await one(shop, select(func.count()).select_from(t.payments)) == 0
+    assert await status_of(shop, "B-2") == "pending_payment"
