@@ -387,23 +387,33 @@ async def apply_refund_notified(uow: UnitOfWork, ev: RefundNotified, consumer: s
     r = t.refunds.c
     row_id = _payment_row_id(ev.refund_id)
     refund = None if row_id is None else (await uow.conn.execute(
-        select(r.id, r.status, r.amount, r.currency, r.attempts).where(r.id == row_id, r.order_id == ev.order_id)
+        select(r.id, r.status, r.amount, r.currency, r.attempts, r.psp_reference).where(r.id == row_id, r.order_id == ev.order_id)
     )).first()
     if refund is None:
         raise Unapplicable(data={"order_id": ev.order_id, "refund_id": ev.refund_id, "reason": "refund_not_found"})
     if (refund.amount, refund.currency) != (ev.amount, ev.currency):
         raise Unapplicable(data={"order_id": ev.order_id, "refund_id": ev.refund_id, "reason": "amount_mismatch"})
     open_states = ("pending", "submitted", "retrying")
+    # Adyen may send REFUND (success) and later REFUND_FAILED for the same pspReference: the scheme
+    # refused it after all. That failure is the later truth, whichever of the two arrives first.
+    same_attempt = ev.psp_reference is not None and refund.psp_reference == ev.psp_reference
     if ev.status == "failed":
         attempts = refund.attempts
         final = attempts >= REFUND_ATTEMPTS
+        reopenable = r.status.in_(open_states)
+        if same_attempt:
+            reopenable = reopenable | (r.status == "succeeded") & (r.psp_reference == ev.psp_reference)
         changed = await uow.conn.execute(
-            update(t.refunds).where(r.id == refund.id, r.status.in_(open_states)).values(
+            update(t.refunds).where(r.id == refund.id, reopenable).values(
                 status="failed" if final else "retrying",
                 next_attempt_at=None if final else uow.now + refund_backoff(attempts),
                 reason=(ev.reason or "the PSP refused the refund")[:255], updated_at=uow.now,
             )
         )
+        if changed.rowcount == 1 and refund.status == "succeeded":
+            # The order keeps its refunded state (the state machine has no way back): the refund is
+            # open again and will be sent again; a person can see it in the refunds table and alerts.
+            log.error("refund_reversed_by_psp", order_id=ev.order_id, refund_id=refund.id, psp_reference=ev.psp_reference)
         if changed.rowcount == 1 and final:
             log.error("refund_failed_for_good", order_id=ev.order_id, refund_id=refund.id, attempts=attempts)
             await uow.publish("noti", ev.order_id, {
@@ -411,6 +421,8 @@ async def apply_refund_notified(uow: UnitOfWork, ev: RefundNotified, consumer: s
                 "vars": {"amount": str(ev.amount), "currency": ev.currency},
             })
         return "processed"
+    if refund.status == "retrying" and same_attempt:
+        return "processed"  # this attempt's failure is already recorded: its success came late
     changed = await uow.conn.execute(
         update(t.refunds).where(r.id == refund.id, r.status.in_(open_states))
         .values(status="succeeded", psp_reference=ev.psp_reference, next_attempt_at=None, updated_at=uow.now)

@@ -215,13 +215,15 @@ def test_a_message_that_is_not_the_events_schema_is_refused_naming_the_field(pay
     assert refused.value.data["field"] == field
 
 
-async def _refund(shop: Shop, order_id: str, amount: str, *, attempts: int = 1, request_id: str = "rq-1") -> int:
-    """A refund row as the refund API writes it once the PSP has the request (status submitted)."""
+async def _refund(shop: Shop, order_id: str, amount: str, *, attempts: int = 1, request_id: str = "rq-1",
+                  psp_reference: str | None = None) -> int:
+    """A refund row as the refund API writes it once the PSP has the request (status submitted;
+    Adyen's `received` answer carries the refund's pspReference)."""
     async with shop.tx("new") as uow:
         payment_id = (await uow.conn.execute(select(t.payments.c.id).where(t.payments.c.order_id == order_id))).scalar_one()
         inserted = await uow.conn.execute(t.refunds.insert().values(
             order_id=order_id, payment_id=payment_id, amount=Decimal(amount), currency="EUR", status="submitted",
-            attempts=attempts, request_id=request_id, created_at=NOW, updated_at=NOW,
+            attempts=attempts, request_id=request_id, psp_reference=psp_reference, created_at=NOW, updated_at=NOW,
         ))
         return int(inserted.inserted_primary_key[0])
 
@@ -259,6 +261,39 @@ async def test_a_failed_refund_is_retried_later_and_after_five_attempts_is_faile
     await apply(shop, apply_refund_notified, refund_event(order_id, last, "96.07", "failed", n=2))
     assert await one(shop, select(r.status).where(r.id == last)) == "failed"
     assert (await outbox_topics(shop, order_id))[-1] == "noti"
+
+
+def adyen_refund_event(order_id: str, refund_id: int, amount: str, status: str, event_id: str) -> Any:
+    # Adyen's REFUND and a later REFUND_FAILED of one refund carry the same pspReference.
+    return parse_refund_notified({"event_id": event_id, "refund_id": str(refund_id), "order_id": order_id, "status": status,
+                                  "amount": amount, "currency": "EUR", "psp_reference": "RF-1", "reason": None})
+
+
+async def test_a_refund_failed_after_it_succeeded_is_reopened_for_another_attempt(shop: Shop) -> None:
+    """Adyen sends REFUND (success) and later REFUND_FAILED for one refund when the scheme rejects it:
+    the money did not go back, so the refund must not stay succeeded."""
+    order_id = await placed(shop)
+    await apply(shop, apply_payment_notified, parse_payment_notified(notified(order_id)))
+    refund = await _refund(shop, order_id, "96.07", psp_reference="RF-1")
+    await apply(shop, apply_refund_notified, adyen_refund_event(order_id, refund, "96.07", "succeeded", "REFUND-ok"))
+    assert await one(shop, select(t.orders.c.status).where(t.orders.c.id == order_id)) == "refunded"
+    await apply(shop, apply_refund_notified, adyen_refund_event(order_id, refund, "96.07", "failed", "REFUND_FAILED"))
+    r = t.refunds.c
+    assert await one(shop, select(r.status).where(r.id == refund)) == "retrying"
+    assert await one(shop, select(r.next_attempt_at).where(r.id == refund)) > NOW
+
+
+async def test_a_refund_success_arriving_after_its_failure_leaves_it_failed(shop: Shop) -> None:
+    """Out of order: REFUND_FAILED first, then the REFUND success of the same pspReference. The
+    failure is the later truth; the order is not marked refunded."""
+    order_id = await placed(shop)
+    await apply(shop, apply_payment_notified, parse_payment_notified(notified(order_id)))
+    refund = await _refund(shop, order_id, "96.07", psp_reference="RF-1")
+    await apply(shop, apply_refund_notified, adyen_refund_event(order_id, refund, "96.07", "failed", "REFUND_FAILED"))
+    await apply(shop, apply_refund_notified, adyen_refund_event(order_id, refund, "96.07", "succeeded", "REFUND-ok"))
+    r = t.refunds.c
+    assert await one(shop, select(r.status).where(r.id == refund)) == "retrying"
+    assert await one(shop, select(t.orders.c.status).where(t.orders.c.id == order_id)) == "paid"
 
 
 async def test_a_refund_event_that_matches_no_refund_or_not_its_amount_is_refused(shop: Shop) -> None:
