@@ -39,7 +39,7 @@ from types import MappingProxyType
 from typing import Any
 
 import structlog
-from sqlalchemy import bindparam, delete, func, insert, select, tuple_, update
+from sqlalchemy import ColumnElement, bindparam, delete, func, insert, select, tuple_, update
 
 from common import envelope as codes
 from shop import order_states as st
@@ -400,7 +400,7 @@ async def apply_refund_notified(uow: UnitOfWork, ev: RefundNotified, consumer: s
     if ev.status == "failed":
         attempts = refund.attempts
         final = attempts >= REFUND_ATTEMPTS
-        reopenable = r.status.in_(open_states)
+        reopenable: ColumnElement[bool] = r.status.in_(open_states)
         if same_attempt:
             reopenable = reopenable | (r.status == "succeeded") & (r.psp_reference == ev.psp_reference)
         changed = await uow.conn.execute(
