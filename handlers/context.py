@@ -7,20 +7,26 @@ the edge dispatches a legacy path in-process and on direct ``/order2`` calls.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 
 from aiohttp import web
 
+from adapters.adyen_hmac import AdyenHmac
 from common.settings import Settings
 from shop.bootstrap import Shop, shop_resources
 
 SHOP = web.AppKey("shop", Shop)
 # SHOP_SERVICE_TOKEN for the internal-only handlers (POST /event/{name}); "" = unset, refuses everyone.
 SERVICE_TOKEN = web.AppKey("service_token", str)
+# The Adyen webhook bridge (handlers/payment_callback.py): the HMAC key, and each event type's topic.
+ADYEN_HMAC = web.AppKey("adyen_hmac", AdyenHmac)
+EVENT_TOPICS = web.AppKey("event_topics", Mapping)
 
 
 def setup_new_side(app: web.Application, settings: Settings) -> None:
     app[SERVICE_TOKEN] = settings.service_token or ""
+    app[ADYEN_HMAC] = AdyenHmac.from_hex(settings.adyen_hmac_key)
+    app[EVENT_TOPICS] = settings.consumer_topics
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
         async with shop_resources(settings) as shop:

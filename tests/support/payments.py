@@ -51,7 +51,8 @@ async def order_status(engine: AsyncEngine, order_id: str) -> str:
 
 async def rows(engine: AsyncEngine, table: Any, *where: Any) -> list[Any]:
     async with engine.connect() as conn:
-        return list((await conn.execute(select(table).where(*where).order_by(table.c.id))).all())
+        order = table.c.id if "id" in table.c else table.primary_key.columns.values()[0]
+        return list((await conn.execute(select(table).where(*where).order_by(order))).all())
 
 
 def notification(event: str, psp_reference: str, merchant_reference: str, value: int, *, success: str = "true",
