@@ -55,7 +55,7 @@ from typing import Any
 
 import structlog
 from aiohttp import web
-from sqlalchemy import select
+from sqlalchemy import and_, case, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from adapters.adyen_hmac import InvalidNotification, notification_items
@@ -112,16 +112,15 @@ def event_id(item: Mapping[str, Any]) -> str:
 
 
 async def _payment_id(conn: AsyncConnection, order_id: str, psp_reference: str) -> str | None:
+    """The payments row with this pspReference, else the order's newest Adyen row still waiting for one
+    (the pay route writes the pspReference when Adyen answers; its webhook may be faster). One query."""
     p = t.payments.c
     found = (await conn.execute(
-        select(p.id).where(p.provider == PROVIDER, p.psp_reference == psp_reference).order_by(p.id).limit(1)
+        select(p.id).where(p.provider == PROVIDER, or_(
+            p.psp_reference == psp_reference,
+            and_(p.order_id == order_id, p.status == "created", p.psp_reference.is_(None)),
+        )).order_by(case((p.psp_reference == psp_reference, 0), else_=1), p.id.desc()).limit(1)
     )).scalar()
-    if found is None:
-        # The pay route writes the pspReference when Adyen answers it; this webhook may be faster.
-        found = (await conn.execute(
-            select(p.id).where(p.order_id == order_id, p.provider == PROVIDER, p.status == "created",
-                               p.psp_reference.is_(None)).order_by(p.id.desc()).limit(1)
-        )).scalar()
     return None if found is None else str(found)
 
 

@@ -45,6 +45,7 @@ from __future__ import annotations
 import logging
 import re
 import secrets
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from decimal import Decimal
@@ -326,6 +327,17 @@ async def paypal_finished(request: web.Request) -> web.Response:
     return ok({"order_id": order_id, "status": status})
 
 
+async def unless_unpayable(work: Callable[[], Awaitable[str]]) -> str | None:
+    """`work`'s answer (the order's status); None when ``record_payment`` refused it as unapplicable
+    (422: the order was cancelled meanwhile), which the caller then records as money to give back."""
+    try:
+        return await retrying(work)
+    except ApiError as exc:
+        if exc.status != 422:
+            raise
+        return None
+
+
 async def _captured(engine: AsyncEngine, order_id: str, pay: Any, capture_id: str) -> str:
     async def work() -> str:
         async with engine.begin() as conn:
@@ -334,11 +346,9 @@ async def _captured(engine: AsyncEngine, order_id: str, pay: Any, capture_id: st
                                  currency=pay.currency, psp_reference=capture_id, payment_id=pay.id, capture_id=capture_id)
             return str((await lock_order(conn, order_id)).status)
 
-    try:
-        return await retrying(work)
-    except ApiError as exc:
-        if exc.status != 422:
-            raise
+    status = await unless_unpayable(work)
+    if status is not None:
+        return status
     # Captured money on an order that can no longer be paid (cancelled meanwhile): the payment
     # row says so, the order stays as it is, and a person refunds it.
     async with engine.begin() as conn:
@@ -419,11 +429,9 @@ async def _adyen_result(engine: AsyncEngine, attempt: Attempt, code: str, psp_re
                                             payment_id=attempt.payment_id, payment_status=ADYEN_FAILED[code])
             return str((await lock_order(conn, attempt.order_id)).status)
 
-    try:
-        return await retrying(work)
-    except ApiError as exc:
-        if exc.status != 422:
-            raise
+    status = await unless_unpayable(work)
+    if status is not None:
+        return status
     # Authorised for an order cancelled meanwhile: the row keeps its pspReference (for the person
     # who cancels the authorisation); the order stays cancelled.
     async with engine.begin() as conn:

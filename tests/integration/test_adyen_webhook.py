@@ -3,7 +3,7 @@
 What it proves, with Adyen's real notification shape (``notificationItems[].NotificationRequestItem``)
 signed by adapters/adyen_hmac.py, by the PSP emulator's own signer and with Adyen's published test
 vector: the edge serves the path on the new side; each event code becomes the outbox event whose
-payload shop.events' parsers take (AUTHORISATION → authorized / payment_failed, CAPTURE → captured,
+payload shop.events' parsers and old shopping's ``POST /event/{name}`` take (AUTHORISATION → authorized / payment_failed, CAPTURE → captured,
 REFUND → refund succeeded / failed, REFUND_FAILED with success "true" → failed), all items in one
 transaction, answered ``[accepted]``; one bad or missing signature in a batch → 401 and no row; bodies
 that are not JSON, not Adyen's shape or too big → a clean 4xx envelope and no row; the key and the
@@ -43,7 +43,7 @@ from shop import schema as t
 from shop.events import EVENT_TYPES
 from tests.builders import NOW, shop_at
 from tests.support.edge import dead_url, edge_settings, routing_doc, url_of, write_routing
-from tests.support.legacydb import copy_seeded, engine_for, envelope, private_mariadb
+from tests.support.legacydb import engine_for, envelope, seeded_template, seeded_url
 from tests.support.net import free_port
 from tests.support.payments import (
     ADYEN_BODY,
@@ -55,7 +55,6 @@ from tests.support.payments import (
     rows,
 )
 from tests.support.psp import HMAC_KEY, Psp
-from tests.support.shopdb import seed_database
 from tests.unit.test_adyen_hmac import PUBLISHED_ITEM, PUBLISHED_KEY, PUBLISHED_SIGNATURE
 
 pytest_plugins = ["tests.support.psp_fixtures"]
@@ -78,22 +77,17 @@ def repo_routes() -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def seeded_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("adyen_webhook") / "template.db"
-    asyncio.run(seed_database(f"sqlite+aiosqlite:///{path}"))
-    return path
-
-
-@pytest.fixture(params=["sqlite", "mariadb"])
-async def any_url(request: pytest.FixtureRequest, seeded_template: Path, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return copy_seeded(seeded_template, tmp_path)
-    return await private_mariadb("test_adyen_webhook")
+def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return seeded_template(tmp_path_factory, "adyen_webhook")
 
 
 @pytest.fixture
-def url(seeded_template: Path, tmp_path: Path) -> str:
-    return copy_seeded(seeded_template, tmp_path)
+async def url(request: pytest.FixtureRequest, template: Path, tmp_path: Path) -> str:
+    """SQLite (a copy of the module's template) unless a test asks for ``BOTH_DATABASES``."""
+    return await seeded_url(getattr(request, "param", "sqlite"), template, tmp_path, "test_adyen_webhook")
+
+
+BOTH_DATABASES = pytest.mark.parametrize("url", ["sqlite", "mariadb"], indirect=True)
 
 
 @pytest.fixture
@@ -220,7 +214,8 @@ async def test_the_edge_serves_the_bridge_on_the_new_side_and_answers_accepted(e
      {"status": "failed", "amount": "40.00", "currency": "EUR", "psp_reference": "RF1", "reason": "Refused"}),
 ])
 async def test_each_event_code_becomes_the_event_its_consumer_parses(
-        edge: TestClient, db: AsyncEngine, event: str, success: str, topic: str, expected: dict[str, Any]) -> None:
+        edge: TestClient, db: AsyncEngine, url: str, aiohttp_client: ClientFactory, event: str, success: str, topic: str,
+        expected: dict[str, Any]) -> None:
     order_id = await new_order(db)
     payment_id = await adyen_payment(db, order_id, "PSP1", status="authorized")
     refund_id = await adyen_refund(db, order_id, payment_id, "40.00", psp_reference="RF1")
@@ -236,7 +231,11 @@ async def test_each_event_code_becomes_the_event_its_consumer_parses(
     owner = {"refund_id": str(refund_id)} if topic == "refund_notified" else {"payment_id": str(payment_id)}
     assert row.payload == {"event_id": f"adyen:{event}:{item['pspReference']}:{success}", "order_id": order_id,
                            "occurred_at": "2026-06-01T12:00:00+02:00", **owner, **expected}
-    EVENT_TYPES[BY_TOPIC[topic]].parse(row.payload)  # the consumer's own parser takes it
+    EVENT_TYPES[BY_TOPIC[topic]].parse(row.payload)  # the new side's consumer parses it
+    # ... and so does old shopping, to which the consumers deliver the events routing.yaml gives it.
+    legacy = await aiohttp_client(create_legacy(url))
+    applied = await envelope(await legacy.post(f"/event/{topic}", json=row.payload), 200)
+    assert applied["data"]["outcome"] == "processed"
 
 
 async def test_a_refund_is_found_by_the_reference_we_sent_before_its_psp_reference_is_stored(
@@ -342,23 +341,20 @@ async def test_items_we_do_not_apply_are_accepted_and_stored_as_nothing(edge: Te
 # --- duplicates and order ---------------------------------------------------------------------
 
 
-async def test_a_notification_delivered_three_times_is_one_event_applied_once(edge: TestClient, any_url: str,
-                                                                              aiohttp_client: ClientFactory,
-                                                                              tmp_path: Path) -> None:
-    async for db in engine_for(any_url):
-        edge = await start_edge(aiohttp_client, tmp_path, any_url)
-        order_id = await new_order(db)
-        await adyen_payment(db, order_id, "PSPE1")
-        item = notification("AUTHORISATION", "PSPE1", order_id, 9607)
-        for _ in range(3):
-            await post(edge, item)
-        found = await events(db)
-        assert len(found) == 3 and len({r.payload["event_id"] for r in found}) == 1
-        assert await apply_all(db) == ["processed", "duplicate", "duplicate"]
-        claimed = await rows_of_processed(db, found[0].payload["event_id"])
-        assert claimed == ["shopping-new:payment_notified"]
-        history = await rows(db, t.order_status_history, t.order_status_history.c.order_id == order_id)
-        assert [h.to_status for h in history] == ["authorized"]
+@BOTH_DATABASES
+async def test_a_notification_delivered_three_times_is_one_event_applied_once(edge: TestClient, db: AsyncEngine) -> None:
+    order_id = await new_order(db)
+    await adyen_payment(db, order_id, "PSPE1")
+    item = notification("AUTHORISATION", "PSPE1", order_id, 9607)
+    for _ in range(3):
+        await post(edge, item)
+    found = await events(db)
+    assert len(found) == 3 and len({r.payload["event_id"] for r in found}) == 1
+    assert await apply_all(db) == ["processed", "duplicate", "duplicate"]
+    claimed = await rows_of_processed(db, found[0].payload["event_id"])
+    assert claimed == ["shopping-new:payment_notified"]
+    history = await rows(db, t.order_status_history, t.order_status_history.c.order_id == order_id)
+    assert [h.to_status for h in history] == ["authorized"]
 
 
 async def rows_of_processed(db: AsyncEngine, event_id: str) -> list[str]:
@@ -367,39 +363,37 @@ async def rows_of_processed(db: AsyncEngine, event_id: str) -> list[str]:
         return list((await conn.execute(select(pe.consumer).where(pe.event_id == event_id))).scalars())
 
 
+@BOTH_DATABASES
 async def test_capture_before_authorisation_and_refund_before_a_late_authorisation_end_as_in_order(
-        any_url: str, aiohttp_client: ClientFactory, tmp_path: Path) -> None:
-    async for db in engine_for(any_url):
-        edge = await start_edge(aiohttp_client, tmp_path, any_url)
+        edge: TestClient, db: AsyncEngine) -> None:
+    async def lifecycle(order_id: str, tag: str, first: list[str], then: list[str]) -> dict[str, Any]:
+        """The order's payment webhooks, `first` delivered and applied, then its refund asked for (it needs
+        the captured money), then the `then` ones; each step applied as the consumers would."""
+        payment_id = await adyen_payment(db, order_id, f"PSP-{tag}")
+        items = {
+            "AUTHORISATION": notification("AUTHORISATION", f"PSP-{tag}", order_id, 9607),
+            "CAPTURE": notification("CAPTURE", f"CAP-{tag}", order_id, 9607, original_reference=f"PSP-{tag}"),
+        }
+        mark = await last_outbox_id(db)
+        for code in first:
+            await post(edge, items[code])
+        await apply_all(db, mark)
+        refund_id = await adyen_refund(db, order_id, payment_id, psp_reference=f"RF-{tag}")
+        items["REFUND"] = notification("REFUND", f"RF-{tag}", str(refund_id), 9607, original_reference=f"PSP-{tag}")
+        mark = await last_outbox_id(db)
+        for code in then:
+            await post(edge, items[code])
+        await apply_all(db, mark)
+        return await final_state(db, order_id)
 
-        async def lifecycle(order_id: str, tag: str, first: list[str], then: list[str]) -> dict[str, Any]:
-            """The order's payment webhooks, `first` delivered and applied, then its refund asked for (it needs
-            the captured money), then the `then` ones; each step applied as the consumers would."""
-            payment_id = await adyen_payment(db, order_id, f"PSP-{tag}")
-            items = {
-                "AUTHORISATION": notification("AUTHORISATION", f"PSP-{tag}", order_id, 9607),
-                "CAPTURE": notification("CAPTURE", f"CAP-{tag}", order_id, 9607, original_reference=f"PSP-{tag}"),
-            }
-            mark = await last_outbox_id(db)
-            for code in first:
-                await post(edge, items[code])
-            await apply_all(db, mark)
-            refund_id = await adyen_refund(db, order_id, payment_id, psp_reference=f"RF-{tag}")
-            items["REFUND"] = notification("REFUND", f"RF-{tag}", str(refund_id), 9607, original_reference=f"PSP-{tag}")
-            mark = await last_outbox_id(db)
-            for code in then:
-                await post(edge, items[code])
-            await apply_all(db, mark)
-            return await final_state(db, order_id)
-
-        in_order = await lifecycle(await new_order(db), "A", ["AUTHORISATION", "CAPTURE"], ["REFUND"])
-        assert in_order == {"status": "refunded", "paid": True, "payments": [("captured", Decimal("96.07"))],
-                            "refunds": [("succeeded", Decimal("96.07"))], "purchased": 1,
-                            "noti": ["order_paid", "refund_succeeded"]}
-        # CAPTURE first; the AUTHORISATION only after the REFUND, with copies of the others.
-        shuffled = await lifecycle(await new_order(db), "B", ["CAPTURE", "CAPTURE"],
-                                   ["REFUND", "AUTHORISATION", "CAPTURE", "REFUND", "AUTHORISATION"])
-        assert shuffled == in_order
+    in_order = await lifecycle(await new_order(db), "A", ["AUTHORISATION", "CAPTURE"], ["REFUND"])
+    assert in_order == {"status": "refunded", "paid": True, "payments": [("captured", Decimal("96.07"))],
+                        "refunds": [("succeeded", Decimal("96.07"))], "purchased": 1,
+                        "noti": ["order_paid", "refund_succeeded"]}
+    # CAPTURE first; the AUTHORISATION only after the REFUND, with copies of the others.
+    shuffled = await lifecycle(await new_order(db), "B", ["CAPTURE", "CAPTURE"],
+                               ["REFUND", "AUTHORISATION", "CAPTURE", "REFUND", "AUTHORISATION"])
+    assert shuffled == in_order
 
 
 # --- the PSP emulator's own webhooks, end to end ----------------------------------------------

@@ -33,10 +33,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from emulators.legacy import create_app
 from shop import schema as t
 from tests.support.edge import start_edge, url_of
-from tests.support.legacydb import copy_seeded, engine_for, envelope, private_mariadb
+from tests.support.legacydb import engine_for, envelope, seeded_template, seeded_url
 from tests.support.payments import ADYEN_BODY, CARD, legacy_psp, new_order, order_status, rows
 from tests.support.psp import Psp, WebhookSink
-from tests.support.shopdb import seed_database
 
 pytest_plugins = ["tests.support.psp_fixtures"]
 
@@ -63,15 +62,17 @@ def adyen_path(order_id: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def seeded_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("legacy_payments") / "template.db"
-    asyncio.run(seed_database(f"sqlite+aiosqlite:///{path}"))
-    return path
+def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return seeded_template(tmp_path_factory, "legacy_payments")
 
 
 @pytest.fixture
-def url(seeded_template: Path, tmp_path: Path) -> str:
-    return copy_seeded(seeded_template, tmp_path)
+async def url(request: pytest.FixtureRequest, template: Path, tmp_path: Path) -> str:
+    """SQLite (a copy of the module's template) unless a test asks for ``ON_MARIADB``."""
+    return await seeded_url(getattr(request, "param", "sqlite"), template, tmp_path, PRIVATE_MARIADB_DATABASE)
+
+
+ON_MARIADB = pytest.mark.parametrize("url", ["mariadb"], indirect=True)
 
 
 @pytest.fixture
@@ -83,22 +84,6 @@ async def db(url: str) -> AsyncIterator[AsyncEngine]:
 @pytest.fixture
 async def legacy(url: str, psp: Psp, aiohttp_client: ClientFactory) -> TestClient:
     return await aiohttp_client(create_app(url, psp=legacy_psp(psp), service_token=TOKEN))
-
-
-@pytest.fixture
-async def maria_url() -> str:
-    return await private_mariadb(PRIVATE_MARIADB_DATABASE)
-
-
-@pytest.fixture
-async def maria_db(maria_url: str) -> AsyncIterator[AsyncEngine]:
-    async for engine in engine_for(maria_url):
-        yield engine
-
-
-@pytest.fixture
-async def maria_legacy(maria_url: str, psp: Psp, aiohttp_client: ClientFactory) -> TestClient:
-    return await aiohttp_client(create_app(maria_url, psp=legacy_psp(psp), service_token=TOKEN))
 
 
 # --- helpers ----------------------------------------------------------------------------------
@@ -225,19 +210,19 @@ async def test_a_declined_capture_fails_the_payment_and_the_order(legacy: TestCl
     assert [b.payload.get("template") for b in box] == ["payment_failed"]
 
 
-async def test_racing_paypal_finished_capture_once_and_pay_once(maria_legacy: TestClient, maria_db: AsyncEngine,
-                                                                  psp: Psp) -> None:
-    order_id = await new_order(maria_db)
-    made = await paypal_pay(maria_legacy, order_id)
+@ON_MARIADB
+async def test_racing_paypal_finished_capture_once_and_pay_once(legacy: TestClient, db: AsyncEngine, psp: Psp) -> None:
+    order_id = await new_order(db)
+    made = await paypal_pay(legacy, order_id)
     await psp.approve(made["approve_url"])
-    answers = await asyncio.gather(*(maria_legacy.post(finish_path(order_id, made["pay_id"]), headers=USER1)
+    answers = await asyncio.gather(*(legacy.post(finish_path(order_id, made["pay_id"]), headers=USER1)
                                      for _ in range(8)))
     for resp in answers:
         assert (await envelope(resp, 200))["data"]["status"] == "paid"
     assert len((await psp.state())["paypal"]["captures"]) == 1
-    history = await rows(maria_db, t.order_status_history, t.order_status_history.c.order_id == order_id)
+    history = await rows(db, t.order_status_history, t.order_status_history.c.order_id == order_id)
     assert [h.to_status for h in history] == ["paid"]
-    box = await rows(maria_db, t.outbox, t.outbox.c.key == order_id)
+    box = await rows(db, t.outbox, t.outbox.c.key == order_id)
     assert sorted(b.topic for b in box) == ["noti", "purchased"]
 
 
@@ -285,17 +270,18 @@ async def test_redirect_shopper_hands_the_action_to_the_app_and_the_order_stays_
     assert await order_status(db, order_id) == "pending_payment"
 
 
+@ON_MARIADB
 async def test_a_second_adyen_call_while_the_first_is_unanswered_charges_nobody_twice(
-        maria_legacy: TestClient, maria_db: AsyncEngine, psp: Psp) -> None:
-    order_id = await new_order(maria_db)
+        legacy: TestClient, db: AsyncEngine, psp: Psp) -> None:
+    order_id = await new_order(db)
     await psp.fault(path="/v71/payments", delay_ms=700)
-    first = asyncio.ensure_future(maria_legacy.post(adyen_path(order_id), json=ADYEN_BODY, headers=USER1))
+    first = asyncio.ensure_future(legacy.post(adyen_path(order_id), json=ADYEN_BODY, headers=USER1))
     await asyncio.sleep(0.3)
-    second = await envelope(await maria_legacy.post(adyen_path(order_id), json=ADYEN_BODY, headers=USER1), 409)
+    second = await envelope(await legacy.post(adyen_path(order_id), json=ADYEN_BODY, headers=USER1), 409)
     assert second["data"] == {"status": "pending_payment", "reason": "payment_in_progress"}
     assert (await envelope(await first, 200))["data"]["resultCode"] == "Authorised"
     assert len((await psp.state())["adyen"]["payments"]) == 1
-    again = await adyen_pay(maria_legacy, order_id, status=409)  # authorized: not payable any more
+    again = await adyen_pay(legacy, order_id, status=409)  # authorized: not payable any more
     assert again["data"] == {"status": "authorized"}
 
 
@@ -452,15 +438,15 @@ async def test_a_psp_failure_leaves_the_refund_retrying_for_the_retry_loop(legac
     assert await order_status(db, order_id) == "paid"
 
 
-async def test_racing_refunds_never_give_back_more_than_was_captured(
-        maria_legacy: TestClient, maria_db: AsyncEngine, psp: Psp) -> None:
-    order_id = await new_order(maria_db)
-    await paypal_paid(maria_legacy, psp, order_id)
-    answers = await asyncio.gather(*(maria_legacy.post("/refund/refund", headers=INTERNAL, json={
+@ON_MARIADB
+async def test_racing_refunds_never_give_back_more_than_was_captured(legacy: TestClient, db: AsyncEngine, psp: Psp) -> None:
+    order_id = await new_order(db)
+    await paypal_paid(legacy, psp, order_id)
+    answers = await asyncio.gather(*(legacy.post("/refund/refund", headers=INTERNAL, json={
         "order_id": order_id, "request_id": f"race-{n}", "amount": "50.00"}) for n in range(5)))
     assert sorted(r.status for r in answers) == [200, 409, 409, 409, 409]
     assert len(await psp.calls("POST", "/refund")) == 1
-    made = await rows(maria_db, t.refunds, t.refunds.c.order_id == order_id)
+    made = await rows(db, t.refunds, t.refunds.c.order_id == order_id)
     assert [(r.amount, r.status) for r in made] == [(Decimal("50.00"), "succeeded")]
 
 
