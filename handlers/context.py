@@ -1,23 +1,34 @@
-"""What the new side's handlers share: one Shop (shop/bootstrap.py) per process, under the SHOP key.
+"""What the new side's handlers share: one Shop (shop/bootstrap.py) per process, under the SHOP key,
+and the PSP clients (shop.payments.Gateways) under PSP.
 
 Built by ``shop_resources(settings)`` in one cleanup_ctx of the edge's root app (the consumers
 build theirs the same way), so handlers reach it through ``request.config_dict[SHOP]`` both when
-the edge dispatches a legacy path in-process and on direct ``/order2`` calls.
+the edge dispatches a legacy path in-process and on direct ``/order2`` calls. The PayPal and Adyen
+clients share one aiohttp ClientSession, opened and closed by a cleanup_ctx of their own.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Mapping
 
+import aiohttp
 from aiohttp import web
 
+from adapters.adyen import AdyenClient
 from adapters.adyen_hmac import AdyenHmac
+from adapters.amounts import AmountError
+from adapters.errors import PspAuthRejected, PspError, PspTimeout
+from adapters.paypal import PayPalClient
+from adapters.retry import RetryPolicy
 from common.settings import Settings
 from shop.bootstrap import Shop, shop_resources
+from shop.payments import Gateways, PspFailure
 
 SHOP = web.AppKey("shop", Shop)
 # SHOP_SERVICE_TOKEN for the internal-only handlers (POST /event/{name}); "" = unset, refuses everyone.
 SERVICE_TOKEN = web.AppKey("service_token", str)
+PSP = web.AppKey("psp", Gateways)
 # The Adyen webhook bridge (handlers/payment_callback.py): the HMAC key, and each event type's topic.
 ADYEN_HMAC = web.AppKey("adyen_hmac", AdyenHmac)
 EVENT_TOPICS = web.AppKey("event_topics", Mapping)
@@ -34,6 +45,47 @@ def setup_new_side(app: web.Application, settings: Settings) -> None:
             yield
 
     app.cleanup_ctx.append(resources)
+
+    async def psp(app: web.Application) -> AsyncIterator[None]:
+        async with psp_gateways(settings) as gateways:
+            app[PSP] = gateways
+            yield
+
+    app.cleanup_ctx.append(psp)
+
+
+def person_waiting(settings: Settings) -> RetryPolicy:
+    """The retry policy of a PSP call a person waits for (the pay routes; routing.yaml gives them 10 s):
+    two attempts of at most 4 s and a short pause, ≈ 8.5 s at worst, where the background default is ≈ 34 s.
+    The SHOP_PSP_* settings can only make it tighter."""
+    return RetryPolicy(attempts=min(2, settings.psp_max_attempts), timeout=min(4.0, settings.psp_timeout_seconds),
+                       base_delay=min(0.2, settings.psp_backoff_seconds),
+                       max_delay=min(0.5, settings.psp_backoff_max_seconds))
+
+
+def classify(exc: Exception) -> PspFailure | None:
+    """What an adapters/ exception means to shop.payments; None for anything else (a bug: raised as it is)."""
+    if isinstance(exc, AmountError):
+        return PspFailure("amount")
+    if not isinstance(exc, PspError):
+        return None
+    if isinstance(exc, PspTimeout):
+        return PspFailure("timeout", exc.code, exc.status)
+    if exc.retryable:
+        return PspFailure("unknown", exc.code, exc.status)
+    return PspFailure("auth" if isinstance(exc, PspAuthRejected) else "rejected", exc.code, exc.status)
+
+
+@contextlib.asynccontextmanager
+async def psp_gateways(settings: Settings) -> AsyncIterator[Gateways]:
+    # Each attempt's time limit is the retry policy's; the session adds none of its own.
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None)) as session:
+        policy = person_waiting(settings)
+        paypal = PayPalClient(session, base_url=settings.paypal_base_url, client_id=settings.paypal_client_id,
+                              secret=settings.paypal_secret, retry=policy)
+        adyen = AdyenClient(session, base_url=settings.adyen_base_url, api_key=settings.adyen_api_key,
+                            merchant_account=settings.adyen_merchant_account, retry=policy)
+        yield Gateways(paypal, adyen, classify)
 
 
 async def db_ready(app: web.Application) -> str | None:

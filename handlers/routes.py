@@ -17,6 +17,7 @@ from handlers.checkout import place_order
 from handlers.events import event
 from handlers.orders import detail, paid_from_client, payment_methods
 from handlers.payment_callback import adyen_webhook
+from handlers.payments import adyen_pay, paypal_finished, paypal_pay
 from handlers.pricing import calc_price, coupons
 from shop.errors import NotMigrated
 
@@ -56,9 +57,9 @@ NEW_ROUTES: Mapping[str, NewRoute] = _routes(
     NewRoute("coupons", "POST", "/coupons", coupons),
     NewRoute("place_order", "POST", "/place_order", place_order),
     NewRoute("detail", "GET", "/detail/{order_id}", detail),
-    placeholder("paypal_pay", "POST", "/paypal/pay/{ptype}/{order_id}"),
-    placeholder("paypal_finished", "POST", "/Paypal/{order_id}/{pay_id}"),
-    placeholder("adyen_pay", "POST", "/adyen/any/{order_id}"),
+    NewRoute("paypal_pay", "POST", "/paypal/pay/{ptype}/{order_id}", paypal_pay),
+    NewRoute("paypal_finished", "POST", "/Paypal/{order_id}/{pay_id}", paypal_finished),
+    NewRoute("adyen_pay", "POST", "/adyen/any/{order_id}", adyen_pay),
     NewRoute("payment_methods", "GET", "/payment_methods/{order_id}", payment_methods),
     NewRoute("paid_from_client", "POST", "/paid_from_client/{order_id}", paid_from_client),
     placeholder("refund", "POST", "/refund"),

@@ -3,13 +3,16 @@
     edgectl validate [FILE]              check a routing file exactly as the edge would
     edgectl set ROUTE PERCENT            change one route's new_percent, then ask the edge to reload
     edgectl rollback ROUTE | --all       new_percent: 0 for one route / every route
+    edgectl consumer EVENT OWNER         who applies an event type (consumers:): legacy, new or a percentage
+    edgectl consumer --rollback-all      every event type back to legacy
     edgectl status                       table in force, traffic, error and mismatch rates
     edgectl shadow ROUTE                 top mismatching fields of a shadowed route
 
 Exit codes: 0 ok, 1 a user-facing error (one message on stderr, no traceback), 2 usage.
-Edits touch only the new_percent values (proxy/edgectl_yaml.py) and are validated with the
-edge's own loader (proxy/routing_file.py: same size cap, YAML bounds and placeholder rule) before
-an atomic replace, so the edge never sees a half-written or invalid file. The admin token goes
+Edits touch only the new_percent values or consumers: entries (proxy/edgectl_yaml.py) and are
+validated with the edge's own loader (proxy/routing_file.py: same size cap, YAML bounds and
+placeholder rule), and for consumers: also with the consumers' own parse, before an atomic
+replace, so neither process ever sees a half-written or invalid file. The admin token goes
 only to a loopback address or over https unless ``--insecure-token`` says otherwise.
 """
 
@@ -32,12 +35,27 @@ from proxy.edgectl_admin import (
     render_status,
     summarise_metrics,
 )
-from proxy.edgectl_yaml import Change, EditError, format_percent, parse_percent, route_names, set_percents, write_atomic
+from proxy.edgectl_yaml import (
+    Change,
+    ConsumerChange,
+    EditError,
+    OwnerArg,
+    format_percent,
+    owner_percent,
+    owner_text,
+    parse_owner,
+    parse_percent,
+    route_names,
+    set_consumers,
+    set_percents,
+    write_atomic,
+)
 from proxy.routing import RoutingError, RoutingTable
 from common.routing_file import RoutingFileError, decode
 from proxy.routing_file import RoutingLoader
 from common.routing_yaml import read_document
-from common.settings import Settings, SettingsError
+from common.consumer_routing import CONSUMER_EVENTS, ConsumersTable, parse_consumers_file
+from common.settings import ROUTING_INTERPOLATION_VARS, Settings, SettingsError
 
 
 class CtlError(Exception):
@@ -80,37 +98,50 @@ def _route_summary(table: RoutingTable) -> list[str]:
     return lines
 
 
+def _consumers_table(text: str, settings: Settings) -> ConsumersTable:
+    """The consumers process's own parse (consumers/ownership.py ConsumersLoader makes the same call)."""
+    return parse_consumers_file(
+        text, settings.interpolation_env, interpolation_vars=ROUTING_INTERPOLATION_VARS, default_legacy_url=settings.legacy_url,
+    )
+
+
+def _consumer_summary(table: ConsumersTable) -> list[str]:
+    return [
+        f"consumer {event}  {owner_text(table.rule(event).new_percent)}" + ("" if event in table.consumers else "  (not listed: old shopping's)")
+        for event in CONSUMER_EVENTS
+    ]
+
+
 def cmd_validate(args: argparse.Namespace, settings: Settings) -> int:
     path = Path(args.path or args.file or settings.routing_file)
     try:
-        table, _ = _loader(settings).load(path)  # exactly what the edge runs on a reload
+        table, snapshot = _loader(settings).load(path)  # exactly what the edge runs on a reload
+        consumers = _consumers_table(decode(path, snapshot.data), settings)  # and what the consumers run
     except RoutingFileError as exc:
         raise CtlError(str(exc)) from None
     except RoutingError as exc:
         raise CtlError(f"{path}: {exc}") from None
-    for line in _route_summary(table):
+    for line in _route_summary(table) + _consumer_summary(consumers):
         _say(line)
     _say(f"{path}: valid, {len(table.routes)} routes, sha256 {table.source_hash}")
     return 0
 
 
-def _edit(args: argparse.Namespace, settings: Settings, wanted_for: Callable[[str], Mapping[str, Decimal]]) -> tuple[list[Change], RoutingTable, str]:
-    """Compute, validate and atomically write the edit; returns the changes, the new table and text."""
+def _begin_edit(args: argparse.Namespace, settings: Settings) -> tuple[Path, RoutingLoader, bytes, str]:
+    """The file to edit, the edge's loader, and the bytes and text the edit starts from."""
     path = Path(args.file or settings.routing_file)
     loader = _loader(settings)
     original, text = _read(path, loader)
     try:
         # The bounded reader first: the round-trip YAML library would expand an alias bomb.
         read_document(text)
-        new_text, changes = set_percents(text, wanted_for(text))
-    except (RoutingError, EditError) as exc:
+    except RoutingError as exc:
         raise CtlError(f"{path}: {exc}") from None
-    expect = getattr(args, "expect", None)
-    if expect is not None and changes[0].old != expect:
-        raise CtlError(
-            f"{changes[0].route} is at {format_percent(changes[0].old)}, not the expected {format_percent(expect)}"
-            " (someone else changed it?); nothing written"
-        )
+    return path, loader, original, text
+
+
+def _commit_edit(path: Path, loader: RoutingLoader, original: bytes, text: str, new_text: str) -> RoutingTable:
+    """Check the edited text with the edge's loader, then replace the file unless someone changed it meanwhile."""
     try:
         table = loader.parse(new_text)
     except RoutingError as exc:
@@ -122,6 +153,23 @@ def _edit(args: argparse.Namespace, settings: Settings, wanted_for: Callable[[st
             raise CtlError(str(exc)) from None
         except OSError as exc:
             raise CtlError(f"cannot write {path}: {exc.strerror or exc}") from None
+    return table
+
+
+def _edit(args: argparse.Namespace, settings: Settings, wanted_for: Callable[[str], Mapping[str, Decimal]]) -> tuple[list[Change], RoutingTable, str]:
+    """Compute, validate and atomically write the edit; returns the changes, the new table and text."""
+    path, loader, original, text = _begin_edit(args, settings)
+    try:
+        new_text, changes = set_percents(text, wanted_for(text))
+    except (RoutingError, EditError) as exc:
+        raise CtlError(f"{path}: {exc}") from None
+    expect = getattr(args, "expect", None)
+    if expect is not None and changes[0].old != expect:
+        raise CtlError(
+            f"{changes[0].route} is at {format_percent(changes[0].old)}, not the expected {format_percent(expect)}"
+            " (someone else changed it?); nothing written"
+        )
+    table = _commit_edit(path, loader, original, text, new_text)
     _report_changes(changes)
     return changes, table, new_text
 
@@ -197,6 +245,54 @@ def cmd_rollback(args: argparse.Namespace, settings: Settings) -> int:
     return _finish_edit(args, settings, changes, text)
 
 
+# --- consumers: who applies each event type ------------------------------------------------------
+
+
+def cmd_consumer(args: argparse.Namespace, settings: Settings) -> int:
+    path, loader, original, text = _begin_edit(args, settings)
+    wanted: dict[str, OwnerArg] = {e: "legacy" for e in CONSUMER_EVENTS} if args.rollback_all else {args.event: args.owner}
+    try:
+        new_text, changes = set_consumers(text, wanted)
+    except (RoutingError, EditError) as exc:
+        raise CtlError(f"{path}: {exc}") from None
+    if args.expect is not None and changes[0].old != owner_percent(args.expect):
+        raise CtlError(
+            f"{changes[0].event} is {owner_text(changes[0].old)}, not the expected {owner_text(owner_percent(args.expect))}"
+            " (someone else changed it?); nothing written"
+        )
+    try:
+        consumers = _consumers_table(new_text, settings)
+    except RoutingError as exc:
+        raise CtlError(f"{path}: the consumers would reject the edited file, nothing written: {exc}") from None
+    wrong = [c.event for c in changes if consumers.rule(c.event).new_percent != c.new]
+    if wrong:  # set_consumers checked it with the same rules; a second opinion costs nothing
+        raise CtlError(f"{path}: the consumers would read {', '.join(wrong)} differently than asked; nothing written")
+    _commit_edit(path, loader, original, text, new_text)  # the edge reads the same file: it must accept it too
+    _report_consumer_changes(changes, path)
+    return 0
+
+
+def _report_consumer_changes(changes: list[ConsumerChange], path: Path) -> None:
+    for c in changes:
+        if c.changed:
+            _say(f"{c.event}: {owner_text(c.old)} → {c.shown}")
+        elif len(changes) == 1:
+            _say(f"{c.event}: {owner_text(c.old)} → {owner_text(c.new)} (unchanged)")
+        if c.note:
+            _say(f"  ({c.note})")
+    same = [c for c in changes if not c.changed]
+    if len(changes) > 1 and same:
+        _say(f"{len(same)} other event type(s) already {owner_text(same[0].new)}")
+    if not any(c.changed for c in changes):
+        _say("nothing written")
+        return
+    # Nothing to call: the consumers have no reload endpoint, and the edge only shows consumers: in /_edge/routes.
+    _say(
+        f"the running consumers apply it within 1 s by themselves (they watch {path}; there is no reload to ask for);"
+        " the edge does not act on consumers:, no edge reload needed"
+    )
+
+
 # --- live edge -----------------------------------------------------------------------------------
 
 
@@ -240,6 +336,13 @@ def _percent_arg(raw: str) -> Decimal:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _owner_arg(raw: str) -> OwnerArg:
+    try:
+        return parse_owner(raw)
+    except EditError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _parser() -> argparse.ArgumentParser:
     file_opt = argparse.ArgumentParser(add_help=False)
     file_opt.add_argument("--file", help="routing.yaml to edit (default: $EDGE_ROUTING_FILE or routing.yaml)")
@@ -270,6 +373,17 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--all", action="store_true", help="every route in the file")
     r.set_defaults(run=cmd_rollback)
 
+    c = sub.add_parser(
+        "consumer", parents=[file_opt], help="set who applies an event type (consumers:), or --rollback-all",
+        description="Set routing.yaml consumers:EVENT. The running consumers apply it within 1 s; nothing to reload.",
+    )
+    c.add_argument("event", nargs="?", metavar="EVENT", help=f"one of {', '.join(CONSUMER_EVENTS)}")
+    c.add_argument("owner", nargs="?", metavar="OWNER", type=_owner_arg,
+                   help="legacy, new, or a percentage 0..100 of orders on new (written as {new_percent: N})")
+    c.add_argument("--expect", metavar="CURRENT", type=_owner_arg, help="refuse unless the current owner is CURRENT (legacy, new or N)")
+    c.add_argument("--rollback-all", action="store_true", help="every event type back to legacy (old shopping)")
+    c.set_defaults(run=cmd_consumer)
+
     st = sub.add_parser("status", parents=[admin_opt], help="routes, traffic, error and mismatch rates of a running edge")
     st.set_defaults(run=cmd_status)
 
@@ -285,6 +399,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "rollback" and args.all == bool(args.route):
         parser.error("rollback takes either ROUTE or --all")
+    if args.command == "consumer":
+        if args.rollback_all and (args.event or args.owner is not None or args.expect is not None):
+            parser.error("consumer takes either EVENT OWNER [--expect CURRENT] or --rollback-all alone")
+        if not args.rollback_all and (args.event is None or args.owner is None):
+            parser.error("consumer takes EVENT OWNER (legacy, new or a percentage), or --rollback-all")
     try:
         settings = Settings.from_env()
         return int(args.run(args, settings))

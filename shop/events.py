@@ -8,7 +8,9 @@ Exactly once, across redeliveries and across the two sides: an event id is claim
 `processed_events` first (a redelivery to the same side is a `duplicate`), and every side effect
 hangs off the order's guarded transition: only the writer whose compare-and-set moved the order
 (paid → fulfilling, say) settles the wallet or publishes `purchased`. When old shopping applied
-the same event first, the transition is a no-op here and so is everything that hangs off it.
+the same event first, the transition is a no-op here and so is everything that hangs off it; and
+a payment it already recorded (same psp_reference and money, at the event's status) is a
+`duplicate` even when the order has moved on since (fulfilling, cancelled), never a refusal.
 
 What cannot be applied raises: `InvalidEvent` (not the event's schema) and `Unapplicable` (an
 order that does not exist, money that does not match, a capture on a cancelled order) are for a
@@ -203,6 +205,11 @@ async def _order(uow: UnitOfWork, order_id: str) -> Any:
     o = t.orders.c
     row = (await uow.conn.execute(
         select(o.id, o.user_id, o.status, o.total, o.currency).where(o.id == order_id)
+        # Locked before the payment or refund is looked up or written: old shopping locks the order row
+        # first too (emulators/legacy/events.py), so when both sides get the same event at once (a
+        # redelivery after a flip, a rebalance) one waits for the other's commit and then sees its rows,
+        # instead of both finding no payment and inserting one each. No-op on SQLite (one writer).
+        .with_for_update()
     )).first()
     if row is None:
         raise Unapplicable(data={"order_id": order_id, "reason": "order_not_found"})
@@ -238,10 +245,31 @@ async def _record_payment(uow: UnitOfWork, ev: PaymentNotified) -> None:
     )
 
 
+async def _payment_already_at(uow: UnitOfWork, ev: PaymentNotified) -> bool:
+    """This very payment (provider + psp_reference, this order, this money) is at `ev.status` or beyond.
+
+    Both sides write a payment's status in the transaction of the order's transition it causes, so
+    the row means the event was applied: by old shopping (delivered there, its offset not committed,
+    redelivered here after a flip) or under another event id (the PSP sending it again).
+    """
+    p = t.payments.c
+    reached = [s for s, rank in _PAYMENT_RANK.items() if rank >= _PAYMENT_RANK[ev.status]]
+    return (await uow.conn.execute(select(p.id).where(
+        p.provider == ev.provider, p.psp_reference == ev.psp_reference, p.order_id == ev.order_id,
+        p.amount == ev.amount, p.currency == ev.currency, p.status.in_(reached),
+    ).limit(1))).first() is not None
+
+
 async def apply_payment_notified(uow: UnitOfWork, ev: PaymentNotified, consumer: str) -> str:
     if not await uow.first_time(consumer, ev.event_id):
         return "duplicate"
     order = await _order(uow, ev.order_id)
+    if order.status == st.CANCELLED or (ev.status == "captured" and order.status in _PAID_OR_LATER - {st.PAID}):
+        # The order has moved on from where this event would take it (fulfilling after `purchased`, or
+        # cancelled after an authorisation): refused below unless it is this event, already applied.
+        # Only looked up on this path, so the usual event pays no extra round trip.
+        if await _payment_already_at(uow, ev):
+            return "duplicate"
     if ev.currency != order.currency or ev.amount != order.total:
         # Never mark an order paid for money that is not its total: a person reconciles it.
         raise Unapplicable(data={"order_id": ev.order_id, "reason": "amount_mismatch", "order_total": str(order.total),
@@ -265,6 +293,15 @@ async def apply_payment_notified(uow: UnitOfWork, ev: PaymentNotified, consumer:
     return "processed"
 
 
+async def _payment_failed_already(uow: UnitOfWork, row_id: int, order_id: str) -> bool:
+    """The event's payment is failed already: this failure was applied (by old shopping before a flip,
+    say), and must not fail the order again after the buyer's next attempt (payment_confirming)."""
+    p = t.payments.c
+    return (await uow.conn.execute(
+        select(p.id).where(p.id == row_id, p.order_id == order_id, p.status == "failed")
+    )).first() is not None
+
+
 async def apply_payment_failed(uow: UnitOfWork, ev: PaymentFailed, consumer: str) -> str:
     if not await uow.first_time(consumer, ev.event_id):
         return "duplicate"
@@ -272,10 +309,12 @@ async def apply_payment_failed(uow: UnitOfWork, ev: PaymentFailed, consumer: str
     row_id = _payment_row_id(ev.payment_id)
     if row_id is not None:
         p = t.payments.c
-        await uow.conn.execute(
+        failing = await uow.conn.execute(
             update(t.payments).where(p.id == row_id, p.order_id == ev.order_id, p.status.in_(("created", "authorized")))
             .values(status="failed", updated_at=uow.now)
         )
+        if failing.rowcount == 0 and await _payment_failed_already(uow, row_id, ev.order_id):
+            return "duplicate"
     if order.status not in st.TRANSITIONS["payment_failed"].sources:
         # Another attempt already paid (or the order ended): a late failure changes nothing.
         log.info("payment_failed_ignored", order_id=ev.order_id, status=order.status)

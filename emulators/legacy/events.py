@@ -203,10 +203,19 @@ async def record_payment(conn: AsyncConnection, order: Any, *, provider: str, st
     call moved the order to paid. ``order`` is the row ``lock_order`` returned."""
     if amount != order.total or currency != order.currency:
         raise unapplicable(order.id, "amount_mismatch")
+    p = payments.c
     if order.status == CANCELLED:
+        # An authorisation applied before the order was cancelled, delivered again (the new side
+        # applied it, then a flip sent the redelivery here): already done, not a capture to refuse.
+        reached = [s for s, step in PAYMENT_STEPS.items() if step >= PAYMENT_STEPS[status]]
+        done = (await conn.execute(select(p.id).where(
+            p.provider == provider, p.psp_reference == psp_reference, p.order_id == order.id, p.amount == amount,
+            p.currency == currency, p.status.in_(reached),
+        ))).first()
+        if done is not None:
+            return False
         raise unapplicable(order.id, f"{status}_after_cancel")
     at = now()
-    p = payments.c
     row = (await conn.execute(select(p.id).where(p.provider == provider, p.psp_reference == psp_reference))).first()
     if row is None and payment_id is not None:
         row = (await conn.execute(
@@ -251,8 +260,14 @@ async def record_payment_failed(conn: AsyncConnection, order: Any, *, provider: 
     at = now()
     if payment_id is not None:
         p = payments.c
-        await conn.execute(update(payments).where(p.id == payment_id, p.order_id == order.id, p.status.in_(("created", "authorized")))
-                           .values(status=payment_status, updated_at=at))
+        failing = await conn.execute(update(payments).where(p.id == payment_id, p.order_id == order.id, p.status.in_(("created", "authorized")))
+                                     .values(status=payment_status, updated_at=at))
+        if failing.rowcount == 0:
+            # This payment failed already: the event was applied (here or by the new side) and must not
+            # fail the buyer's next attempt (payment_confirming) a second time.
+            already = (await conn.execute(select(p.id).where(p.id == payment_id, p.order_id == order.id, p.status == payment_status))).first()
+            if already is not None:
+                return
     moved, _ = await move_status(conn, order.id, (PENDING_PAYMENT, PAYMENT_CONFIRMING), PAYMENT_FAILED, (reason or provider)[:255])
     if moved:
         await _noti(conn, order, "payment_failed", {"provider": provider, "reason": reason}, at)
@@ -295,7 +310,7 @@ async def _refund_notified(conn: AsyncConnection, body: Body, order: Any) -> Non
         raise unapplicable(order.id, "refund_not_found")
     if row.amount != amount or row.currency != currency:
         raise unapplicable(order.id, "amount_mismatch")
-    await record_refund_outcome(conn, order, row, status=status, psp_reference=psp, reason=reason)
+    await record_refund_outcome(conn, order, row, status=status, amount=amount, psp_reference=psp, reason=reason)
 
 
 def retry_at(attempts: int, at: datetime) -> datetime:
@@ -303,12 +318,13 @@ def retry_at(attempts: int, at: datetime) -> datetime:
     return at + timedelta(seconds=min(1800, 30 * 2 ** max(0, attempts - 1)))
 
 
-async def record_refund_outcome(conn: AsyncConnection, order: Any, row: Any, *, status: str,
+async def record_refund_outcome(conn: AsyncConnection, order: Any, row: Any, *, status: str, amount: Decimal,
                                 psp_reference: str | None, reason: str | None) -> None:
-    """The PSP's word on a refund (``row``: id, amount, currency, attempts): succeeded → the order
-    partially_refunded / refunded and ``noti``; failed → retrying, or failed for good after 5 attempts."""
+    """The PSP's word on a refund (``row``: id, currency, attempts; `amount` as the notification says it):
+    succeeded → the order partially_refunded / refunded and ``noti``; failed → retrying, or failed for good
+    after 5 attempts."""
     r = refunds.c
-    amount, currency = Decimal(row.amount), row.currency
+    currency = row.currency
     at = now()
     if status == "failed":
         final = row.attempts >= REFUND_ATTEMPTS

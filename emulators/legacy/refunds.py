@@ -151,9 +151,10 @@ async def _open(engine: AsyncEngine, order_id: str, request_id: str, amount: Dec
             )).all())
             left = {pay.id: Decimal(pay.amount) - Decimal(taken.get(pay.id) or 0) for pay in captured}
             refundable = sum(left.values(), Decimal(0))
-            wanted = refundable if amount is None else amount
             if amount is not None and amount != amount.quantize(Decimal(1).scaleb(-exponent)):
                 raise bad_request("amount", f"at most {exponent} decimals in {order.currency}")
+            # In the currency's own decimals ("56.07", not the column's "56.0700"): the PSP and the noti see this.
+            wanted = (refundable if amount is None else amount).quantize(Decimal(1).scaleb(-exponent))
             pay = next((pay for pay in captured if wanted <= left[pay.id]), None)
             if wanted <= 0 or wanted > refundable or pay is None:
                 raise ApiError(409, envelope.INVALID_STATE, "invalid_state",
@@ -211,10 +212,11 @@ async def _submit(engine: AsyncEngine, psp: PspClient, made: NewRefund) -> None:
             r = refunds.c
             row = (await conn.execute(select(r.id, r.amount, r.currency, r.attempts).where(r.id == made.refund_id))).one()
             if outcome == "COMPLETED":
-                await record_refund_outcome(conn, order, row, status="succeeded", psp_reference=psp_ref, reason=None)
+                await record_refund_outcome(conn, order, row, status="succeeded", amount=made.amount,
+                                            psp_reference=psp_ref, reason=None)
             elif outcome in ("FAILED", "CANCELLED"):
-                await record_refund_outcome(conn, order, row, status="failed", psp_reference=psp_ref,
-                                            reason=f"paypal refund {outcome}")
+                await record_refund_outcome(conn, order, row, status="failed", amount=made.amount,
+                                            psp_reference=psp_ref, reason=f"paypal refund {outcome}")
             else:  # Adyen's "received", PayPal's PENDING: the outcome comes later
                 await conn.execute(update(refunds).where(r.id == row.id, r.status == "pending")
                                    .values(status="submitted", psp_reference=psp_ref, updated_at=now()))

@@ -8,6 +8,7 @@ fault knobs are on their own loopback port, not reachable through the edge.
 
 from __future__ import annotations
 
+import base64
 import json
 import subprocess
 import sys
@@ -92,6 +93,18 @@ async def test_stack_serves_through_the_edge_runs_the_consumers_and_stops_cleanl
         assert [status_of(m, edge + "/_emulator/faults") for m in ("GET", "POST", "DELETE")] == [404, 404, 404]
         _, _, faults = get(f"http://127.0.0.1:{8099 + offset}/_emulator/faults")
         assert faults == {"faults": []}
+
+        # The PSP emulator: up, its knobs on their own loopback port only, and it takes the credentials
+        # the stack's settings give every PSP client (the defaults: nobody set PAYPAL_*).
+        psp = f"http://127.0.0.1:{8091 + offset}"
+        assert get(f"http://127.0.0.1:{8100 + offset}/_psp/health")[2] == {"ok": True}
+        assert status_of("GET", psp + "/_psp/faults") == 404
+        token = urllib.request.Request(psp + "/v1/oauth2/token", data=b"grant_type=client_credentials", headers={
+            "Authorization": "Basic " + base64.b64encode(b"emulator:emulator").decode(),
+            "Content-Type": "application/x-www-form-urlencoded"})
+        with urllib.request.urlopen(token, timeout=10) as resp:
+            assert resp.status == 200 and json.loads(resp.read())["token_type"] == "Bearer"
+        assert any("PSP emulator" in line and str(8091 + offset) in line for line in output), stack.banner
     finally:
         code = stack.stop()
     assert code == 0, stack.banner + stack.rest

@@ -26,7 +26,7 @@ from shop.bootstrap import shop_resources
 from shop.checkout import parse_order_request, place_order
 from shop.events import EVENT_TYPES
 from common.settings import Settings
-from tests.builders import NOW, shop_at
+from tests.builders import NOW
 from tests.support.edge import SERVICE_TOKEN, dead_url, edge_settings, internal_headers, routing_doc, write_routing
 from tests.support.shopdb import seed_database
 
@@ -35,9 +35,9 @@ EVENTS_ROUTE = {"match": {"methods": ["POST"], "path": "/event/{name}"}, "new_pe
 
 
 async def placed_order(db_url: str, key: str = "http-events") -> str:
-    async with shop_resources(Settings.from_env({}, db_url=db_url)) as shop:
+    async with shop_resources(Settings.from_env({}, db_url=db_url), clock=lambda: NOW) as shop:
         req = parse_order_request(WORKED, key, "ios", "5.10.0")
-        return (await place_order(shop_at(shop.db, NOW, reader=shop.db_read), req, 1)).order_id
+        return (await place_order(shop, req, 1)).order_id
 
 
 async def edge_on(aiohttp_client: Any, tmp_path: Path, db_url: str, **settings: Any) -> TestClient:

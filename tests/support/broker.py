@@ -26,9 +26,12 @@ class Broker:
     port: int
     log: Path
     proc: subprocess.Popen[bytes] | None = None
+    # What the broker tells clients to connect to, when not its own port: a TcpProxy in front of
+    # it (tests/support/tcpproxy.py), which a test cuts to take the broker away from its clients.
+    advertised: str | None = None
 
     def start(self) -> None:
-        self.proc = local_broker.start_broker(self.port, self.log)
+        self.proc = local_broker.start_broker(self.port, self.log, advertised=self.advertised)
 
     def stop(self) -> None:
         """Stop the broker (its memory storage goes with it)."""

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-# make run's ports (scripts/stack.py PORTS): broker, legacy, its knobs, edge, edge admin, consumers admin.
-PORTS = (9092, 8090, 8099, 8080, 8081, 8082)
+# make run's ports (scripts/stack.py PORTS): broker, legacy, its knobs, edge, edge admin, consumers admin, PSP, its knobs.
+PORTS = (9092, 8090, 8099, 8080, 8081, 8082, 8091, 8100)
 
 
 def free_offset() -> int:

@@ -14,10 +14,14 @@ import pytest
 from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
 
+from common.consumer_routing import CONSUMER_EVENTS, parse_consumers_file
+from common.settings import ROUTING_INTERPOLATION_VARS, Settings
+from consumers.ownership import Ownership
 from handlers.routes import NEW_ROUTES
 from proxy.edgectl import main
 from proxy.edgectl_admin import AdminClient, TokenNotSent, token_may_go_to
-from proxy.edgectl_yaml import EditError, set_percents, write_atomic
+import proxy.edgectl
+from proxy.edgectl_yaml import EditError, set_consumers, set_percents, write_atomic
 from proxy.metrics import EdgeMetrics
 from shadow.noise import DiffStats, NoiseRule
 from shadow.report import render_json
@@ -256,12 +260,13 @@ def test_rollback_needs_a_route_or_all(routing: Path, ctl: Ctl) -> None:
 # --- validate ------------------------------------------------------------------------------------
 
 
-def test_validate_prints_one_line_per_route(ctl: Ctl) -> None:
+def test_validate_prints_one_line_per_route_and_per_event_type(ctl: Ctl) -> None:
     code, out, err = ctl("validate", str(REPO_ROUTING))
     assert (code, err) == (0, "")
     lines = out.splitlines()
-    assert len(lines) == len(_table(REPO_ROUTING).routes) + 1
+    assert len(lines) == len(_table(REPO_ROUTING).routes) + len(CONSUMER_EVENTS) + 1
     assert lines[0] == "calc_price  POST  /shopping/cal_price/v4_4  new_percent=0  shadow=off  writes=no"
+    assert lines[-1 - len(CONSUMER_EVENTS):-1] == [f"consumer {event}  legacy" for event in CONSUMER_EVENTS]
     assert "valid, 11 routes" in lines[-1]
 
 
@@ -434,9 +439,9 @@ def test_status_with_no_edge_is_a_clean_error(ctl: Ctl, unused_tcp_port: int) ->
 
 def test_set_refuses_a_placeholder_route_and_names_it(routing: Path, ctl: Ctl) -> None:
     before = routing.read_bytes()
-    code, out, err = ctl("set", "paypal_pay", "10", "--file", str(routing), "--no-reload")
+    code, out, err = ctl("set", "refund", "10", "--file", str(routing), "--no-reload")
     assert (code, out) == (1, "")
-    assert "would be rejected" in err and "routes.paypal_pay (line" in err and "placeholder" in err
+    assert "would be rejected" in err and "routes.refund (line" in err and "placeholder" in err
     assert routing.read_bytes() == before
 
 
@@ -538,3 +543,258 @@ async def test_the_token_does_not_follow_a_redirect(aiohttp_server, ctl: Ctl, ro
     code, _, err = await _ctl_async(ctl, "set", "calc_price", "5", "--file", str(routing), "--admin", str(admin.make_url("")))
     assert collected == []
     assert code == 1 and "302" in err
+
+
+# --- consumer: who applies each event type (issue 10 §4) ---------------------------------------------
+
+
+def _owners(path: Path) -> dict[str, str]:
+    """Every event type's owner as the consumers process reads the file (its own parser)."""
+    table = parse_consumers_file(path.read_text(), {}, interpolation_vars=ROUTING_INTERPOLATION_VARS)
+    return {event: str(table.rule(event).new_percent) for event in CONSUMER_EVENTS}
+
+
+PICKUP = "the running consumers apply it within 1 s by themselves"
+
+
+@pytest.mark.parametrize(("owner", "written", "shown", "percent"), [
+    ("new", "new", "new", "100"),
+    ("30", "{new_percent: 30}", "{new_percent: 30}", "30"),
+    ("0.25", "{new_percent: 0.25}", "{new_percent: 0.25}", "0.25"),
+    ("100", "{new_percent: 100}", "{new_percent: 100}", "100"),
+])
+def test_consumer_changes_exactly_the_one_value_line(routing: Path, ctl: Ctl, owner: str, written: str, shown: str, percent: str) -> None:
+    before = routing.read_text()
+    code, out, err = ctl("consumer", "purchased", owner, "--file", str(routing))
+    assert (code, err) == (0, "")
+    assert out.splitlines()[0] == f"purchased: legacy → {shown}"
+    assert PICKUP in out and "no edge reload needed" in out
+    assert _changed_lines(before, routing.read_text()) == [("  purchased: legacy\n", f"  purchased: {written}\n")]
+    assert _owners(routing) == {e: (percent if e == "purchased" else "0") for e in CONSUMER_EVENTS}
+    assert _table(routing).routes == _table(REPO_ROUTING).routes  # the edge's part did not move
+
+
+def test_consumer_from_a_split_back_to_legacy_returns_to_the_original_bytes(routing: Path, ctl: Ctl) -> None:
+    before = routing.read_bytes()
+    assert ctl("consumer", "payment_notified", "10", "--file", str(routing))[0] == 0
+    code, out, _ = ctl("consumer", "payment_notified", "legacy", "--file", str(routing))
+    assert code == 0 and out.splitlines()[0] == "payment_notified: {new_percent: 10} → legacy"
+    assert routing.read_bytes() == before
+
+
+def test_consumer_already_there_writes_nothing(routing: Path, ctl: Ctl) -> None:
+    inode = routing.stat().st_ino
+    code, out, _ = ctl("consumer", "purchased", "0", "--file", str(routing))  # {new_percent: 0} is legacy
+    assert code == 0
+    assert out.splitlines() == ["purchased: legacy → legacy (unchanged)", "nothing written"]
+    assert routing.stat().st_ino == inode and routing.read_text() == REPO_ROUTING.read_text()
+
+
+HAND_CONSUMERS = """\
+# ops' file
+version: 1
+routes:
+  calc_price: {match: {methods: [POST], path: /a}, new_percent: 10}   # flow
+consumers:                         # who applies each event type
+  payment_notified: 'new'          # since 12-01
+  payment_failed: {new_percent: 25}   # quarter
+  purchased:
+    new_percent: "40"              # block style, quoted
+  group_update: legacy             # deprecated event
+"""
+
+
+@pytest.mark.parametrize(("event", "owner", "old_line", "new_line"), [
+    ("payment_notified", "legacy", "  payment_notified: 'new'          # since 12-01\n", "  payment_notified: 'legacy'       # since 12-01\n"),
+    ("payment_notified", "5", "  payment_notified: 'new'          # since 12-01\n", "  payment_notified: {new_percent: 5} # since 12-01\n"),
+    ("payment_failed", "12.5", "  payment_failed: {new_percent: 25}   # quarter\n", "  payment_failed: {new_percent: 12.5} # quarter\n"),
+    ("payment_failed", "new", "  payment_failed: {new_percent: 25}   # quarter\n", "  payment_failed: new                 # quarter\n"),
+    ("purchased", "55", '    new_percent: "40"              # block style, quoted\n', '    new_percent: "55"              # block style, quoted\n'),
+    ("group_update", "new", "  group_update: legacy             # deprecated event\n", "  group_update: new                # deprecated event\n"),
+])
+def test_consumer_keeps_every_other_byte_quoting_and_comment_columns(
+    tmp_path: Path, ctl: Ctl, event: str, owner: str, old_line: str, new_line: str,
+) -> None:
+    path = tmp_path / "routing.yaml"
+    path.write_text(HAND_CONSUMERS)
+    code, _, err = ctl("consumer", event, owner, "--file", str(path))
+    assert (code, err) == (0, "")
+    assert path.read_text() == HAND_CONSUMERS.replace(old_line, new_line)
+
+
+def test_consumer_block_mapping_to_a_word_keeps_the_mapping_and_says_so(tmp_path: Path, ctl: Ctl) -> None:
+    path = tmp_path / "routing.yaml"
+    path.write_text(HAND_CONSUMERS)
+    code, out, _ = ctl("consumer", "purchased", "legacy", "--file", str(path))
+    assert code == 0
+    assert out.splitlines()[:2] == [
+        "purchased: {new_percent: 40} → legacy",
+        "  (written as new_percent: 0 in its block mapping, the same as legacy)",
+    ]
+    assert path.read_text() == HAND_CONSUMERS.replace('new_percent: "40" ', 'new_percent: "0"  ')
+    assert _owners(path)["purchased"] == "0"
+
+
+def test_consumer_inserts_an_absent_event_type_in_domain_order(tmp_path: Path, ctl: Ctl) -> None:
+    path = tmp_path / "routing.yaml"
+    path.write_text(HAND_CONSUMERS)
+    code, out, _ = ctl("consumer", "refund_notified", "20", "--file", str(path))
+    assert code == 0 and out.splitlines()[0] == "refund_notified: legacy → {new_percent: 20}"
+    assert path.read_text() == HAND_CONSUMERS.replace("  group_update:", "  refund_notified: {new_percent: 20}\n  group_update:")
+
+
+def test_consumer_appends_a_missing_consumers_section(tmp_path: Path, ctl: Ctl) -> None:
+    path = tmp_path / "routing.yaml"
+    head = "version: 1\nroutes:\n    calc_price: {match: {methods: [POST], path: /a}}  # no trailing newline"
+    path.write_text(head)
+    code, out, _ = ctl("consumer", "payment_failed", "new", "--file", str(path))
+    assert code == 0 and out.splitlines()[0] == "payment_failed: legacy → new"
+    assert path.read_text() == head + "\nconsumers:\n    payment_failed: new\n"
+    path.write_text("version: 1\nroutes: {}\nconsumers:   # none yet\n")
+    assert ctl("consumer", "purchased", "1", "--file", str(path))[0] == 0
+    assert path.read_text() == "version: 1\nroutes: {}\nconsumers:   # none yet\n  purchased: {new_percent: 1}\n"
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("version: 1\nroutes: {}\nconsumers: {}\n", "write `consumers: {purchased: new}` by hand"),
+    ("version: 1\nroutes: {}\nconsumers: ~\n", "consumers: (line 3) is '~': replace it by hand"),
+    ("version: 1\nroutes: {}\nconsumers:\n  purchased: {\n    new_percent: 5}\n", "flow mapping over several lines: edit it by hand"),
+    ("version: 1\nroutes: {}\nconsumers:\n  purchased: both\n", "the consumers reject the file as it is (consumers.purchased (line 4): must be legacy"),
+])
+def test_consumer_refuses_what_it_cannot_edit_safely(tmp_path: Path, ctl: Ctl, text: str, message: str) -> None:
+    path = tmp_path / "routing.yaml"
+    path.write_text(text)
+    code, out, err = ctl("consumer", "purchased", "new", "--file", str(path))
+    assert (code, out) == (1, "")
+    assert message in err and "Traceback" not in err
+    assert path.read_text() == text
+
+
+def test_consumer_expect_refuses_when_the_current_owner_differs(routing: Path, ctl: Ctl) -> None:
+    assert ctl("consumer", "payment_notified", "10", "--file", str(routing))[0] == 0
+    before = routing.read_bytes()
+    for expect in ("legacy", "new", "20"):
+        code, out, err = ctl("consumer", "payment_notified", "50", "--expect", expect, "--file", str(routing))
+        assert (code, out) == (1, "")
+        assert "payment_notified is {new_percent: 10}, not the expected" in err and "nothing written" in err
+        assert routing.read_bytes() == before
+    code, out, _ = ctl("consumer", "payment_notified", "50", "--expect", "10", "--file", str(routing))
+    assert code == 0 and out.splitlines()[0] == "payment_notified: {new_percent: 10} → {new_percent: 50}"
+    # An absent event type is old shopping's: --expect legacy holds for it.
+    code, _, _ = ctl("consumer", "refund_notified", "new", "--expect", "legacy", "--file", str(routing))
+    assert code == 0
+
+
+def test_consumer_unknown_event_is_refused_listing_the_known_ones(routing: Path, ctl: Ctl) -> None:
+    before = routing.read_bytes()
+    code, out, err = ctl("consumer", "payment_notifed", "new", "--file", str(routing))
+    assert (code, out) == (1, "")
+    assert "unknown event type 'payment_notifed' (event types: " + ", ".join(CONSUMER_EVENTS) + ")" in err
+    code, _, err = ctl("consumer", "payment_notified_cm", "new", "--file", str(routing))
+    assert code == 1 and "payment_notified_cm is the topic, the event type is payment_notified" in err
+    assert routing.read_bytes() == before
+
+
+@pytest.mark.parametrize("owner", ["101", "-1", "0.001", "abc", "nan", "", "{new_percent: 5}"])
+def test_consumer_bad_owner_is_a_usage_error(routing: Path, ctl: Ctl, owner: str) -> None:
+    before = routing.read_bytes()
+    code, _, err = ctl("consumer", "purchased", owner, "--file", str(routing))
+    assert code == 2
+    assert "OWNER" in err and "legacy, new or a percentage" in err
+    assert routing.read_bytes() == before
+
+
+@pytest.mark.parametrize("args", [(), ("purchased",), ("purchased", "new", "--rollback-all"), ("--rollback-all", "--expect", "new")])
+def test_consumer_usage(routing: Path, ctl: Ctl, args: tuple[str, ...]) -> None:
+    assert ctl("consumer", *args, "--file", str(routing))[0] == 2
+
+
+def test_consumer_refuses_when_the_file_changed_meanwhile(routing: Path, ctl: Ctl, monkeypatch: pytest.MonkeyPatch) -> None:
+    theirs = routing.read_text().replace("  group_update: legacy", "  group_update: new")
+
+    def another_operator_saves_meanwhile(text, wanted):  # type: ignore[no-untyped-def]
+        result = set_consumers(text, wanted)  # the real edit, computed from what was read…
+        routing.write_text(theirs)  # …while someone else saves the file
+        return result
+
+    monkeypatch.setattr(proxy.edgectl, "set_consumers", another_operator_saves_meanwhile)
+    code, out, err = ctl("consumer", "purchased", "new", "--file", str(routing))
+    assert (code, out) == (1, "")
+    assert "changed while edgectl was editing it; nothing written, run the command again" in err
+    assert routing.read_text() == theirs
+    assert sorted(p.name for p in routing.parent.iterdir()) == ["routing.yaml"]
+
+
+def test_consumer_edit_the_edge_would_reject_is_not_written(tmp_path: Path, ctl: Ctl) -> None:
+    # The consumers' parse accepts this file; the edge's does not (a placeholder route above 0).
+    path = tmp_path / "routing.yaml"
+    text = REPO_ROUTING.read_text().replace(
+        '"/shopping/orders/{order_id}/pay/{ptype}/paypal"}\n    new_percent: 0', '"/shopping/orders/{order_id}/pay/{ptype}/paypal"}\n    new_percent: 5')
+    assert text != REPO_ROUTING.read_text()
+    path.write_text(text)
+    code, _, err = ctl("consumer", "purchased", "new", "--file", str(path))
+    assert code == 1 and "would be rejected" in err and "routes.paypal_pay" in err
+    assert path.read_text() == text
+
+
+def test_consumer_rollback_all_sets_every_event_type_to_legacy_and_nothing_else(routing: Path, ctl: Ctl) -> None:
+    for event, owner in (("payment_notified", "new"), ("purchased", "25"), ("refund_notified", "0.5")):
+        assert ctl("consumer", event, owner, "--file", str(routing))[0] == 0
+    assert ctl("set", "calc_price", "20", "--file", str(routing), "--no-reload")[0] == 0
+    routes_before = _table(routing).routes
+    code, out, err = ctl("consumer", "--rollback-all", "--file", str(routing))
+    assert (code, err) == (0, "")
+    assert out.splitlines()[:4] == [
+        "payment_notified: new → legacy",
+        "purchased: {new_percent: 25} → legacy",
+        "refund_notified: {new_percent: 0.5} → legacy",
+        "2 other event type(s) already legacy",
+    ]
+    assert PICKUP in out
+    assert set(_owners(routing).values()) == {"0"}
+    assert _table(routing).routes == routes_before  # routes are not rolled back by this command
+    code, out, _ = ctl("consumer", "--rollback-all", "--file", str(routing))
+    assert code == 0 and out.splitlines()[-1] == "nothing written"
+
+
+def test_consumer_rollback_all_in_a_hand_written_file(tmp_path: Path, ctl: Ctl) -> None:
+    path = tmp_path / "routing.yaml"
+    path.write_text(HAND_CONSUMERS)
+    assert ctl("consumer", "--rollback-all", "--file", str(path))[0] == 0
+    assert path.read_text() == (
+        HAND_CONSUMERS.replace("'new'          #", "'legacy'       #")
+        .replace("{new_percent: 25}   # quarter", "legacy              # quarter")
+        .replace('new_percent: "40" ', 'new_percent: "0"  ')
+    )
+    assert set(_owners(path).values()) == {"0"}
+
+
+async def test_a_running_consumers_ownership_sees_the_edgectl_edit_within_2_seconds(routing: Path, ctl: Ctl) -> None:
+    # The consumers' own watcher, with the process's default poll interval and drop settle.
+    settings = Settings.from_env({"EDGE_ROUTING_FILE": str(routing)})
+    ownership = Ownership.for_settings(settings, CollectorRegistry())
+    watch = asyncio.create_task(ownership.watch(settings.routing_poll_seconds))
+    orders = [f"O-{n}" for n in range(200)]
+
+    async def flip(*args: str, until: Callable[[], bool]) -> float:
+        started = time.monotonic()
+        code, _, err = await _ctl_async(ctl, "consumer", *args)
+        assert (code, err) == (0, "")
+        while not until():
+            assert time.monotonic() - started < 2.0, f"the consumers did not apply {args} within 2 s"
+            await asyncio.sleep(0.02)
+        return time.monotonic() - started
+
+    try:
+        assert {ownership.owner("payment_notified", o) for o in orders} == {"legacy"}
+        took = [await flip("payment_notified", "new", "--file", str(routing),
+                           until=lambda: {ownership.owner("payment_notified", o) for o in orders} == {"new"})]
+        took.append(await flip("purchased", "50", "--file", str(routing),
+                               until=lambda: ownership.table.rule("purchased").new_percent == Decimal(50)))
+        assert {ownership.owner("purchased", o) for o in orders} == {"new", "legacy"}
+        took.append(await flip("--rollback-all", "--file", str(routing),
+                               until=lambda: all(ownership.table.rule(e).new_percent == 0 for e in CONSUMER_EVENTS)))
+        assert ownership.last_error is None
+        print(f"consumers applied edgectl edits after {', '.join(f'{t:.2f}' for t in took)} s")
+    finally:
+        watch.cancel()

@@ -313,19 +313,19 @@ def test_settings_capture_only_the_allow_listed_variables() -> None:
 
 
 def test_placeholder_routes_are_flagged_as_data() -> None:
-    assert {name for name, r in NEW_ROUTES.items() if r.placeholder} == {"paypal_pay", "paypal_finished", "adyen_pay", "refund"}
+    assert {name for name, r in NEW_ROUTES.items() if r.placeholder} == {"refund"}
 
 
 @pytest.mark.parametrize("block", ["new_percent: 10", 'allow_new: ["1001"]'])
 def test_a_placeholder_route_cannot_send_traffic_to_new(block: str) -> None:
     text = REPO_ROUTING.read_text().replace(
-        '    match: {methods: [POST], path: "/shopping/orders/{order_id}/pay/{ptype}/paypal"}\n    new_percent: 0\n',
-        f'    match: {{methods: [POST], path: "/shopping/orders/{{order_id}}/pay/{{ptype}}/paypal"}}\n    {block}\n',
+        "    match: {methods: [POST], path: /refund/refund}\n    new_percent: 0\n",
+        f"    match: {{methods: [POST], path: /refund/refund}}\n    {block}\n",
     )
     assert text != REPO_ROUTING.read_text()
-    with pytest.raises(RoutingError, match=r"routes.paypal_pay \(line \d+\): the new-side handler of 'paypal_pay' is a placeholder"):
+    with pytest.raises(RoutingError, match=r"routes.refund \(line \d+\): the new-side handler of 'refund' is a placeholder"):
         RoutingLoader.for_settings(Settings()).parse(text)
-    assert RoutingLoader.for_settings(Settings()).parse(REPO_ROUTING.read_text()).routes["paypal_pay"].new_percent == 0
+    assert RoutingLoader.for_settings(Settings()).parse(REPO_ROUTING.read_text()).routes["refund"].new_percent == 0
 
 
 def test_a_real_handler_may_be_dialled_up() -> None:
