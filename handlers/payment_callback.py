@@ -37,9 +37,9 @@ so a delivery Adyen repeats (or the duplicate knob of the emulator) writes the s
 and the consumers' processed_events turns the copies into counted duplicates.
 
 Adyen's ids map to ours: an item's merchantReference is our order id (the pay routes send it as
-``reference``); its payment is the ``payments`` row with that pspReference, else the newest Adyen
-row of the order still waiting for its pspReference (a webhook can overtake the pay route's own
-write). A refund's notification names the refund by pspReference (``refunds.psp_reference``, set from
+``reference``); its payment is the ``payments`` row with that pspReference, else the row named by
+``additionalData["metadata.payment_id"]`` (both sides' adyen_pay send it), else the newest Adyen row
+of the order still waiting for its pspReference (a webhook can overtake the pay route's own write). A refund's notification names the refund by pspReference (``refunds.psp_reference``, set from
 Adyen's ``received``), else by its merchantReference: the ``refunds.id`` both sides send as the
 refund's ``reference`` (or its request_id), checked against the payment's pspReference. An item that
 names no order of ours (a reference that is not an order id, a refund of an unknown payment) is
@@ -111,17 +111,24 @@ def event_id(item: Mapping[str, Any]) -> str:
     return f"adyen:{item['eventCode']}:{item['pspReference']}:{item['success']}"
 
 
-async def _payment_id(conn: AsyncConnection, order_id: str, psp_reference: str) -> str | None:
-    """The payments row with this pspReference, else the order's newest Adyen row still waiting for one
-    (the pay route writes the pspReference when Adyen answers; its webhook may be faster). One query."""
+async def _payment_id(conn: AsyncConnection, order_id: str, psp_reference: str, item: Mapping[str, Any]) -> str | None:
+    """The payments row with this pspReference; else the row the pay call named in ``metadata.payment_id``
+    (Adyen echoes it); else the order's newest Adyen row still waiting for its pspReference (the pay
+    route writes it when Adyen answers, and this webhook may be faster). One query."""
     p = t.payments.c
-    found = (await conn.execute(
-        select(p.id).where(p.provider == PROVIDER, or_(
+    row = (await conn.execute(
+        select(p.id, p.psp_reference).where(p.provider == PROVIDER, or_(
             p.psp_reference == psp_reference,
             and_(p.order_id == order_id, p.status == "created", p.psp_reference.is_(None)),
         )).order_by(case((p.psp_reference == psp_reference, 0), else_=1), p.id.desc()).limit(1)
-    )).scalar()
-    return None if found is None else str(found)
+    )).first()
+    if row is not None and row.psp_reference == psp_reference:
+        return str(row.id)
+    extra = item.get("additionalData")
+    named = extra.get("metadata.payment_id") if isinstance(extra, Mapping) else None
+    if isinstance(named, str) and named.isascii() and named.isdigit() and len(named) < 19:
+        return named  # not signed by the HMAC: shop.events only takes it for a row of this order and provider
+    return None if row is None else str(row.id)
 
 
 async def _refund(conn: AsyncConnection, psp_reference: str, merchant_reference: str | None,
@@ -182,7 +189,7 @@ async def to_notice(conn: AsyncConnection, item: Mapping[str, Any]) -> Notice:
     payment_psp = psp if code == "AUTHORISATION" else original
     if payment_psp is None:
         raise Skipped(f"{code} without originalReference")
-    payment_id = await _payment_id(conn, merchant, payment_psp)
+    payment_id = await _payment_id(conn, merchant, payment_psp, item)
     if success == "true" and code in ("AUTHORISATION", "CAPTURE"):
         return Notice("payment_notified", merchant, {
             **common, "order_id": merchant, "payment_id": payment_id, "provider": PROVIDER,

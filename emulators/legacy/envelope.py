@@ -43,6 +43,8 @@ class ApiError(Exception):
         self.code = code
         self.msg = msg
         self.data = data
+        # True: nothing may have been done yet, the same request may be sent again after a pause.
+        self.retry_after = False
 
 
 def bad_request(field: str, reason: str) -> ApiError:
@@ -54,5 +56,8 @@ def ok(data: Any) -> web.Response:
     return web.json_response({"code": 0, "msg": "ok", "data": data})
 
 
-def error_response(status: int, code: int, msg: str, data: Any = None) -> web.Response:
-    return web.json_response({"code": code, "msg": msg, "data": data}, status=status)
+def error_response(status: int, code: int, msg: str, data: Any = None, *, retry_after: bool = False) -> web.Response:
+    resp = web.json_response({"code": code, "msg": msg, "data": data}, status=status)
+    if retry_after:
+        resp.headers["Retry-After"] = "1"
+    return resp

@@ -167,11 +167,12 @@ class PspClient:
                     raise
         raise AssertionError("unreachable")
 
-    async def paypal_create_order(self, *, reference: str, currency: str, value: str, request_id: str,
+    async def paypal_create_order(self, *, reference: str, custom_id: str, currency: str, value: str, request_id: str,
                                   return_url: str | None = None, cancel_url: str | None = None) -> dict[str, Any]:
         body: dict[str, Any] = {
             "intent": "CAPTURE",
-            "purchase_units": [{"reference_id": reference, "amount": {"currency_code": currency, "value": value}}],
+            "purchase_units": [{"reference_id": reference, "custom_id": custom_id,
+                                "amount": {"currency_code": currency, "value": value}}],
         }
         if return_url or cancel_url:
             # Old shopping still sends the (deprecated, still honoured) application_context.
@@ -205,10 +206,10 @@ class PspClient:
         return _object(answer, "adyen", operation)
 
     async def adyen_payment(self, *, reference: str, currency: str, value: int, key: str,
-                            payment_method: dict[str, Any], return_url: str,
-                            browser_info: dict[str, Any] | None) -> dict[str, Any]:
+                            payment_method: dict[str, Any], return_url: str, browser_info: dict[str, Any] | None,
+                            metadata: dict[str, str]) -> dict[str, Any]:
         body: dict[str, Any] = {"reference": reference, "amount": {"currency": currency, "value": value},
-                                "paymentMethod": payment_method, "returnUrl": return_url}
+                                "paymentMethod": payment_method, "returnUrl": return_url, "metadata": metadata}
         if browser_info is not None:
             body["browserInfo"] = browser_info
         return await self._adyen("pay", "/payments", key, body)

@@ -255,13 +255,17 @@ async def test_a_refund_is_found_by_the_reference_we_sent_before_its_psp_referen
 async def test_a_webhook_that_overtakes_the_pay_routes_own_write_still_names_its_payment(
         edge: TestClient, db: AsyncEngine) -> None:
     order_id = await new_order(db)
-    payment_id = await adyen_payment(db, order_id, None)  # Adyen answered, the pay route has not written it yet
+    older = await adyen_payment(db, order_id, None)  # Adyen answered, the pay route has not written it yet
+    payment_id = await adyen_payment(db, order_id, None)
     await post(edge, notification("AUTHORISATION", "PSP3", order_id, 9607))
-    (row,) = await events(db)
-    assert row.payload["payment_id"] == str(payment_id)
-    assert await apply_all(db) == ["processed"]
-    (payment,) = await rows(db, t.payments, t.payments.c.order_id == order_id)
-    assert (payment.status, payment.psp_reference) == ("authorized", "PSP3")
+    named = notification("AUTHORISATION", "PSP4", order_id, 9607)
+    named["additionalData"]["metadata.payment_id"] = str(older)  # what the pay routes send, Adyen echoes
+    await post(edge, named)
+    assert [r.payload["payment_id"] for r in await events(db)] == [str(payment_id), str(older)]
+    assert await apply_all(db) == ["processed", "processed"]
+    payments = await rows(db, t.payments, t.payments.c.order_id == order_id)
+    assert [(p.id, p.status, p.psp_reference) for p in payments] == [(older, "authorized", "PSP4"),
+                                                                    (payment_id, "authorized", "PSP3")]
 
 
 async def test_the_published_adyen_vector_is_accepted_with_its_own_key(

@@ -1,15 +1,16 @@
 """Old shopping's pay routes and refund API in the emulator, paying through the PSP emulator.
 
-What it proves, for paypal_pay, paypal_finished, adyen_pay and /refund/refund as legacy-api.md
-shapes them: a ``payments`` row per attempt with its idempotency key, the PSPs called in their
-real shapes with a key derived from that row (a retry, a repeat with the same Idempotency-Key and a
-racing second request all reach the PSP as one operation); paid only by a COMPLETED capture
-(PayPal) and authorized / failed by Adyen's resultCode, every change a guarded one with history
-actor ``legacy`` and outbox ``purchased`` + ``noti`` once; amounts exact in each PSP's format (JPY,
-KWD, CLP); owner only, payable states only. Refunds: the service token, never more than captured −
-refunded (also when five race), the same request_id → the same refund, PayPal's synchronous
-refund, Adyen's ``received`` and the REFUND webhook naming our refund, a PSP failure left
-``retrying`` for the retry loop. And the four routes served through the edge from old shopping.
+What it proves, for paypal_pay, paypal_finished, adyen_pay and /refund/refund as legacy-api.md shapes
+them and the new side behaves: a ``payments`` row per attempt whose key the PSP gets (a retry after an
+unanswered call, and a second tap at the same time, reach the PSP as one operation); paid only by a
+COMPLETED capture (PayPal, after the order moved to payment_confirming) and authorized / failed by
+Adyen's resultCode, every change a guarded one with history actor ``legacy`` and outbox ``purchased`` +
+``noti`` once; amounts exact in each PSP's format (JPY, KWD, CLP); owner only, payable states only, not
+past expiry. Refunds: the service token, never more than captured − refunded (also when five race), the
+same request_id → the same refund, PayPal's synchronous refund, Adyen's ``received`` and the REFUND
+webhook naming our refund, a PSP failure left ``retrying`` for the retry loop. The four routes served
+through the edge from old shopping, and old shopping and the new side finishing one PayPal payment at
+once: one capture (one key), paid once.
 
 Most tests run on a copy of one seeded SQLite file; the races run on MariaDB, in this module's own
 database.
@@ -27,14 +28,14 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
-from sqlalchemy import insert
+from sqlalchemy import insert, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from emulators.legacy import create_app
 from shop import schema as t
 from tests.support.edge import start_edge, url_of
 from tests.support.legacydb import engine_for, envelope, seeded_template, seeded_url
-from tests.support.payments import ADYEN_BODY, CARD, legacy_psp, new_order, order_status, rows
+from tests.support.payments import ADYEN_BODY, CARD, legacy_psp, new_order, order_status, pay_edge, rows
 from tests.support.psp import Psp, WebhookSink
 
 pytest_plugins = ["tests.support.psp_fixtures"]
@@ -146,27 +147,30 @@ async def test_paypal_pay_creates_a_paypal_order_for_the_total_and_a_payment_row
     paypal = (await psp.state())["paypal"]["orders"][made["paypal_order_id"]]
     assert paypal["amount"] == {"currency_code": "EUR", "value": "96.07"} and paypal["reference_id"] == order_id
     (create,) = await psp.calls("POST", "/v2/checkout/orders")
-    assert create["key"] == f"legacy-paypal-pay-{made['pay_id']}"
+    assert create["key"] == payment.idempotency_key and payment.idempotency_key.startswith("legacy-")
     assert await order_status(db, order_id) == "pending_payment"
 
 
-async def test_the_same_idempotency_key_is_the_same_attempt_and_one_paypal_order(
+async def test_a_pay_call_after_an_unanswered_one_sends_the_same_attempt_and_key(
         legacy: TestClient, db: AsyncEngine, psp: Psp) -> None:
     order_id = await new_order(db)
-    first = await paypal_pay(legacy, order_id, **{"Idempotency-Key": "app-key-1"})
-    again = await paypal_pay(legacy, order_id, **{"Idempotency-Key": "app-key-1"})
-    assert again == first
-    assert len((await psp.state())["paypal"]["orders"]) == 1
-    other = await paypal_pay(legacy, order_id)  # no key: a new attempt
-    assert other["pay_id"] != first["pay_id"]
-    assert len(await rows(db, t.payments, t.payments.c.order_id == order_id)) == 2
+    await psp.fault(path="/v2/checkout/orders", error_status=503, times=2)  # both attempts of the first call
+    down = await legacy.post(pay_path(order_id), headers=USER1)
+    assert (await envelope(down, 502))["data"] == {"provider": "paypal", "psp_code": "SERVICE_UNAVAILABLE"}
+    assert down.headers["Retry-After"] == "1"
+    first = await paypal_pay(legacy, order_id)
+    creates = await psp.calls("POST", "/v2/checkout/orders")
+    assert len(creates) == 3 and len({c["key"] for c in creates}) == 1
+    assert len(await rows(db, t.payments, t.payments.c.order_id == order_id)) == 1
+    other = await paypal_pay(legacy, order_id)  # the first one was answered: this is a new attempt
+    assert other["pay_id"] != first["pay_id"] and len((await psp.state())["paypal"]["orders"]) == 2
 
 
 async def test_paypal_finished_pays_only_after_approval_and_once(legacy: TestClient, db: AsyncEngine, psp: Psp) -> None:
     order_id = await new_order(db)
     made = await paypal_pay(legacy, order_id)
-    early = await envelope(await legacy.post(finish_path(order_id, made["pay_id"]), headers=USER1), 409)
-    assert early["msg"] == "invalid_state" and early["data"] == {"status": "pending_payment", "reason": "paypal_not_approved"}
+    early = await envelope(await legacy.post(finish_path(order_id, made["pay_id"]), headers=USER1), 200)
+    assert early["data"] == {"order_id": order_id, "status": "payment_failed"}  # not approved: payable again
     assert await psp.approve(made["approve_url"]) == 200
     for _ in range(2):  # the second finish answers the status and captures nothing
         done = await envelope(await legacy.post(finish_path(order_id, made["pay_id"]), headers=USER1), 200)
@@ -174,11 +178,16 @@ async def test_paypal_finished_pays_only_after_approval_and_once(legacy: TestCli
     (payment,) = await rows(db, t.payments, t.payments.c.order_id == order_id)
     assert payment.status == "captured" and payment.capture_id and payment.psp_reference == payment.capture_id
     assert len((await psp.state())["paypal"]["captures"]) == 1
+    captures = await psp.calls("POST", "/capture")
+    assert {c["key"] for c in captures} == {f"{payment.idempotency_key}:capture"}  # the new side's key for this row
     history = await rows(db, t.order_status_history, t.order_status_history.c.order_id == order_id)
-    assert [(h.from_status, h.to_status, h.actor) for h in history] == [("pending_payment", "paid", "legacy")]
+    assert [(h.from_status, h.to_status, h.actor) for h in history] == [
+        ("pending_payment", "payment_confirming", "legacy"), ("payment_confirming", "payment_failed", "legacy"),
+        ("payment_failed", "payment_confirming", "legacy"), ("payment_confirming", "paid", "legacy")]
     box = await rows(db, t.outbox, t.outbox.c.key == order_id)
-    assert [(b.topic, b.payload.get("template")) for b in box] == [("purchased", None), ("noti", "order_paid")]
-    assert box[0].payload["event_id"] == f"purchased:{order_id}" and box[0].payload["user_id"] == 1
+    assert [(b.topic, b.payload.get("template")) for b in box] == [
+        ("noti", "payment_failed"), ("purchased", None), ("noti", "order_paid")]
+    assert box[1].payload["event_id"] == f"purchased:{order_id}" and box[1].payload["user_id"] == 1
     (order,) = await rows(db, t.orders, t.orders.c.id == order_id)
     assert order.paid_at is not None
 
@@ -221,7 +230,7 @@ async def test_racing_paypal_finished_capture_once_and_pay_once(legacy: TestClie
         assert (await envelope(resp, 200))["data"]["status"] == "paid"
     assert len((await psp.state())["paypal"]["captures"]) == 1
     history = await rows(db, t.order_status_history, t.order_status_history.c.order_id == order_id)
-    assert [h.to_status for h in history] == ["paid"]
+    assert [h.to_status for h in history] == ["payment_confirming", "paid"]
     box = await rows(db, t.outbox, t.outbox.c.key == order_id)
     assert sorted(b.topic for b in box) == ["noti", "purchased"]
 
@@ -239,7 +248,7 @@ async def test_adyen_authorised_authorizes_the_payment_and_the_order(
     at_adyen = (await psp.state())["adyen"]["payments"][payment.psp_reference]
     assert at_adyen["merchantReference"] == order_id and at_adyen["amount"] == {"currency": "EUR", "value": 9607}
     (call,) = await psp.calls("POST", "/v71/payments")
-    assert call["key"] == f"legacy-adyen-pay-{payment.id}"
+    assert call["key"] == payment.idempotency_key and payment.idempotency_key.startswith("legacy-")
     assert await order_status(db, order_id) == "authorized"
     hooks = await webhook_sink.wait_for(2)
     assert [(h["eventCode"], h["merchantReference"]) for h in hooks] == [("AUTHORISATION", order_id), ("CAPTURE", order_id)]
@@ -271,16 +280,15 @@ async def test_redirect_shopper_hands_the_action_to_the_app_and_the_order_stays_
 
 
 @ON_MARIADB
-async def test_a_second_adyen_call_while_the_first_is_unanswered_charges_nobody_twice(
+async def test_a_second_adyen_call_while_the_first_is_unanswered_is_the_same_charge(
         legacy: TestClient, db: AsyncEngine, psp: Psp) -> None:
     order_id = await new_order(db)
     await psp.fault(path="/v71/payments", delay_ms=700)
     first = asyncio.ensure_future(legacy.post(adyen_path(order_id), json=ADYEN_BODY, headers=USER1))
     await asyncio.sleep(0.3)
-    second = await envelope(await legacy.post(adyen_path(order_id), json=ADYEN_BODY, headers=USER1), 409)
-    assert second["data"] == {"status": "pending_payment", "reason": "payment_in_progress"}
-    assert (await envelope(await first, 200))["data"]["resultCode"] == "Authorised"
-    assert len((await psp.state())["adyen"]["payments"]) == 1
+    second = (await adyen_pay(legacy, order_id))["data"]
+    assert (await envelope(await first, 200))["data"] == second and second["resultCode"] == "Authorised"
+    assert len((await psp.state())["adyen"]["payments"]) == 1  # one key: Adyen answered the second from the first
     again = await adyen_pay(legacy, order_id, status=409)  # authorized: not payable any more
     assert again["data"] == {"status": "authorized"}
 
@@ -308,7 +316,7 @@ async def test_amounts_are_exact_in_each_psps_format(legacy: TestClient, db: Asy
 async def test_a_total_a_psp_cannot_carry_exactly_is_refused_not_rounded(legacy: TestClient, db: AsyncEngine, psp: Psp) -> None:
     order_id = await new_order(db, currency="EUR", total="96.075")  # four decimals fit the column, not the PSPs
     refused = await envelope(await legacy.post(pay_path(order_id), headers=USER1), 422)
-    assert refused["msg"] == "payment_method_unavailable" and refused["data"]["reason"] == "amount_not_representable"
+    assert refused["data"] == {"provider": "paypal", "reason": "amount_not_supported"}
     assert (await psp.calls("POST")) == []
 
 
@@ -323,10 +331,14 @@ async def test_only_the_owner_pays_and_only_a_payable_order(legacy: TestClient, 
     assert (await envelope(await call(order_id, {}), 401))["msg"] == "login_required"
     assert (await envelope(await call(order_id, {"X-User-Id": "2"}), 404))["msg"] == "order_not_found"
     assert (await envelope(await call("NOPE", USER1), 404))["msg"] == "order_not_found"
-    for status in ("cancelled", "paid", "authorized", "refunded"):
+    for status in ("payment_confirming", "cancelled", "paid", "authorized", "refunded"):
         other = await new_order(db, status=status)
         refused = await envelope(await call(other, USER1), 409)
         assert refused["msg"] == "invalid_state" and refused["data"] == {"status": status}
+    async with db.begin() as conn:  # due for the sweeper: paying now would race its cancel
+        late = await new_order(db)
+        await conn.execute(update(t.orders).where(t.orders.c.id == late).values(expires_at=t.utcnow() - timedelta(seconds=1)))
+    assert (await envelope(await call(late, USER1), 409))["data"] == {"status": "pending_payment", "reason": "expired"}
     assert await psp.calls("POST") == [] and await rows(db, t.payments) == []
 
 
@@ -337,15 +349,20 @@ async def test_paypal_finished_for_another_orders_payment_is_not_found(legacy: T
         assert (await envelope(await legacy.post(path, headers=USER1), 404))["msg"] == "payment_not_found"
 
 
-async def test_a_psp_that_is_down_is_a_502_and_the_same_key_works_later(legacy: TestClient, db: AsyncEngine,
-                                                                         psp: Psp) -> None:
+async def test_a_psp_that_is_down_is_a_502_and_the_next_call_converges_on_the_same_attempt(
+        legacy: TestClient, db: AsyncEngine, psp: Psp) -> None:
     order_id = await new_order(db)
     await psp.fault(path="/v71/payments", error_status=503, times=2)
-    failed = await adyen_pay(legacy, order_id, status=502, **{"Idempotency-Key": "k-1"})
-    assert failed["data"] == {"provider": "adyen", "operation": "pay", "status": 503, "error": "000"}
+    failed = await adyen_pay(legacy, order_id, status=502)
+    assert failed["data"] == {"provider": "adyen", "psp_code": "000"}
     assert await order_status(db, order_id) == "pending_payment"
-    assert (await adyen_pay(legacy, order_id, **{"Idempotency-Key": "k-1"}))["data"]["resultCode"] == "Authorised"
+    assert (await adyen_pay(legacy, order_id))["data"]["resultCode"] == "Authorised"
     assert len(await rows(db, t.payments, t.payments.c.order_id == order_id)) == 1
+    assert len({c["key"] for c in await psp.calls("POST", "/v71/payments")}) == 1
+    invalid = {**ADYEN_BODY, "paymentMethod": {"type": "scheme"}}
+    await psp.fault(path="/v71/payments", error_status=422, times=1)
+    refused = await adyen_pay(legacy, await new_order(db), invalid, status=400)
+    assert refused["data"]["field"] == "paymentMethod"
 
 
 # --- refunds ----------------------------------------------------------------------------------
@@ -479,3 +496,29 @@ async def test_the_edge_serves_the_four_routes_from_old_shopping(
     assert (back.headers["X-Edge-Route"], back.headers["X-Edge-Backend"]) == ("refund", "legacy")
     assert (await envelope(back, 200))["data"]["status"] == "succeeded"
     assert await order_status(db, order_id) == "refunded" and time.monotonic() - started < 30
+
+
+# --- both sides on one payment ----------------------------------------------------------------
+
+
+@ON_MARIADB
+@pytest.mark.parametrize("created_by", ["legacy", "new"])
+async def test_old_shopping_and_the_new_side_finishing_one_paypal_payment_at_once_capture_it_once(
+        legacy: TestClient, db: AsyncEngine, psp: Psp, url: str, aiohttp_client: ClientFactory, tmp_path: Path,
+        created_by: str) -> None:
+    new = await pay_edge(aiohttp_client, tmp_path, url, psp, seed=False)  # the pay routes at 100 % new
+    order_id = await new_order(db)
+    made = await paypal_pay(legacy if created_by == "legacy" else new, order_id)
+    assert await psp.approve(made["approve_url"]) == 200
+    answers = await asyncio.gather(*(side.post(finish_path(order_id, made["pay_id"]), headers=USER1)
+                                     for side in (legacy, new, legacy, new, legacy, new)))
+    for resp in answers:
+        assert (await envelope(resp, 200))["data"] == {"order_id": order_id, "status": "paid"}
+    assert len((await psp.state())["paypal"]["captures"]) == 1
+    assert len({c["key"] for c in await psp.calls("POST", "/capture")}) == 1  # one key, whichever side sent it
+    history = await rows(db, t.order_status_history, t.order_status_history.c.order_id == order_id)
+    assert [h.to_status for h in history] == ["payment_confirming", "paid"]
+    box = await rows(db, t.outbox, t.outbox.c.key == order_id)
+    assert sorted(b.topic for b in box) == ["noti", "purchased"]
+    (payment,) = await rows(db, t.payments, t.payments.c.order_id == order_id)
+    assert payment.status == "captured"
