@@ -17,6 +17,7 @@ OK = 0
 BAD_REQUEST = 40001
 LOGIN_REQUIRED = 40101
 ADMIN_TOKEN_REQUIRED = 40102
+SIGNATURE_INVALID = 40103  # a webhook whose HMAC signature is missing or wrong
 FORBIDDEN = 40301
 NOT_FOUND = 40401
 REQUEST_TIMEOUT = 40801
@@ -48,6 +49,7 @@ REASONS: Mapping[int, str] = MappingProxyType({
     BAD_REQUEST: "bad_request",
     LOGIN_REQUIRED: "login_required",
     ADMIN_TOKEN_REQUIRED: "admin_token_required",
+    SIGNATURE_INVALID: "invalid_signature",
     FORBIDDEN: "forbidden",
     NOT_FOUND: "not_found",
     REQUEST_TIMEOUT: "request_timeout",

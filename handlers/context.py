@@ -10,13 +10,14 @@ clients share one aiohttp ClientSession, opened and closed by a cleanup_ctx of t
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from datetime import timedelta
 
 import aiohttp
 from aiohttp import web
 
 from adapters.adyen import AdyenClient
+from adapters.adyen_hmac import AdyenHmac
 from adapters.amounts import AmountError
 from adapters.errors import PspAuthRejected, PspError, PspTimeout
 from adapters.paypal import PayPalClient
@@ -33,10 +34,15 @@ PSP = web.AppKey("psp", Gateways)
 # The refund API's PSP calls (handlers/refund.py) and how long one may take before the retrier takes over.
 PSP_REFUNDS = web.AppKey("psp_refunds", PspRefunds)
 REFUND_INFLIGHT = web.AppKey("refund_inflight", timedelta)
+# The Adyen webhook bridge (handlers/payment_callback.py): the HMAC key, and each event type's topic.
+ADYEN_HMAC = web.AppKey("adyen_hmac", AdyenHmac)
+EVENT_TOPICS = web.AppKey("event_topics", Mapping)
 
 
 def setup_new_side(app: web.Application, settings: Settings) -> None:
     app[SERVICE_TOKEN] = settings.service_token or ""
+    app[ADYEN_HMAC] = AdyenHmac.from_hex(settings.adyen_hmac_key)
+    app[EVENT_TOPICS] = settings.consumer_topics
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
         async with shop_resources(settings) as shop:

@@ -29,6 +29,7 @@ STATUS: Mapping[int, int] = MappingProxyType({
     codes.BAD_REQUEST: 400,
     codes.LOGIN_REQUIRED: 401,
     codes.ADMIN_TOKEN_REQUIRED: 401,
+    codes.SIGNATURE_INVALID: 401,
     codes.FORBIDDEN: 403,
     codes.NOT_FOUND: 404,
     codes.REQUEST_TIMEOUT: 408,

@@ -16,6 +16,7 @@ from aiohttp import web
 from handlers.checkout import place_order
 from handlers.events import event
 from handlers.orders import detail, paid_from_client, payment_methods
+from handlers.payment_callback import adyen_webhook
 from handlers.payments import adyen_pay, paypal_finished, paypal_pay
 from handlers.pricing import calc_price, coupons
 from handlers.refund import refund
@@ -64,4 +65,5 @@ NEW_ROUTES: Mapping[str, NewRoute] = _routes(
     NewRoute("paid_from_client", "POST", "/paid_from_client/{order_id}", paid_from_client),
     NewRoute("refund", "POST", "/refund", refund),
     NewRoute("events", "POST", "/event/{name}", event),
+    NewRoute("payment_callback", "POST", "/payment_callback/adyen", adyen_webhook),
 )

@@ -1,7 +1,9 @@
 """Stand-in for the old Python shopping service (a system we do not own).
 
 Serves the legacy envelope on the shared database for the paths the edge passes
-through (cart, order list), 501 for the migrated routes it does not emulate yet.
+through (cart, order list) and old shopping's own versions of the migrated routes
+(pricing, checkout, detail, the pay routes and refunds, which call the PSPs itself, and
+the events), so the edge can gray each of them between old and new.
 Its ``/_emulator/*`` knobs (faults, stats, health) for tests and local runs are on a
 separate loopback listener (``create_admin_app``), never on the port the edge forwards to.
 Run it with ``python -m emulators.legacy --port 8090 --db-url URL`` (knobs on 127.0.0.1:8099).

@@ -19,6 +19,7 @@ ORDER_NOT_FOUND = 40401
 METHOD_NOT_ALLOWED = 40500
 INVALID_STATE = 40901
 PRICE_CHANGED = 40901
+REQUEST_ID_REUSED = 40901
 BODY_TOO_LARGE = 41301
 COUPON_NOT_APPLICABLE = 42201
 ADDRESS_BLOCKED = 42202
@@ -29,6 +30,8 @@ REGION_NOT_SERVED = 42206
 PAYMENT_METHOD_UNAVAILABLE = 42207
 INTERNAL_ERROR = 50000
 NOT_MIGRATED = 50101
+PSP_ERROR = 50201
+UPSTREAM_TIMEOUT = 50401
 
 
 class ApiError(Exception):
@@ -40,6 +43,8 @@ class ApiError(Exception):
         self.code = code
         self.msg = msg
         self.data = data
+        # True: nothing may have been done yet, the same request may be sent again after a pause.
+        self.retry_after = False
 
 
 def bad_request(field: str, reason: str) -> ApiError:
@@ -51,5 +56,8 @@ def ok(data: Any) -> web.Response:
     return web.json_response({"code": 0, "msg": "ok", "data": data})
 
 
-def error_response(status: int, code: int, msg: str, data: Any = None) -> web.Response:
-    return web.json_response({"code": code, "msg": msg, "data": data}, status=status)
+def error_response(status: int, code: int, msg: str, data: Any = None, *, retry_after: bool = False) -> web.Response:
+    resp = web.json_response({"code": code, "msg": msg, "data": data}, status=status)
+    if retry_after:
+        resp.headers["Retry-After"] = "1"
+    return resp

@@ -25,7 +25,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     try:
         return await handler(request)
     except ApiError as exc:
-        return error_response(exc.status, exc.code, exc.msg, exc.data)
+        return error_response(exc.status, exc.code, exc.msg, exc.data, retry_after=exc.retry_after)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

@@ -23,6 +23,10 @@ every status change is the guarded compare-and-set of ``order_rows.move_status``
 ``legacy``); whatever hangs off a transition happens only when this call won it, so an event the
 new side applied first moves nothing here either. The order row is locked first (``FOR UPDATE``).
 
+The effects themselves (``record_payment``, ``record_payment_failed``, ``record_refund_outcome``)
+are also what old shopping's own pay and refund routes (payments.py, refunds.py) call when a PSP
+answers them directly, so a payment reads the same whether a webhook's event or a route recorded it.
+
 Answers: 200 ``{"outcome": "processed" | "duplicate", ...}``; 400 ``bad_request`` naming the
 field; 404 ``order_not_found``; 409 ``invalid_state`` (not paid yet: worth a retry); 422
 ``event_not_applicable`` (money that is not the order's, a refund that does not exist, a capture
@@ -160,7 +164,8 @@ async def _claim(conn: AsyncConnection, name: str, event_id: str) -> bool:
     return True
 
 
-async def _locked_order(conn: AsyncConnection, order_id: str) -> Any:
+async def lock_order(conn: AsyncConnection, order_id: str) -> Any:
+    """The order row, locked for this transaction (``FOR UPDATE``): the first lock every effect takes."""
     o = orders.c
     row = (await conn.execute(
         select(o.id, o.user_id, o.status, o.total, o.currency).where(o.id == order_id).with_for_update()
@@ -187,7 +192,15 @@ def _row_id(raw: str | None) -> int | None:
 async def _payment_notified(conn: AsyncConnection, body: Body, order: Any) -> None:
     provider, status = body.one_of("provider", PROVIDERS), body.one_of("status", ("authorized", "captured"))
     amount, currency, psp = body.money(), body.currency(), body.required("psp_reference", 64)
-    payment_id = body.text("payment_id", 64, optional=True)
+    await record_payment(conn, order, provider=provider, status=status, amount=amount, currency=currency,
+                         psp_reference=psp, payment_id=_row_id(body.text("payment_id", 64, optional=True)))
+
+
+async def record_payment(conn: AsyncConnection, order: Any, *, provider: str, status: str, amount: Decimal,
+                         currency: str, psp_reference: str, payment_id: int | None,
+                         capture_id: str | None = None) -> bool:
+    """A payment authorized / captured (the event, or old shopping's own pay routes): True when this
+    call moved the order to paid. ``order`` is the row ``lock_order`` returned."""
     if amount != order.total or currency != order.currency:
         raise unapplicable(order.id, "amount_mismatch")
     p = payments.c
@@ -196,34 +209,35 @@ async def _payment_notified(conn: AsyncConnection, body: Body, order: Any) -> No
         # applied it, then a flip sent the redelivery here): already done, not a capture to refuse.
         reached = [s for s, step in PAYMENT_STEPS.items() if step >= PAYMENT_STEPS[status]]
         done = (await conn.execute(select(p.id).where(
-            p.provider == provider, p.psp_reference == psp, p.order_id == order.id, p.amount == amount,
+            p.provider == provider, p.psp_reference == psp_reference, p.order_id == order.id, p.amount == amount,
             p.currency == currency, p.status.in_(reached),
         ))).first()
         if done is not None:
-            return
+            return False
         raise unapplicable(order.id, f"{status}_after_cancel")
     at = now()
-    row = (await conn.execute(select(p.id).where(p.provider == provider, p.psp_reference == psp))).first()
-    if row is None and _row_id(payment_id) is not None:
+    row = (await conn.execute(select(p.id).where(p.provider == provider, p.psp_reference == psp_reference))).first()
+    if row is None and payment_id is not None:
         row = (await conn.execute(
-            select(p.id).where(p.id == _row_id(payment_id), p.order_id == order.id, p.provider == provider)
+            select(p.id).where(p.id == payment_id, p.order_id == order.id, p.provider == provider)
         )).first()
+    extra = {} if capture_id is None else {"capture_id": capture_id}
     if row is None:
         await conn.execute(insert(payments).values(
             order_id=order.id, provider=provider, status=status, amount=amount, currency=currency,
-            psp_reference=psp, created_at=at, updated_at=at,
+            psp_reference=psp_reference, created_at=at, updated_at=at, **extra,
         ))
     else:
         before = [s for s, step in PAYMENT_STEPS.items() if step < PAYMENT_STEPS[status]]
         await conn.execute(update(payments).where(p.id == row.id, p.status.in_(before))
-                           .values(status=status, psp_reference=psp, updated_at=at))
-    reason = f"{provider}:{psp}"
+                           .values(status=status, psp_reference=psp_reference, updated_at=at, **extra))
+    reason = f"{provider}:{psp_reference}"
     if status == "authorized":
         await move_status(conn, order.id, (PENDING_PAYMENT, PAYMENT_CONFIRMING, PAYMENT_FAILED), AUTHORIZED, reason)
-        return
+        return False
     moved, _ = await move_status(conn, order.id, (PENDING_PAYMENT, PAYMENT_CONFIRMING, PAYMENT_FAILED, AUTHORIZED), PAID, reason)
     if not moved:
-        return  # paid already (by either side): nothing hangs off a second capture
+        return False  # paid already (by either side): nothing hangs off a second capture
     await conn.execute(update(orders).where(orders.c.id == order.id).values(paid_at=at))
     await conn.execute(insert(outbox).values(
         topic="purchased", key=order.id, created_at=at,
@@ -231,21 +245,27 @@ async def _payment_notified(conn: AsyncConnection, body: Body, order: Any) -> No
                  "occurred_at": at.isoformat() + "Z"},
     ))
     await _noti(conn, order, "order_paid", {"amount": str(amount), "currency": currency, "provider": provider}, at)
+    return True
 
 
 async def _payment_failed(conn: AsyncConnection, body: Body, order: Any) -> None:
-    provider = body.one_of("provider", PROVIDERS)
-    reason = body.text("reason", 255, optional=True)
-    payment_id = _row_id(body.text("payment_id", 64, optional=True))
+    await record_payment_failed(conn, order, provider=body.one_of("provider", PROVIDERS),
+                                reason=body.text("reason", 255, optional=True),
+                                payment_id=_row_id(body.text("payment_id", 64, optional=True)))
+
+
+async def record_payment_failed(conn: AsyncConnection, order: Any, *, provider: str, reason: str | None,
+                                payment_id: int | None, payment_status: str = "failed") -> None:
+    """A payment attempt failed: its row → ``payment_status``; a payable order → payment_failed and ``noti``."""
     at = now()
     if payment_id is not None:
         p = payments.c
         failing = await conn.execute(update(payments).where(p.id == payment_id, p.order_id == order.id, p.status.in_(("created", "authorized")))
-                                     .values(status="failed", updated_at=at))
+                                     .values(status=payment_status, updated_at=at))
         if failing.rowcount == 0:
             # This payment failed already: the event was applied (here or by the new side) and must not
             # fail the buyer's next attempt (payment_confirming) a second time.
-            already = (await conn.execute(select(p.id).where(p.id == payment_id, p.order_id == order.id, p.status == "failed"))).first()
+            already = (await conn.execute(select(p.id).where(p.id == payment_id, p.order_id == order.id, p.status == payment_status))).first()
             if already is not None:
                 return
     moved, _ = await move_status(conn, order.id, (PENDING_PAYMENT, PAYMENT_CONFIRMING), PAYMENT_FAILED, (reason or provider)[:255])
@@ -290,19 +310,33 @@ async def _refund_notified(conn: AsyncConnection, body: Body, order: Any) -> Non
         raise unapplicable(order.id, "refund_not_found")
     if row.amount != amount or row.currency != currency:
         raise unapplicable(order.id, "amount_mismatch")
+    await record_refund_outcome(conn, order, row, status=status, amount=amount, psp_reference=psp, reason=reason)
+
+
+def retry_at(attempts: int, at: datetime) -> datetime:
+    """When a refund that failed after `attempts` submissions is submitted again: 30 s, 1 min, 2 min… ≤ 30 min."""
+    return at + timedelta(seconds=min(1800, 30 * 2 ** max(0, attempts - 1)))
+
+
+async def record_refund_outcome(conn: AsyncConnection, order: Any, row: Any, *, status: str, amount: Decimal,
+                                psp_reference: str | None, reason: str | None) -> None:
+    """The PSP's word on a refund (``row``: id, currency, attempts; `amount` as the notification says it):
+    succeeded → the order partially_refunded / refunded and ``noti``; failed → retrying, or failed for good
+    after 5 attempts."""
+    r = refunds.c
+    currency = row.currency
     at = now()
     if status == "failed":
         final = row.attempts >= REFUND_ATTEMPTS
-        retry_at = None if final else at + timedelta(seconds=min(1800, 30 * 2 ** max(0, row.attempts - 1)))
         changed = await conn.execute(update(refunds).where(r.id == row.id, r.status.in_(OPEN_REFUND)).values(
-            status="failed" if final else "retrying", next_attempt_at=retry_at,
+            status="failed" if final else "retrying", next_attempt_at=None if final else retry_at(row.attempts, at),
             reason=(reason or "the PSP refused the refund")[:255], updated_at=at,
         ))
         if changed.rowcount == 1 and final:
             await _noti(conn, order, "refund_failed", {"amount": str(amount), "currency": currency}, at)
         return
     changed = await conn.execute(update(refunds).where(r.id == row.id, r.status.in_(OPEN_REFUND))
-                                 .values(status="succeeded", psp_reference=psp, next_attempt_at=None, updated_at=at))
+                                 .values(status="succeeded", psp_reference=psp_reference, next_attempt_at=None, updated_at=at))
     if changed.rowcount != 1:
         return
     p = payments.c
@@ -340,7 +374,7 @@ async def event(request: web.Request) -> web.Response:
 
     async def work() -> tuple[str, str]:
         async with engine.begin() as conn:
-            order = await _locked_order(conn, order_id)
+            order = await lock_order(conn, order_id)
             if not await _claim(conn, name, event_id):
                 return "duplicate", order.status
             await apply(conn, body, order)

@@ -22,7 +22,9 @@ from emulators.legacy import (
     order_actions,
     order_detail,
     orders,
+    payments,
     pricing,
+    refunds,
 )
 from emulators.legacy.envelope import ApiError
 
@@ -42,19 +44,21 @@ ROUTES: tuple[LegacyRoute, ...] = (
     LegacyRoute("orders_list", "GET", "/shopping/orders", orders.list_orders),
     LegacyRoute("order_cancel", "POST", "/shopping/orders/{order_id}/cancel", order_actions.cancel),
     # Migrated to the new handlers (legacy-api.md). Old shopping's own versions, for the
-    # edge's passthrough and shadow comparison; rows without a handler come later.
+    # edge's passthrough, gray release and shadow comparison.
     LegacyRoute("calc_price", "POST", "/shopping/cal_price/v4_4", pricing.calc_price),
     LegacyRoute("coupons", "POST", "/shopping/user_coupons_for_order", coupons.list_coupons),
     LegacyRoute("place_order", "POST", "/shopping/cart/checkout/entries", checkout.place_order),
     LegacyRoute("detail", "GET", "/shopping/orders_v43/{order_id}", order_detail.detail),
-    LegacyRoute("paypal_pay", "POST", "/shopping/orders/{order_id}/pay/{ptype}/paypal"),
-    LegacyRoute("paypal_finished", "POST", "/shopping/orders/{order_id}/paypal_finished/{pay_id}"),
-    LegacyRoute("adyen_pay", "POST", "/shopping/orders/{order_id}/pay/any/adyen"),
+    LegacyRoute("paypal_pay", "POST", "/shopping/orders/{order_id}/pay/{ptype}/paypal", payments.paypal_pay),
+    LegacyRoute(
+        "paypal_finished", "POST", "/shopping/orders/{order_id}/paypal_finished/{pay_id}", payments.paypal_finished
+    ),
+    LegacyRoute("adyen_pay", "POST", "/shopping/orders/{order_id}/pay/any/adyen", payments.adyen_pay),
     LegacyRoute("payment_methods", "GET", "/shopping/orders/{order_id}/pay_cm", order_detail.payment_methods),
     LegacyRoute(
         "paid_from_client", "POST", "/shopping/orders/{order_id}/paid_from_client", order_actions.paid_from_client
     ),
-    LegacyRoute("refund", "POST", "/refund/refund"),
+    LegacyRoute("refund", "POST", "/refund/refund", refunds.refund),
     LegacyRoute("events", "POST", "/event/{name}", events.event),
 )
 

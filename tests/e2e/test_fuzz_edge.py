@@ -147,6 +147,8 @@ def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
     # The emulator's control listener gets its own free port too: its default (--port + 9) may be
     # taken by another suite's process on a busy machine.
     legacy_port, legacy_admin_port, edge_port, admin_port = free_port(), free_port(), free_port(), free_port()
+    # Old shopping's pay routes call the PSPs: the PSP emulator (webhooks only recorded) stands in.
+    psp_port, psp_admin_port = free_port(), free_port()
     routing = tmp / "routing.yaml"
     _fuzz_routing(routing, f"http://127.0.0.1:{legacy_port}")
     env = {
@@ -157,13 +159,20 @@ def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
         "SHOP_EXPIRY_SWEEP_SECONDS": "0",  # nothing but the fuzzed requests may change a row
     }
     env.pop("EDGE_ROUTING_FILE", None)
-    legacy_log, edge_log = tmp / "legacy.log", tmp / "edge.log"
+    legacy_log, edge_log, psp_log = tmp / "legacy.log", tmp / "edge.log", tmp / "psp.log"
     procs: list[subprocess.Popen[bytes]] = []
     try:
+        with psp_log.open("wb") as out:
+            procs.append(subprocess.Popen(
+                [sys.executable, "-m", "emulators.psp", "--port", str(psp_port), "--admin-port", str(psp_admin_port),
+                 "--no-webhooks"],
+                env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=ROOT,
+            ))
+        _wait_listening(procs[-1], psp_port, psp_log, "the PSP emulator")
         with legacy_log.open("wb") as out:
             procs.append(subprocess.Popen(
                 [sys.executable, "-m", "emulators.legacy", "--host", "127.0.0.1", "--port", str(legacy_port),
-                 "--admin-port", str(legacy_admin_port), "--db-url", db_url],
+                 "--admin-port", str(legacy_admin_port), "--db-url", db_url, "--psp-url", f"http://127.0.0.1:{psp_port}"],
                 env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=ROOT,
             ))
         _wait_listening(procs[-1], legacy_port, legacy_log, "old shopping")

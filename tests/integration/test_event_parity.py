@@ -289,7 +289,7 @@ async def test_the_new_side_waits_for_old_shopping_applying_the_same_event_and_w
         event = captured(order_id)
         async with shop.db.connect() as conn:  # old shopping, halfway through the same event
             tx = await conn.begin()
-            order = await legacy_events._locked_order(conn, order_id)
+            order = await legacy_events.lock_order(conn, order_id)
             assert await legacy_events._claim(conn, "payment_notified_cm", event["event_id"])
             await legacy_events._payment_notified(conn, legacy_events.Body(event), order)
             applying = asyncio.create_task(

@@ -7,6 +7,7 @@ drop tables under them.
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -20,6 +21,20 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from shop.db import make_engine
 from tests.conftest import MARIADB_DATABASE, MARIADB_URL
 from tests.support.shopdb import seed_database
+
+
+def seeded_template(tmp_path_factory: Any, name: str) -> Path:
+    """A seeded SQLite file for a whole test module (`name` its directory); tests take copies (copy_seeded)."""
+    path = tmp_path_factory.mktemp(name) / "template.db"
+    asyncio.run(seed_database(f"sqlite+aiosqlite:///{path}"))
+    return path
+
+
+async def seeded_url(kind: str, template: Path, tmp_path: Path, mariadb_database: str) -> str:
+    """A seeded database for one test: a copy of `template` (kind "sqlite") or the module's own MariaDB database."""
+    if kind == "mariadb":
+        return await private_mariadb(mariadb_database)
+    return copy_seeded(template, tmp_path)
 
 
 def copy_seeded(template: Path, tmp_path: Path) -> str:

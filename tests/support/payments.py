@@ -1,12 +1,15 @@
-"""An edge whose pay routes go to the new side, its PSP clients pointed at the PSP emulator, and the rows to look at.
+"""An edge whose pay routes go to the new side, its PSP clients pointed at the PSP emulator, and the rows to look at;
+old shopping pointed at the same emulator; Adyen notifications signed as Adyen signs them.
 
-Used by tests/integration/test_payments_*.py (with ``pytest_plugins = ["tests.support.psp_fixtures"]``).
+Used by tests/integration/test_payments_*.py, test_legacy_payments.py and test_adyen_webhook.py (with
+``pytest_plugins = ["tests.support.psp_fixtures"]``).
 Orders are inserted as either side writes them (tests.builders.insert_order), owned by user 1 unless
 said otherwise, so each test picks the currency, total and status it is about.
 """
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Awaitable, Callable
 from decimal import Decimal
 from pathlib import Path
@@ -15,7 +18,10 @@ from typing import Any
 from aiohttp.test_utils import TestClient
 from prometheus_client import CollectorRegistry
 from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncEngine
 
+from adapters.adyen_hmac import AdyenHmac
+from emulators.legacy.psp_calls import PspSettings
 from shop import schema as t
 from shop.db import make_engine
 from tests.builders import insert_order
@@ -32,6 +38,8 @@ CARD = {"type": "scheme", "number": "4111111111111111", "expiryMonth": "03", "ex
         "holderName": "A Shopper"}
 REDIRECT_CARD = {**CARD, "number": "4212345678910006"}
 RETURN_URL = "https://shop.example/checkout/return"
+ADYEN_BODY = {"paymentMethod": CARD, "returnUrl": RETURN_URL, "browserInfo": {"userAgent": "t"}}
+SIGNER = AdyenHmac.from_hex(HMAC_KEY)
 
 
 def psp_settings(psp: Psp, **overrides: Any) -> dict[str, Any]:
@@ -119,3 +127,58 @@ class Shopper:
     async def outbox(self, order_id: str) -> list[tuple[str, str | None]]:
         return [(o["topic"], o["payload"].get("template") or o["payload"].get("event_id"))
                 for o in await self.rows(t.outbox, order_id)]
+
+
+# --- old shopping and the webhook bridge ------------------------------------------------------
+
+
+def legacy_psp(psp: Psp, **overrides: Any) -> PspSettings:
+    """Old shopping's PSP settings for the emulator `psp`: its credentials, short timeouts for tests."""
+    base: dict[str, Any] = {
+        "paypal_url": psp.url, "paypal_client_id": PAYPAL_CLIENT_ID, "paypal_secret": PAYPAL_SECRET,
+        "adyen_url": psp.url, "adyen_api_key": ADYEN_API_KEY, "adyen_merchant_account": MERCHANT,
+        "timeout_seconds": 3.0, "attempts": 2, "retry_pause_seconds": 0.01,
+    }
+    return PspSettings(**{**base, **overrides})
+
+
+async def new_order(engine: AsyncEngine, *, user_id: int = 1, currency: str = "EUR", total: str = "96.07",
+                    status: str = "pending_payment") -> str:
+    """An order row of `user_id` for `total` `currency` (the worked example's by default), its id."""
+    order_id = "T" + secrets.token_hex(7).upper()
+    async with engine.begin() as conn:
+        await insert_order(conn, order_id, user_id=user_id, status=status, currency=currency, total=Decimal(total))
+    return order_id
+
+
+async def order_status(engine: AsyncEngine, order_id: str) -> str:
+    async with engine.connect() as conn:
+        return str((await conn.execute(select(t.orders.c.status).where(t.orders.c.id == order_id))).scalar_one())
+
+
+async def rows(engine: AsyncEngine, table: Any, *where: Any) -> list[Any]:
+    async with engine.connect() as conn:
+        order = table.c.id if "id" in table.c else table.primary_key.columns.values()[0]
+        return list((await conn.execute(select(table).where(*where).order_by(order))).all())
+
+
+def notification(event: str, psp_reference: str, merchant_reference: str, value: int, *, success: str = "true",
+                 currency: str = "EUR", original_reference: str | None = None, reason: str | None = None,
+                 signer: AdyenHmac | None = SIGNER) -> dict[str, Any]:
+    """One NotificationRequestItem as Adyen sends it, signed by adapters/adyen_hmac.py (unsigned: signer None)."""
+    item: dict[str, Any] = {
+        "pspReference": psp_reference, "merchantAccountCode": MERCHANT, "merchantReference": merchant_reference,
+        "amount": {"currency": currency, "value": value}, "eventCode": event, "success": success,
+        "eventDate": "2026-06-01T12:00:00+02:00", "paymentMethod": "visa",
+    }
+    if original_reference is not None:
+        item["originalReference"] = original_reference
+    if reason is not None:
+        item["reason"] = reason
+    if signer is not None:
+        item["additionalData"] = {"hmacSignature": signer.sign(item)}
+    return item
+
+
+def notification_body(*items: dict[str, Any]) -> dict[str, Any]:
+    return {"live": "false", "notificationItems": [{"NotificationRequestItem": item} for item in items]}

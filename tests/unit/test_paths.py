@@ -27,6 +27,7 @@ from proxy.routing import RouteSpec, RoutingTable, parse_routing
 REPO_ROUTING = Path(__file__).resolve().parents[2] / "routing.yaml"
 TABLE = parse_routing(REPO_ROUTING.read_text(encoding="utf-8"))
 ROUTES = sorted(TABLE.routes.values(), key=lambda r: r.name)
+NEW_SIDE_ONLY = frozenset({"payment_callback"})
 
 
 def old_shopping_router() -> web.Application:
@@ -103,7 +104,9 @@ def test_any_re_encoding_of_a_route_picks_the_same_route_params_and_side(
 @given(req=requests())
 def test_the_edge_picks_the_route_old_shoppings_router_picks(req: tuple[RouteSpec, str, str, dict[str, str]]) -> None:
     route, _, spelled, _ = req
-    assert old_shopping_route(route.methods[0], spelled) == route.name
+    # Adyen's webhook bridge is the new side's only (old shopping never served it): its router picks nothing.
+    expected = None if route.name in NEW_SIDE_ONLY else route.name
+    assert old_shopping_route(route.methods[0], spelled) == expected
     assert TABLE.match(route.methods[0], spelled)[0].name == route.name  # type: ignore[index]
 
 
