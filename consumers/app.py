@@ -174,7 +174,9 @@ async def run(settings: Settings, *, admin_host: str = "127.0.0.1", registry: Co
     relay_metrics = RelayMetrics(registry)
     # routing.yaml's consumers: (who applies each event type); a bad file stops the start here.
     ownership = Ownership.for_settings(settings, registry)
-    async with shop_resources(settings) as shop, legacy_session(settings.legacy_event_pool_size) as session:
+    # No pre-ping: every unit of work here is retried on a lost connection (runner, relay, sweeper),
+    # and at a steady 500 events/s the ping was a third of a batch's time (bench/RESULTS.md).
+    async with shop_resources(settings, pre_ping=False) as shop, legacy_session(settings.legacy_event_pool_size) as session:
         legacy = LegacyDelivery(session, lambda: ownership.legacy_url, timeout=settings.legacy_event_timeout_seconds)
         consumer, producer = _kafka_clients(settings)
         handlers = {topic: owned_handler(shop, et, ownership, legacy) for topic, et in topics.items()}

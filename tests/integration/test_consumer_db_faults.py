@@ -42,7 +42,9 @@ async def shops() -> AsyncIterator[tuple[Shop, Shop, TcpProxy]]:
         await proxy.start()
         proxied = direct.db.url.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
         try:
-            async with shop_resources(Settings.from_env({}, db_url=proxied), clock=lambda: NOW) as through_proxy:
+            # Without pre-ping, as the consumers process runs (consumers/app.py): a cut connection is
+            # found by its own error, invalidated, and the retried unit of work gets a fresh one.
+            async with shop_resources(Settings.from_env({}, db_url=proxied), clock=lambda: NOW, pre_ping=False) as through_proxy:
                 yield direct, through_proxy, proxy
         finally:
             await proxy.close()
