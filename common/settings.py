@@ -194,6 +194,12 @@ class Settings:
     # Delivering old shopping's share of the events to its POST /event/{name}: per-call timeout, pool size.
     legacy_event_timeout_seconds: float = setting("SHOP_LEGACY_EVENT_TIMEOUT_SECONDS", 10.0, number(0.1, 300.0))
     legacy_event_pool_size: int = setting("SHOP_LEGACY_EVENT_POOL", 32, whole(1, 10_000))
+    # The refund retrier of the consumers process (consumers/refund_retry.py): how often it looks for
+    # refunds due for another PSP submission (the backoff itself is shop.events.refund_backoff); 0 disables it.
+    refund_retry_seconds: float = setting("SHOP_REFUND_RETRY_SECONDS", 10.0, number(0.0, 3600.0))
+    # How long one submission of a refund (the PSP call with all its attempts) is given before the retrier
+    # may send it again (same key): a process that died mid-call leaves its refund pending this long.
+    refund_inflight_seconds: float = setting("SHOP_REFUND_INFLIGHT_SECONDS", 120.0, number(1.0, 86400.0))
     # The ROUTING_INTERPOLATION_VARS that are set; captured here so the loader never reads os.environ.
     interpolation_env: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
     # prometheus_client's own variable (it reads it at import): set by `shopping-edge --workers N`.
@@ -240,6 +246,13 @@ class Settings:
             raise SettingsError(
                 f"EDGE_ROUTE_MAX_INFLIGHT={self.route_max_inflight} is above EDGE_UPSTREAM_POOL={self.upstream_pool_size}:"
                 " a route's share of the pool cannot be more than the pool"
+            )
+        psp_call = self.psp_timeout_seconds * self.psp_max_attempts + self.psp_backoff_max_seconds * (self.psp_max_attempts - 1)
+        if self.refund_inflight_seconds <= psp_call:
+            raise SettingsError(
+                f"SHOP_REFUND_INFLIGHT_SECONDS={self.refund_inflight_seconds:g} is not above a PSP call's longest"
+                f" ({psp_call:g} s: SHOP_PSP_TIMEOUT_SECONDS × SHOP_PSP_MAX_ATTEMPTS + backoff): a refund still being"
+                " submitted would be submitted again"
             )
         for origin in self.cors_origins:
             if origin != "*" and urlsplit(origin).scheme not in ("http", "https"):

@@ -30,6 +30,7 @@ from consumers.legacy_delivery import LegacyDelivery, legacy_session
 from consumers.metrics import ConsumerMetrics, OutboxAge
 from consumers.outbox_relay import OutboxRelay, RelayMetrics
 from consumers.ownership import Ownership
+from consumers.refund_retry import refund_retrying
 from consumers.runner import ConsumerRunner, RunnerOptions
 from shop.bootstrap import Shop, shop_resources
 from shop.db import is_unavailable
@@ -188,8 +189,9 @@ async def run(settings: Settings, *, admin_host: str = "127.0.0.1", registry: Co
         flushing = contextlib.asynccontextmanager(flush_stdout_periodically)(None)
         sweeping = _expiry_sweeping(shop, settings, registry, lease_holder())
         outbox_age = _outbox_age_watching(shop, registry)
+        refunds = refund_retrying(shop, settings, registry, lease_holder())  # consumers/refund_retry.py
         async with flushing, _admin_site(admin_app(registry, shop, runner), admin_host, settings.consumer_admin_port), \
-                sweeping, outbox_age:
+                sweeping, outbox_age, refunds:
             if not (await _start_until_up(producer, "producer", stopping) and await _start_until_up(consumer, "consumer", stopping)):
                 return
             log.info("consumers_started", group=settings.consumer_group, topics=sorted(topics))

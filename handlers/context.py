@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator, Mapping
+from datetime import timedelta
 
 import aiohttp
 from aiohttp import web
@@ -21,6 +22,7 @@ from adapters.amounts import AmountError
 from adapters.errors import PspAuthRejected, PspError, PspTimeout
 from adapters.paypal import PayPalClient
 from adapters.retry import RetryPolicy
+from adapters.refunds import PspRefunds, psp_refunds
 from common.settings import Settings
 from shop.bootstrap import Shop, shop_resources
 from shop.payments import Gateways, PspFailure
@@ -32,6 +34,9 @@ PSP = web.AppKey("psp", Gateways)
 # The Adyen webhook bridge (handlers/payment_callback.py): the HMAC key, and each event type's topic.
 ADYEN_HMAC = web.AppKey("adyen_hmac", AdyenHmac)
 EVENT_TOPICS = web.AppKey("event_topics", Mapping)
+# The refund API's PSP calls (handlers/refund.py) and how long one may take before the retrier takes over.
+PSP_REFUNDS = web.AppKey("psp_refunds", PspRefunds)
+REFUND_INFLIGHT = web.AppKey("refund_inflight", timedelta)
 
 
 def setup_new_side(app: web.Application, settings: Settings) -> None:
@@ -52,6 +57,15 @@ def setup_new_side(app: web.Application, settings: Settings) -> None:
             yield
 
     app.cleanup_ctx.append(psp)
+
+    app[REFUND_INFLIGHT] = timedelta(seconds=settings.refund_inflight_seconds)
+
+    async def refunds(app: web.Application) -> AsyncIterator[None]:
+        async with psp_refunds(settings) as psp:
+            app[PSP_REFUNDS] = psp
+            yield
+
+    app.cleanup_ctx.append(refunds)
 
 
 def person_waiting(settings: Settings) -> RetryPolicy:

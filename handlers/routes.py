@@ -19,6 +19,7 @@ from handlers.orders import detail, paid_from_client, payment_methods
 from handlers.payment_callback import adyen_webhook
 from handlers.payments import adyen_pay, paypal_finished, paypal_pay
 from handlers.pricing import calc_price, coupons
+from handlers.refund import refund
 from shop.errors import NotMigrated
 
 NewHandler = Callable[[web.Request, Mapping[str, str]], Awaitable[web.StreamResponse]]
@@ -62,7 +63,7 @@ NEW_ROUTES: Mapping[str, NewRoute] = _routes(
     NewRoute("adyen_pay", "POST", "/adyen/any/{order_id}", adyen_pay),
     NewRoute("payment_methods", "GET", "/payment_methods/{order_id}", payment_methods),
     NewRoute("paid_from_client", "POST", "/paid_from_client/{order_id}", paid_from_client),
-    placeholder("refund", "POST", "/refund"),
+    NewRoute("refund", "POST", "/refund", refund),
     NewRoute("events", "POST", "/event/{name}", event),
     NewRoute("payment_callback", "POST", "/payment_callback/adyen", adyen_webhook),
 )

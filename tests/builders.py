@@ -56,6 +56,18 @@ async def insert_order(conn: Any, order_id: str, *, user_id: int = 1, status: st
     await conn.execute(t.orders.insert().values(**row))
 
 
+async def insert_payment(conn: Any, order_id: str, *, provider: str = "paypal", status: str = "captured",
+                         amount: D = D("96.07"), currency: str = "EUR", **values: Any) -> int:
+    """A payments row (captured by default) as the pay routes or old shopping write it; its id.
+    PayPal refunds need `capture_id`, Adyen's `psp_reference`."""
+    from shop import schema as t
+
+    row = {"order_id": order_id, "provider": provider, "method": provider, "status": status, "amount": amount,
+           "currency": currency, "created_at": NOW, "updated_at": NOW, **values}
+    inserted = await conn.execute(t.payments.insert().values(**row))
+    return int(inserted.inserted_primary_key[0])
+
+
 def shop_at(engine: AsyncEngine, now: datetime, *, reader: AsyncEngine | None = None) -> Shop:
     """A Shop on an existing engine whose clock stands still at `now` (for service functions under test)."""
     reader = reader or engine

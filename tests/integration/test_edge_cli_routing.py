@@ -51,15 +51,6 @@ def test_the_gunicorn_master_refuses_an_alias_bomb_at_once(tmp_path: Path) -> No
     assert "Traceback" not in done.stderr and took < 20
 
 
-def test_the_gunicorn_master_refuses_a_placeholder_route_dialled_up(tmp_path: Path) -> None:
-    routing = tmp_path / "routing.yaml"
-    text = ALL_ROUTES.read_text()
-    at = text.index("  refund:")
-    routing.write_text(text[:at] + text[at:].replace("new_percent: 0", "new_percent: 10", 1))
-    done, _ = _start(routing, tmp_path, 2)
-    assert done.returncode != 0 and "routes.refund (line" in done.stderr and "placeholder" in done.stderr
-
-
 
 def _healthy(admin: str) -> bool:
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))

@@ -9,9 +9,9 @@ a monitoring config nobody checked is worse than none.
 Metric names are a contract (shared spec edge.md, "Metrics" table): dashboards and alerts may
 use only those names, so a renamed metric breaks this test instead of silently emptying a
 panel or muting an alert. The consumers process also exports metrics the table does not list
-(issue 10: `outbox_unpublished` and the relay's counters, the expiry sweeper's): the consumers
-dashboard and the consumers/outbox alerts may use those too, and the live test checks every
-name they use against a scrape of the real process.
+(issue 10: `outbox_unpublished` and the relay's counters, the expiry sweeper's; issue 11: the
+refund retrier's `refund*`): the consumers dashboard and the consumers/outbox/refunds alerts may use
+those too, and the live test checks every name they use against a scrape of the real process.
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ CONTRACT_METRICS = CONTRACT_COUNTERS_AND_GAUGES | {
 }
 
 # The shopping-consumers process's own metrics, outside the spec's table (checked live, see above).
-CONSUMERS_OWN_PREFIXES = ("outbox_", "expiry_")
+CONSUMERS_OWN_PREFIXES = ("outbox_", "expiry_", "refund")
 
 EXPECTED_ALERTS = frozenset({
     "EdgeHighErrorRate",
@@ -77,6 +77,8 @@ EXPECTED_ALERTS = frozenset({
     "OutboxBacklogGrowing",
     "OutboxUnpublishedOld",
     "OutboxRelayFailing",
+    "RefundFailedForGood",
+    "RefundsRetryingPiling",
 })
 
 
@@ -267,7 +269,7 @@ def test_alerts_use_only_contract_metrics() -> None:
     exprs = {r["alert"]: r["expr"] for r in rules}
     assert all(metric_names(e) for e in exprs.values()), "an alert selects no metric at all"
     consumers = {r["alert"] for r in alert_rules(CONSUMERS_ALERT_GROUPS)}
-    assert consumers == {a for a in EXPECTED_ALERTS if a.startswith(("Consumer", "Outbox"))}
+    assert consumers == {a for a in EXPECTED_ALERTS if a.startswith(("Consumer", "Outbox", "Refund"))}
     assert _off_contract({a: e for a, e in exprs.items() if a not in consumers}) == {}, \
         "metric names not in the spec's Metrics table"
     assert _off_contract({a: e for a, e in exprs.items() if a in consumers}, CONSUMERS_OWN_PREFIXES) == {}, \
@@ -280,6 +282,8 @@ LABEL_NAMED = {
     "OutboxBacklogGrowing": "$labels.instance",
     "OutboxRelayFailing": "$labels.instance",
     "OutboxUnpublishedOld": "$labels.job",  # every process reads the same database: one alert per job
+    "RefundFailedForGood": "$labels.job",  # refunds_in_state too
+    "RefundsRetryingPiling": "$labels.job",
 }
 
 

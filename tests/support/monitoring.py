@@ -21,8 +21,8 @@ DASHBOARDS = {
     "edge": GRAFANA / "dashboards" / "edge.json",
     "consumers": GRAFANA / "dashboards" / "consumers.json",
 }
-# alerts.yml groups about the shopping-consumers process (its consumers and its outbox relay).
-CONSUMERS_ALERT_GROUPS = ("consumers", "outbox")
+# alerts.yml groups about the shopping-consumers process (its consumers, its outbox relay, its refund retrier).
+CONSUMERS_ALERT_GROUPS = ("consumers", "outbox", "refunds")
 
 
 # ---------------------------------------------------------------------------------- promtool

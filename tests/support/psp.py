@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 
 import aiohttp
@@ -91,3 +92,22 @@ class Psp:
     async def approve(self, approve_url: str) -> int:
         async with self.session.get(approve_url, allow_redirects=False) as resp:
             return resp.status
+
+    async def paypal_capture(self, reference: str, amount: Decimal, currency: str) -> str:
+        """A PayPal order for `amount`, approved and captured (COMPLETED) in the emulator: its capture id."""
+        client = self.paypal()
+        order = await client.create_order(reference=reference, amount=amount, currency=currency,
+                                          request_id=f"create-{reference}")
+        assert order.approve_url and await self.approve(order.approve_url) == 200
+        captured = await client.capture_order(order.id, request_id=f"capture-{reference}")
+        assert captured.paid and captured.capture is not None
+        return captured.capture.id
+
+    async def adyen_payment(self, reference: str, amount: Decimal, currency: str) -> str:
+        """An Adyen card payment for `amount`, authorised (and auto-captured) in the emulator: its pspReference."""
+        payment = await self.adyen().pay(reference=reference, amount=amount, currency=currency,
+                                         payment_method={"type": "scheme", "number": "4111111111111111",
+                                                         "holderName": "Ada"},
+                                         return_url="https://shop.example/r", idempotency_key=f"pay-{reference}")
+        assert payment.authorised and payment.psp_reference
+        return payment.psp_reference
