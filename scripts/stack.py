@@ -16,6 +16,11 @@ In start order:
   routing.yaml `consumers:` says which side applies each event type; the idempotent producer is
   off (SHOP_KAFKA_IDEMPOTENCE=false): the Tansu broker refuses InitProducerId.
 
+Internal callers (the refund API `/refund/refund`, the direct `/order2/…` paths, `make demo-traffic`'s
+refunds) need `SHOP_SERVICE_TOKEN`: the one in the environment if set, else a random one made at each
+start, given to the edge, old shopping and the consumers and written to `<var>/service-token` (0600)
+for the demo and for curl.
+
 Everything listens on 127.0.0.1: a demo stack is for this machine. `--host 0.0.0.0` opens the
 edge's public port (only that one) to other machines; the banner says which it is.
 
@@ -30,6 +35,7 @@ import asyncio
 import contextlib
 import json
 import os
+import secrets
 import signal
 import sqlite3
 import subprocess
@@ -176,6 +182,20 @@ def has_demo_data(db_file: Path) -> bool:
         return False
 
 
+SERVICE_TOKEN_FILE = "service-token"
+
+
+def service_token(settings: Settings, var: Path) -> str:
+    """SHOP_SERVICE_TOKEN if set, else a fresh random one; written to var/service-token, readable by this user only."""
+    token = settings.service_token or secrets.token_urlsafe(24)
+    path = var / SERVICE_TOKEN_FILE
+    path.unlink(missing_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="ascii") as out:
+        out.write(token + "\n")
+    return token
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description="Run the local shopping stack")
     parser.add_argument("--fresh", action="store_true", help="re-create and re-seed var/shop.db")
@@ -217,6 +237,8 @@ def main() -> int:
         "ADYEN_BASE_URL": f"http://127.0.0.1:{8091 + offset}",
         "EDGE_ROUTING_FILE": str(args.routing.resolve()),
         "SHOP_KAFKA_BOOTSTRAP": f"127.0.0.1:{9092 + offset}",
+        # Internal callers' bearer token (the refund API; both sides check it).
+        "SHOP_SERVICE_TOKEN": service_token(settings, var),
         # The bundled Tansu broker answers InitProducerId with UnknownError (issue 10 §6).
         "SHOP_KAFKA_IDEMPOTENCE": "false",
         "PYTHONUNBUFFERED": "1",
@@ -245,7 +267,8 @@ def main() -> int:
             print(f"  {comp.name:9} {comp.where}", flush=True)
         if not stopping:
             print(f"\nready: try  curl -s -H 'X-User-Id: 1' http://127.0.0.1:{8080 + offset}/shopping/cart", flush=True)
-            print("       and  make demo-traffic  (shoppers, and the payment system's Kafka events)", flush=True)
+            print("       and  make demo-traffic  (shoppers checking out, paying with PayPal and Adyen, refunds)", flush=True)
+            print(f"service token (internal calls: /refund/refund, /order2/…) in {var / SERVICE_TOKEN_FILE}", flush=True)
             print(f"logs in {var / 'log'}; Ctrl-C stops everything.", flush=True)
         while not stopping:
             for comp, proc in procs:

@@ -20,10 +20,17 @@ emulators/legacy answers the same, so a shadow diff shows only ``server_time``):
                  "wallet_deduction", "total"},                           # money strings
      "status_history": [{"from": null | "…", "to": "…", "at": "…Z"}],   # by (created_at, id)
      "address": {…the JSON snapshot as stored…} | null,   # a snapshot stored as JSON text is parsed
-     "payments": [{"provider": "adyen", "status": "authorized", "amount": "96.07",
-                   "currency": "EUR"}],                                  # by id; no PSP references
-     "refunds": [{"amount": "10.00", "status": "succeeded"}],           # by id
+     "payments": [{"provider": "adyen", "method": "scheme" | null, "status": "authorized",
+                   "amount": "96.07", "currency": "EUR", "created_at": "…Z"}],       # by id
+     "refunds": [{"provider": "adyen" | null, "amount": "10.00", "currency": "EUR",
+                  "status": "succeeded", "created_at": "…Z"}],                       # by id
      "server_time": "…Z"}
+
+Payments and refunds are what the buyer may know: who (provider; a refund's is its payment's,
+null when that row is missing or another order's), how (``method``: paypal_pay's ``{ptype}`` or Adyen's
+``paymentMethod.type``, null for a row a webhook's event inserted), where it stands, how much, when.
+Never a PSP reference (Adyen pspReference, PayPal order / capture ids), an idempotency key, a
+request id, a refund's reason or attempts, or a row id (docs/decisions.md "Issue 11: detail and demo").
 
 Money is a decimal string with exactly the currency's ``forex_rates.exponent`` places, rounded
 half up: order, item and summary amounts in the order's currency (2 places when it has no
@@ -133,10 +140,13 @@ async def order_detail(db: AsyncEngine, order_id: str, user_id: int | None, now:
             select(i.sku_id, i.name, i.qty, *(i[name] for name in _ITEM_MONEY)).where(i.order_id == order.id).order_by(i.id)
         )).all()
         payments = (await conn.execute(
-            select(p.provider, p.status, p.amount, p.currency).where(p.order_id == order.id).order_by(p.id)
+            select(p.provider, p.method, p.status, p.amount, p.currency, p.created_at)
+            .where(p.order_id == order.id).order_by(p.id)
         )).all()
         refunds = (await conn.execute(
-            select(r.amount, r.currency, r.status).where(r.order_id == order.id).order_by(r.id)
+            select(p.provider, r.amount, r.currency, r.status, r.created_at)
+            .select_from(t.refunds.outerjoin(t.payments, (p.id == r.payment_id) & (p.order_id == r.order_id)))
+            .where(r.order_id == order.id).order_by(r.id)
         )).all()
         exponents = await _exponents(conn, [order.currency, *(x.currency for x in payments), *(x.currency for x in refunds)])
     order_exponent = exponents.get(order.currency, DEFAULT_EXPONENT)
@@ -161,10 +171,15 @@ async def order_detail(db: AsyncEngine, order_id: str, user_id: int | None, now:
         "status_history": [{"from": x.from_status, "to": x.to_status, "at": iso(x.history_at)} for x in history],
         "address": _snapshot(order.address),
         "payments": [
-            {"provider": x.provider, "status": x.status, "amount": m(x.amount, x.currency), "currency": x.currency}
+            {"provider": x.provider, "method": x.method, "status": x.status, "amount": m(x.amount, x.currency),
+             "currency": x.currency, "created_at": iso(x.created_at)}
             for x in payments
         ],
-        "refunds": [{"amount": m(x.amount, x.currency), "status": x.status} for x in refunds],
+        "refunds": [
+            {"provider": x.provider, "amount": m(x.amount, x.currency), "currency": x.currency, "status": x.status,
+             "created_at": iso(x.created_at)}
+            for x in refunds
+        ],
         "server_time": iso(now),
     }
 

@@ -14,12 +14,14 @@ Detail ``data``::
                  "wallet_deduction", "total"},
      "status_history": [{"from", "to", "at"}],
      "address": <the snapshot taken when the order was placed, as stored>,
-     "payments": [{"provider", "status", "amount", "currency"}],
-     "refunds": [{"amount", "status"}],
+     "payments": [{"provider", "method", "status", "amount", "currency", "created_at"}],
+     "refunds": [{"provider", "amount", "currency", "status", "created_at"}],
      "server_time"}
 
 Money is a string with the currency's exponent; timestamps are ISO seconds with ``Z``. The
-history leaves out who made a change (internal), payments leave out PSP references.
+history leaves out who made a change (internal); payments and refunds leave out PSP references
+(pspReference, PayPal order and capture ids), idempotency keys, request ids and the refund's reason.
+A refund's provider is its payment's (null when that payment row is missing or another order's).
 ``server_time`` is the only field that differs between two reads of an unchanged order.
 
 The payment-method list was hard-coded in old shopping (the seed says so) and is kept that
@@ -81,13 +83,15 @@ async def detail(request: web.Request) -> web.Response:
             select(h.from_status, h.to_status, h.created_at).where(h.order_id == order.id).order_by(h.created_at, h.id)
         )).all()
         pays = (await conn.execute(
-            select(p.provider, p.status, p.amount, p.currency).where(p.order_id == order.id).order_by(p.id)
+            select(p.id, p.provider, p.method, p.status, p.amount, p.currency, p.created_at)
+            .where(p.order_id == order.id).order_by(p.id)
         )).all()
         refs = (await conn.execute(
-            select(r.amount, r.currency, r.status).where(r.order_id == order.id).order_by(r.id)
+            select(r.amount, r.currency, r.status, r.created_at, r.payment_id).where(r.order_id == order.id).order_by(r.id)
         )).all()
 
     exp = exponents.get(order.currency, 2)
+    providers = {pay.id: pay.provider for pay in pays}
     return ok({
         "order_id": order.id,
         "status": order.status,
@@ -105,11 +109,16 @@ async def detail(request: web.Request) -> web.Response:
         "status_history": [{"from": row.from_status, "to": row.to_status, "at": iso(row.created_at)} for row in history],
         "address": _snapshot(order.address),
         "payments": [
-            {"provider": pay.provider, "status": pay.status,
-             "amount": fmt(pay.amount, exponents.get(pay.currency, exp)), "currency": pay.currency}
+            {"provider": pay.provider, "method": pay.method, "status": pay.status,
+             "amount": fmt(pay.amount, exponents.get(pay.currency, exp)), "currency": pay.currency,
+             "created_at": iso(pay.created_at)}
             for pay in pays
         ],
-        "refunds": [{"amount": fmt(ref.amount, exponents.get(ref.currency, exp)), "status": ref.status} for ref in refs],
+        "refunds": [
+            {"provider": providers.get(ref.payment_id), "amount": fmt(ref.amount, exponents.get(ref.currency, exp)),
+             "currency": ref.currency, "status": ref.status, "created_at": iso(ref.created_at)}
+            for ref in refs
+        ],
         "server_time": iso(now()),
     })
 

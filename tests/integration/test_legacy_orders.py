@@ -502,8 +502,12 @@ async def test_detail_for_the_owner(client: TestClient, db: AsyncEngine) -> None
     assert data["summary"] == WORKED_SUMMARY
     assert data["status_history"] == [{"from": None, "to": "pending_payment", "at": data["created_at"]}]
     assert data["address"]["zip"] == "10115" and data["address"]["country"] == "DE"
-    assert data["payments"] == [{"provider": "adyen", "status": "captured", "amount": "96.07", "currency": "EUR"}]
-    assert data["refunds"] == [{"amount": "10.00", "status": "pending"}]
+    [payment], [refund] = data["payments"], data["refunds"]
+    assert ISO_Z.match(payment["created_at"]) and ISO_Z.match(refund["created_at"])
+    assert {**payment, "created_at": "…"} == {"provider": "adyen", "method": "card", "status": "captured", "amount": "96.07",
+                                              "currency": "EUR", "created_at": "…"}
+    assert {**refund, "created_at": "…"} == {"provider": "adyen", "amount": "10.00", "currency": "EUR", "status": "pending",
+                                             "created_at": "…"}
     assert "SECRET" not in await resp.text()
 
     # Two reads of an unchanged order differ in server_time only.

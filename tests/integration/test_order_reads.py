@@ -22,7 +22,7 @@ from shop.db import make_engine
 from shop.errors import NotFound
 from shop.order_views import order_detail, paid_from_client, payment_methods_for
 from shop.seed import demo_rows
-from tests.builders import NOW, insert_order, shop_at
+from tests.builders import NOW, insert_order, insert_payment, shop_at
 from tests.support.edge import dead_url, detail_route, edge_settings, internal_headers, routing_doc, write_routing
 from tests.support.shopdb import seed_database
 
@@ -74,10 +74,61 @@ async def add_orders(engine: AsyncEngine) -> None:
             psp_reference="REFSECRET456", request_id="req-1", created_at=NOW, updated_at=NOW,
         ))
         await insert_order(conn, "ORD2", user_id=2)  # someone else's
+        await insert_paid_order(conn)
         await insert_order(conn, "JP1", region="JP", currency="JPY", fx_rate=D("151.2"), subtotal=D(18821),
                            mall_discount=D(0), coupon_discount=D(0), shipping_fee=D(1814), tariff=D("1882.4"),
                            wallet_deduction=D(0), total=D(22517), base_total=D("148.92"))
         await conn.execute(insert(t.order_items), [item("JP1", 3, "Headphones", 1, "8921", "8921", "0", "0", "892.1")])
+
+
+PAID_AT = NOW + timedelta(minutes=3)
+
+
+async def insert_paid_order(conn: Any) -> None:
+    """PAID1 (user 1, KWD): payments by both PSPs with every reference and key a writer stores, a payment
+    without a method (a webhook's event inserted it), refunds in three states, one whose payment is another
+    order's and one whose payment row is gone."""
+    await insert_order(conn, "PAID1", status="partially_refunded", currency="KWD", total=D("29.541"), paid_at=PAID_AT)
+    await insert_order(conn, "ORD3", user_id=2, status="paid")
+    failed = await insert_payment(conn, "PAID1", provider="adyen", method="scheme", status="failed", amount=D("29.541"),
+                                  currency="KWD", psp_reference="ADYENREF-SECRET-1", idempotency_key="new-ad-SECRETKEY1",
+                                  created_at=NOW + timedelta(seconds=61))
+    captured = await insert_payment(conn, "PAID1", provider="paypal", method="paypal", amount=D("29.541"), currency="KWD",
+                                    psp_reference="CAPTURE-SECRET-2", paypal_order_id="PPORDER-SECRET-3",
+                                    capture_id="CAPTURE-SECRET-2", idempotency_key="legacy-SECRETKEY2",
+                                    created_at=PAID_AT.replace(microsecond=999999))
+    await insert_payment(conn, "PAID1", provider="adyen", method=None, status="authorized", amount=D("0.100"),
+                         currency="KWD", psp_reference="ADYENREF-SECRET-4", created_at=PAID_AT)
+    other = await insert_payment(conn, "ORD3", provider="adyen", psp_reference="ADYENREF-SECRET-5")
+    refund = {"order_id": "PAID1", "currency": "KWD", "psp_reference": "REFUND-SECRET-6", "reason": "SECRET note",
+              "attempts": 2, "created_at": PAID_AT + timedelta(minutes=1), "updated_at": PAID_AT}
+    await conn.execute(insert(t.refunds), [
+        {**refund, "payment_id": captured, "amount": D("10"), "status": "succeeded", "request_id": "SECRET-req-1"},
+        {**refund, "payment_id": captured, "amount": D("5.5"), "status": "retrying", "request_id": "SECRET-req-2",
+         "next_attempt_at": PAID_AT + timedelta(minutes=2)},
+        {**refund, "payment_id": failed, "amount": D("1"), "status": "failed", "request_id": "SECRET-req-3"},
+        {**refund, "payment_id": other, "amount": D("2"), "status": "pending", "request_id": "SECRET-req-4"},
+        {**refund, "payment_id": 999_999, "amount": D("3"), "status": "submitted", "request_id": "SECRET-req-5"},
+    ])
+
+
+# What PAID1's detail shows of its payments and refunds, on both sides.
+PAID1_PAYMENTS = [
+    {"provider": "adyen", "method": "scheme", "status": "failed", "amount": "29.541", "currency": "KWD",
+     "created_at": "2026-06-01T12:01:01Z"},
+    {"provider": "paypal", "method": "paypal", "status": "captured", "amount": "29.541", "currency": "KWD",
+     "created_at": "2026-06-01T12:03:00Z"},
+    {"provider": "adyen", "method": None, "status": "authorized", "amount": "0.100", "currency": "KWD",
+     "created_at": "2026-06-01T12:03:00Z"},
+]
+PAID1_REFUNDS = [
+    {"provider": "paypal", "amount": "10.000", "currency": "KWD", "status": "succeeded", "created_at": "2026-06-01T12:04:00Z"},
+    {"provider": "paypal", "amount": "5.500", "currency": "KWD", "status": "retrying", "created_at": "2026-06-01T12:04:00Z"},
+    {"provider": "adyen", "amount": "1.000", "currency": "KWD", "status": "failed", "created_at": "2026-06-01T12:04:00Z"},
+    # Its payment is another order's, or gone: no provider rather than someone else's.
+    {"provider": None, "amount": "2.000", "currency": "KWD", "status": "pending", "created_at": "2026-06-01T12:04:00Z"},
+    {"provider": None, "amount": "3.000", "currency": "KWD", "status": "submitted", "created_at": "2026-06-01T12:04:00Z"},
+]
 
 
 @pytest.fixture
@@ -162,11 +213,25 @@ async def test_owner_sees_the_detail_with_exact_money(edge: TestClient) -> None:
             {"from": "pending_payment", "to": "payment_confirming", "at": "2026-06-01T12:00:05Z"},
         ],
         "address": ADDRESS,
-        "payments": [{"provider": "adyen", "status": "authorized", "amount": "96.07", "currency": "EUR"}],
-        "refunds": [{"amount": "10.00", "status": "succeeded"}],
+        "payments": [{"provider": "adyen", "method": "card", "status": "authorized", "amount": "96.07", "currency": "EUR",
+                      "created_at": "2026-06-01T12:00:00Z"}],
+        "refunds": [{"provider": "adyen", "amount": "10.00", "currency": "EUR", "status": "succeeded",
+                     "created_at": "2026-06-01T12:00:00Z"}],
     }
     text = str(body)
     assert "SECRET" not in text and "idem-secret" not in text
+
+
+async def test_payments_and_refunds_show_what_the_buyer_may_know(edge: TestClient) -> None:
+    status, body = await call(edge, "GET", detail_path("PAID1"))
+    assert status == 200
+    d = body["data"]
+    assert (d["status"], d["paid_at"]) == ("partially_refunded", "2026-06-01T12:03:00Z")
+    assert d["payments"] == PAID1_PAYMENTS
+    assert d["refunds"] == PAID1_REFUNDS
+    # No PSP reference, PayPal order or capture id, idempotency key, request id, reason or row id.
+    text = str(body)
+    assert "SECRET" not in text and "999999" not in text, text
 
 
 async def test_jpy_detail_has_no_decimals(edge: TestClient) -> None:
@@ -253,6 +318,9 @@ async def test_detail_has_old_shoppings_shape(edge: TestClient, aiohttp_client, 
 
     old, new = await both("JP1")
     assert old == new
+    old, new = await both("PAID1")
+    assert old == new and old["payments"] == PAID1_PAYMENTS and old["refunds"] == PAID1_REFUNDS
+    assert "SECRET" not in str(old)
     old, new = await both("ORD1")
     # 2.4650 is stored with four places: old shopping rounds the float (2.46499…) down, the new
     # side rounds the decimal half up. Expected ±0.01 noise (domain.md), and nothing else differs.

@@ -1,7 +1,9 @@
 """Old shopping and the new side writing the same orders, through the edge at 50 %.
 
 Orders placed by either side are listed by old shopping's order list with their current status,
-read identically by both sides' detail, and moved by either side's paid_from_client.
+read identically by both sides' detail, and moved by either side's paid_from_client. Orders paid
+and refunded through either side (the PSP emulator behind both) show the same payments and
+refunds in both sides' detail.
 """
 
 from __future__ import annotations
@@ -18,8 +20,12 @@ from prometheus_client import CollectorRegistry
 from emulators.legacy import create_app as create_legacy_app
 from proxy.app import SHADOWER, create_app
 from proxy.gray import bucket_of
-from tests.support.edge import calc_price_route, edge_settings, internal_headers, routing_doc, write_routing
+from tests.support.edge import SERVICE_TOKEN, calc_price_route, edge_settings, internal_headers, routing_doc, write_routing
+from tests.support.payments import ADYEN_BODY, PAY_ROUTES, legacy_psp, psp_settings
+from tests.support.psp import Psp
 from tests.support.shopdb import demo_buyers, seed_database
+
+pytest_plugins = ["tests.support.psp_fixtures"]
 
 
 def route(path: str, method: str, percent: float, **extra: Any) -> dict[str, Any]:
@@ -98,13 +104,19 @@ async def test_orders_from_both_sides_are_one_shop(sides) -> None:
     # The shadowed detail reads agree: no mismatching field.
     for user, (order_id, _) in placed.items():
         assert (await call(edge, "GET", f"/shopping/orders_v43/{order_id}", user))[0] == 200
+    outcomes = await shadowed_detail(edge)
+    assert outcomes["match"] == len(placed)
+    assert outcomes["mismatch"] == 0
+
+
+async def shadowed_detail(edge: TestClient) -> Any:
+    """The detail route's shadow outcomes once every shadowed read has been compared."""
     shadower = edge.server.app[SHADOWER]
     deadline = time.monotonic() + 10
     while shadower.inflight or shadower.worker.done < shadower.worker.submitted:
         assert time.monotonic() < deadline
         await asyncio.sleep(0.02)
-    assert shadower.outcomes["detail"]["match"] == len(placed)
-    assert shadower.outcomes["detail"]["mismatch"] == 0
+    return shadower.outcomes["detail"]
 
 
 @pytest.mark.parametrize("percent", [0, 20, 80, 100])
@@ -141,3 +153,81 @@ async def test_checkout_works_at_every_gray_share(sides, percent: float) -> None
         _, listing, _ = await call(legacy, "GET", "/shopping/orders", user)
         assert [(o["id"], o["status"]) for o in listing["data"]["orders"]] == [(order_id, "payment_confirming")]
     assert sides_seen == ({"legacy"} if percent == 0 else {"new"} if percent == 100 else {"new", "legacy"})
+
+
+# --- payments and refunds, either side ------------------------------------------------------------
+
+
+@pytest.fixture
+async def paying_sides(aiohttp_server, aiohttp_client, tmp_path: Path, db_url: str, psp: Psp):
+    """Both sides paying through one PSP emulator: checkout, the pay routes and refund at 50 % each."""
+    await seed_database(db_url)
+    legacy_server = await aiohttp_server(create_legacy_app(db_url, psp=legacy_psp(psp), service_token=SERVICE_TOKEN))
+    legacy_url = str(legacy_server.make_url("")).rstrip("/")
+    pay = {name: route(path, "POST", 50, writes=True, timeout_ms=10000) for name, path in PAY_ROUTES.items()}
+    refund = route("/refund/refund", "POST", 50, writes=True, timeout_ms=10000)
+    routing = write_routing(tmp_path / "routing.yaml", routing_doc(legacy_url, **routes(50), **pay, refund=refund))
+    settings = edge_settings(routing, legacy_url, db_url=db_url, **psp_settings(psp))
+    edge = await aiohttp_client(create_app(settings, registry=CollectorRegistry()))
+    legacy = TestClient(legacy_server)
+    await legacy.start_server()
+    yield edge, legacy
+    await legacy.close()
+
+
+async def test_payments_and_refunds_read_the_same_on_both_sides_whoever_wrote_them(paying_sides, psp: Psp) -> None:
+    edge, legacy = paying_sides
+    orders: dict[int, str] = {}
+    writers: set[str] = set()
+    for n, user in enumerate(demo_buyers(10)):
+        body = {"address_id": user, "currency": "EUR"}
+        _, priced, _ = await call(edge, "POST", "/shopping/cal_price/v4_4", user, body)
+        status, placed, _ = await call(edge, "POST", "/shopping/cart/checkout/entries", user,
+                                       {**body, "expected_total": priced["data"]["summary"]["total"]},
+                                       **{"Idempotency-Key": f"pay-both-{user}"})
+        assert status == 200, placed
+        order_id = orders[user] = placed["data"]["order_id"]
+        if n % 3 == 2:  # a card: authorized (the capture would come by webhook)
+            status, paid, side = await call(edge, "POST", f"/shopping/orders/{order_id}/pay/any/adyen", user, ADYEN_BODY)
+            assert (status, paid["data"]["resultCode"]) == (200, "Authorised"), paid
+            writers.add(side)
+            continue
+        status, made, side = await call(edge, "POST", f"/shopping/orders/{order_id}/pay/paypal/paypal", user)
+        assert status == 200, made
+        writers.add(side)
+        assert await psp.approve(made["data"]["approve_url"]) == 200
+        status, done, _ = await call(edge, "POST", f"/shopping/orders/{order_id}/paypal_finished/{made['data']['pay_id']}",
+                                     user)
+        assert (status, done["data"]["status"]) == (200, "paid"), done
+        # A part back, then (every other order) the rest: the buyer's bucket picks the side, as for the checkout.
+        for k, amount in enumerate(("10.00", None) if n % 2 else ("10.00",)):
+            ask = {"order_id": order_id, "request_id": f"both-{order_id}-{k}", "reason": "demo",
+                   **({} if amount is None else {"amount": amount})}
+            status, back, side = await call(edge, "POST", "/refund/refund", user, ask, **internal_headers())
+            assert (status, back["data"]["status"]) == (200, "succeeded"), back
+            writers.add(side)
+    assert writers == {"new", "legacy"}
+
+    seen: set[tuple[str, str]] = set()
+    for user, order_id in orders.items():
+        _, new_view, _ = await call(edge, "GET", f"/order2/detail/{order_id}", user, **internal_headers())
+        _, old_view, _ = await call(legacy, "GET", f"/shopping/orders_v43/{order_id}", user)
+        new_view["data"].pop("server_time"), old_view["data"].pop("server_time")
+        assert new_view == old_view
+        d = new_view["data"]
+        assert d["payments"], d
+        seen |= {(p["provider"], p["status"]) for p in d["payments"]} | {("refund", r["status"]) for r in d["refunds"]}
+        assert all(set(p) == {"provider", "method", "status", "amount", "currency", "created_at"} for p in d["payments"])
+        assert all(set(r) == {"provider", "amount", "currency", "status", "created_at"} for r in d["refunds"])
+        assert d["status"] in ("authorized", "partially_refunded", "refunded"), d
+    assert seen == {("paypal", "captured"), ("adyen", "authorized"), ("refund", "succeeded")}
+    state = await psp.state()
+    # Nothing the PSPs know an order or a payment by is in any detail.
+    references = {*state["paypal"]["orders"], *state["paypal"]["captures"], *state["adyen"]["payments"]}
+    assert len(references) > len(orders)  # a PayPal order and its capture, or an Adyen payment, per order
+    for user, order_id in orders.items():
+        text = await (await edge.get(f"/shopping/orders_v43/{order_id}", headers={"X-User-Id": str(user)})).text()
+        assert not any(ref in text for ref in references), text
+    # The edge's shadow diff of those reads (each answered by one side, compared with the other) agrees.
+    outcomes = await shadowed_detail(edge)
+    assert (outcomes["match"], outcomes["mismatch"]) == (len(orders), 0)

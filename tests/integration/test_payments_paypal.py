@@ -67,7 +67,8 @@ async def test_pay_approve_finish_pays_the_order_with_purchased_and_noti(shopper
     # The detail shows the payment, and nothing of PayPal's ids.
     resp = await shopper.edge.get(f"/order2/detail/{order_id}", headers=internal_headers(**{"X-User-Id": "1"}))
     detail = (await resp.json())["data"]
-    assert detail["payments"] == [{"provider": "paypal", "status": "captured", "amount": "96.07", "currency": "EUR"}]
+    assert [{k: v for k, v in p.items() if k != "created_at"} for p in detail["payments"]] == [
+        {"provider": "paypal", "method": "paypal", "status": "captured", "amount": "96.07", "currency": "EUR"}]
     assert capture_id not in str(detail) and data["paypal_order_id"] not in str(detail)
 
 
