@@ -138,7 +138,9 @@ async def _refund(conn: AsyncConnection, psp_reference: str, merchant_reference:
     joined = select(r.id, r.order_id).select_from(t.refunds.join(t.payments, p.id == r.payment_id)).where(p.provider == PROVIDER)
     row = (await conn.execute(joined.where(r.psp_reference == psp_reference).limit(1))).first()
     if row is None and merchant_reference is not None and original is not None:
-        by_ours = r.id == int(merchant_reference) if merchant_reference.isdigit() and len(merchant_reference) < 19 else None
+        # Our refund's reference: `refund-<id>` from the new side (shop/refunds.py), `<id>` from old shopping.
+        ours = merchant_reference.removeprefix("refund-")
+        by_ours = r.id == int(ours) if ours.isdigit() and len(ours) < 19 else None
         by_request = r.request_id == merchant_reference
         condition = by_request if by_ours is None else (by_ours | by_request)
         row = (await conn.execute(joined.where(condition, p.psp_reference == original).limit(1))).first()
