@@ -55,10 +55,11 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
+from functools import lru_cache
 from typing import Any, Literal, Protocol, TypeVar
 
 import structlog
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import Update, bindparam, delete, func, insert, select, update
 
 from shop import order_states as st
 from shop import schema as t
@@ -66,6 +67,7 @@ from shop.bootstrap import Shop
 from shop.errors import BadRequest, LoginRequired, NotFound, ShopError, Unprocessable, UpstreamError, UpstreamTimeout
 from shop.money import quantum
 from shop.order_views import order_not_found, well_formed_order_id
+from shop.reference import Forex
 from shop.uow import UnitOfWork
 
 log = structlog.get_logger("shop.payments")
@@ -251,19 +253,53 @@ class _Order:
     expires_at: datetime | None
 
 
-async def _owned_order(uow: UnitOfWork, order_id: str, user_id: int | None, *, lock: bool = False) -> _Order:
-    """The caller's order (401 anonymous; 404 for a missing order, another user's, an id that is not one)."""
+# The hot path's statements, built once and run with parameters (building a statement per call costs about
+# as much CPU as running it).
+_O, _P = t.orders.c, t.payments.c
+_ORDER = select(_O.id, _O.user_id, _O.status, _O.total, _O.currency, _O.expires_at) \
+    .where(_O.id == bindparam("order_id"))
+# The order row alone: a lock on its forex row would queue every payment in that currency.
+_ORDER_LOCKED = _ORDER.with_for_update()
+_EXPONENT = select(t.forex_rates.c.exponent).where(t.forex_rates.c.currency == bindparam("currency"))
+_UNANSWERED = {
+    provider: select(_P.id, _P.idempotency_key).where(
+        _P.order_id == bindparam("order_id"), _P.provider == provider, _P.status == "created",
+        (_P.paypal_order_id if provider == "paypal" else _P.psp_reference).is_(None),
+        _P.idempotency_key.like(bindparam("key_like")), _P.amount == bindparam("amount"),
+        _P.currency == bindparam("currency"),
+    ).order_by(_P.id.desc()).limit(1)
+    for provider in KEY_PREFIX
+}
+_PAYMENT_INSERT = insert(t.payments)
+_SAME_PSP_PAYMENT = select(_P.id).where(_P.provider == bindparam("provider"),
+                                        _P.psp_reference == bindparam("psp_reference"), _P.id != bindparam("pay_id"))
+
+
+@lru_cache(maxsize=32)
+def _payment_update(columns: tuple[str, ...]) -> Update:
+    """UPDATE payments SET `columns` (+ updated_at) WHERE id = :pay_id AND status IN :sources."""
+    return update(t.payments).where(_P.id == bindparam("pay_id"), _P.status.in_(bindparam("sources", expanding=True))) \
+        .values(updated_at=bindparam("v_updated_at"), **{c: bindparam(f"v_{c}") for c in columns})
+
+
+async def _owned_order(uow: UnitOfWork, order_id: str, user_id: int | None, *, lock: bool = False,
+                       forex: Mapping[str, Forex] | None = None) -> _Order:
+    """The caller's order (401 anonymous; 404 for a missing order, another user's, an id that is not one).
+
+    `forex`: the reference cache's currencies; their exponent spares a query (the one pricing used for the
+    total). A currency it lacks is read from the table."""
     if user_id is None:
         raise LoginRequired()
     if not well_formed_order_id(order_id):
         raise order_not_found()
-    o, f = t.orders.c, t.forex_rates.c
-    query = select(o.id, o.user_id, o.status, o.total, o.currency, o.expires_at).where(o.id == order_id)
-    # The order row alone: a lock on its forex row would queue every payment in that currency.
-    row = (await uow.conn.execute(query.with_for_update() if lock else query)).first()
+    row = (await uow.conn.execute(_ORDER_LOCKED if lock else _ORDER, {"order_id": order_id})).first()
     if row is None or row.user_id != user_id:
         raise order_not_found()
-    exponent = (await uow.conn.execute(select(f.exponent).where(f.currency == row.currency))).scalar()
+    cached = None if forex is None else forex.get(row.currency)
+    if cached is not None:
+        exponent: int | None = cached.exponent
+    else:
+        exponent = (await uow.conn.execute(_EXPONENT, {"currency": row.currency})).scalar()
     places = 2 if exponent is None else int(exponent)
     return _Order(row.id, row.user_id, row.status, Decimal(row.total).quantize(quantum(places)), row.currency,
                   row.expires_at)
@@ -277,26 +313,22 @@ def _refuse_unless_payable(order: _Order, uow: UnitOfWork) -> None:
         raise st.InvalidState(data={"status": order.status, "reason": "expired"})
 
 
-async def open_attempt(uow: UnitOfWork, provider: Provider, order_id: str, user_id: int | None, method: str) -> Attempt:
+async def open_attempt(uow: UnitOfWork, provider: Provider, order_id: str, user_id: int | None, method: str, *,
+                       forex: Mapping[str, Forex] | None = None) -> Attempt:
     """The attempt a pay call sends: the order's unresolved one of `provider` if there is one, else a new row."""
-    order = await _owned_order(uow, order_id, user_id, lock=True)
+    order = await _owned_order(uow, order_id, user_id, lock=True, forex=forex)
     _refuse_unless_payable(order, uow)
-    p = t.payments.c
-    unanswered = p.paypal_order_id.is_(None) if provider == "paypal" else p.psp_reference.is_(None)
     prefix = KEY_PREFIX[provider]
-    pending = (await uow.conn.execute(
-        select(p.id, p.idempotency_key).where(
-            p.order_id == order.id, p.provider == provider, p.status == "created", unanswered,
-            p.idempotency_key.like(prefix + "%"), p.amount == order.amount, p.currency == order.currency,
-        ).order_by(p.id.desc()).limit(1)
-    )).first()
+    pending = (await uow.conn.execute(_UNANSWERED[provider], {
+        "order_id": order.id, "key_like": prefix + "%", "amount": order.amount, "currency": order.currency,
+    })).first()
     if pending is not None:
         return Attempt(pending.id, pending.idempotency_key, order.id, order.user_id, order.amount, order.currency, True)
     key = prefix + secrets.token_hex(16)
-    result = await uow.conn.execute(insert(t.payments).values(
-        order_id=order.id, provider=provider, method=method, status="created", amount=order.amount,
-        currency=order.currency, idempotency_key=key, created_at=uow.now, updated_at=uow.now,
-    ))
+    result = await uow.conn.execute(_PAYMENT_INSERT, {
+        "order_id": order.id, "provider": provider, "method": method, "status": "created", "amount": order.amount,
+        "currency": order.currency, "idempotency_key": key, "created_at": uow.now, "updated_at": uow.now,
+    })
     inserted = result.inserted_primary_key
     assert inserted is not None
     pay_id = int(inserted[0])
@@ -307,19 +339,17 @@ async def open_attempt(uow: UnitOfWork, provider: Provider, order_id: str, user_
 
 
 async def _set_payment(uow: UnitOfWork, pay_id: int, sources: tuple[str, ...], **values: Any) -> bool:
-    p = t.payments.c
-    result = await uow.conn.execute(
-        update(t.payments).where(p.id == pay_id, p.status.in_(sources)).values(updated_at=uow.now, **values)
-    )
+    params = {"pay_id": pay_id, "sources": list(sources), "v_updated_at": uow.now,
+              **{f"v_{c}": v for c, v in values.items()}}
+    result = await uow.conn.execute(_payment_update(tuple(values)), params)
     return result.rowcount == 1
 
 
 async def _adopt_recorded(uow: UnitOfWork, attempt: Attempt, provider: str, psp_reference: str) -> int:
     """The row of this PSP payment: the attempt's, or the one a webhook's consumer already inserted for it."""
     p = t.payments.c
-    other = (await uow.conn.execute(
-        select(p.id).where(p.provider == provider, p.psp_reference == psp_reference, p.id != attempt.pay_id)
-    )).first()
+    other = (await uow.conn.execute(_SAME_PSP_PAYMENT, {
+        "provider": provider, "psp_reference": psp_reference, "pay_id": attempt.pay_id})).first()
     if other is None:
         return attempt.pay_id
     # One payment, one row: the webhook's row keeps the history, and learns the attempt's key.
@@ -413,7 +443,8 @@ async def paypal_pay(shop: Shop, gateways: Gateways, order_id: str, user_id: int
 
 
 async def _paypal_pay(shop: Shop, gateways: Gateways, order_id: str, user_id: int | None, method: str) -> dict[str, Any]:
-    attempt = await shop.run("new", lambda uow: open_attempt(uow, "paypal", order_id, user_id, method))
+    forex = (await shop.reference.get(shop.clock())).forex
+    attempt = await shop.run("new", lambda uow: open_attempt(uow, "paypal", order_id, user_id, method, forex=forex))
     try:
         order = await gateways.paypal.create_order(
             reference=attempt.order_id, amount=attempt.amount, currency=attempt.currency, request_id=attempt.key,
@@ -551,7 +582,9 @@ async def adyen_pay(shop: Shop, gateways: Gateways, order_id: str, user_id: int 
 
 async def _adyen_pay(shop: Shop, gateways: Gateways, order_id: str, user_id: int | None,
                      request: AdyenPayRequest) -> dict[str, Any]:
-    attempt = await shop.run("new", lambda uow: open_attempt(uow, "adyen", order_id, user_id, request.method))
+    forex = (await shop.reference.get(shop.clock())).forex
+    attempt = await shop.run("new", lambda uow: open_attempt(uow, "adyen", order_id, user_id, request.method,
+                                                             forex=forex))
     try:
         result = await gateways.adyen.pay(
             reference=attempt.order_id, amount=attempt.amount, currency=attempt.currency,
@@ -583,12 +616,14 @@ async def record_adyen_answer(uow: UnitOfWork, attempt: Attempt, result: AdyenPa
     named = {} if ref is None else {"psp_reference": ref}
     if result.authorised:
         await _set_payment(uow, pay_id, ("created",), status="authorized", **named)
-        seen = await st.current_status(uow.conn, attempt.order_id)
-        if seen in st.TRANSITIONS["authorized"].sources:
+        try:
+            # Guarded by the status it reads itself (authorized already: no change), so no read of ours first.
             await uow.transition(attempt.order_id, "authorized", reason=f"adyen:{ref}")
-        elif seen not in _PAID_OR_LATER | {st.AUTHORIZED}:  # the CAPTURE webhook may have made it paid already
-            log.error("payment_authorised_for_unpayable_order", order_id=attempt.order_id, payment_id=pay_id,
-                      status=seen)
+        except st.InvalidState as exc:
+            seen = (exc.data or {}).get("status")
+            if seen not in _PAID_OR_LATER:  # the CAPTURE webhook may have made it paid already
+                log.error("payment_authorised_for_unpayable_order", order_id=attempt.order_id, payment_id=pay_id,
+                          status=seen)
     elif result.final:  # Refused, Error, Cancelled
         await _set_payment(uow, pay_id, ("created",), status="failed", **named)
         await _order_failed(uow, here, "adyen", result.refusal_reason or result.result_code)
