@@ -271,7 +271,9 @@ _UNANSWERED = {
     for provider in KEY_PREFIX
 }
 _PAYMENT_INSERT = insert(t.payments)
-_SAME_PSP_PAYMENT = select(_P.id).where(_P.provider == bindparam("provider"),
+# Of the same order: a row of another order that carries this pspReference is a data error for a person,
+# never a row to merge ours into (ours would be deleted and that order's payment taken over).
+_SAME_PSP_PAYMENT = select(_P.id).where(_P.provider == bindparam("provider"), _P.order_id == bindparam("order_id"),
                                         _P.psp_reference == bindparam("psp_reference"), _P.id != bindparam("pay_id"))
 
 
@@ -349,7 +351,8 @@ async def _adopt_recorded(uow: UnitOfWork, attempt: Attempt, provider: str, psp_
     """The row of this PSP payment: the attempt's, or the one a webhook's consumer already inserted for it."""
     p = t.payments.c
     other = (await uow.conn.execute(_SAME_PSP_PAYMENT, {
-        "provider": provider, "psp_reference": psp_reference, "pay_id": attempt.pay_id})).first()
+        "provider": provider, "order_id": attempt.order_id, "psp_reference": psp_reference,
+        "pay_id": attempt.pay_id})).first()
     if other is None:
         return attempt.pay_id
     # One payment, one row: the webhook's row keeps the history, and learns the attempt's key.

@@ -9,6 +9,7 @@ payment the webhook's consumer recorded first is the one row of that payment; ow
 
 from __future__ import annotations
 
+from dataclasses import replace
 from decimal import Decimal
 from pathlib import Path
 
@@ -161,3 +162,28 @@ async def test_the_direct_paths_serve_internal_callers_only(shopper: Shopper, ps
     assert (resp.status, answer["data"]["resultCode"]) == (200, "Authorised"), answer
     resp = await shopper.edge.post(f"/order2/paypal/pay/paypal/{order_id}", headers=internal_headers(**{"X-User-Id": "1"}))
     assert (resp.status, (await resp.json())["data"]) == (409, {"status": "authorized"})
+
+
+async def test_another_orders_row_with_the_same_psp_reference_is_never_merged_into(shopper: Shopper, psp: Psp) -> None:
+    """Two emulators with the same id seed once handed out one pspReference twice: the second order's
+    answer must stay on its own row, not take over (and delete) the first order's payment."""
+    first, second = await shopper.order("AD-7"), await shopper.order("AD-8")
+    status, body = await shopper.adyen_pay(first)
+    assert status == 200, body
+    [taken] = await shopper.rows(t.payments, first)
+    engine = make_engine(shopper.db_url)
+    shop = shop_at(engine, NOW)
+    try:
+        async with shop.tx("new") as uow:
+            attempt = await payments.open_attempt(uow, "adyen", second, 1, "scheme")
+        result = await psp.adyen().pay(reference=second, amount=attempt.amount, currency="EUR", payment_method=CARD,
+                                       return_url=RETURN_URL, idempotency_key=attempt.key)
+        clash = replace(result, psp_reference=taken["psp_reference"])
+        async with shop.tx("new") as uow:
+            kept = await payments.record_adyen_answer(uow, attempt, clash)
+    finally:
+        await engine.dispose()
+    assert kept == attempt.pay_id
+    assert [(p["id"], p["status"]) for p in await shopper.rows(t.payments, first)] == [(taken["id"], "authorized")]
+    assert [(p["id"], p["status"]) for p in await shopper.rows(t.payments, second)] == [(attempt.pay_id, "authorized")]
+    assert await shopper.status(second) == "authorized"
