@@ -18,6 +18,9 @@ order id, or Adyen pspReference, still NULL) is *reused*, key and row, by the ne
 order: a retry after a 502/504 converges on what the PSP did the first time, and two concurrent taps
 share one key (the order row is locked while the attempt is chosen), so the PSP deduplicates them.
 An attempt with a known answer is never reused: the next call is a new attempt with a new key.
+Old shopping's attempts (its own keys, its own request bodies) cannot be reused: while one of them is
+unanswered and younger than IN_FLIGHT, a pay call is 409 ``payment_in_progress`` (Retry-After), so a
+shopper whose two taps the gray edge sends to both sides is charged once (old shopping does the same).
 
 **States.** pay routes start attempts on `pending_payment` / `payment_failed` orders only (PAYABLE),
 not yet expired; anything else is 409 invalid_state with the current status. `payment_confirming`
@@ -53,7 +56,7 @@ import re
 import secrets
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from functools import lru_cache
 from typing import Any, Literal, Protocol, TypeVar
@@ -64,7 +67,8 @@ from sqlalchemy import Update, bindparam, delete, func, insert, select, update
 from shop import order_states as st
 from shop import schema as t
 from shop.bootstrap import Shop
-from shop.errors import BadRequest, LoginRequired, NotFound, ShopError, Unprocessable, UpstreamError, UpstreamTimeout
+from shop.errors import (BadRequest, Conflict, LoginRequired, NotFound, ShopError, Unprocessable, UpstreamError,
+                         UpstreamTimeout)
 from shop.money import quantum
 from shop.order_views import order_not_found, well_formed_order_id
 from shop.reference import Forex
@@ -82,6 +86,9 @@ FINISHABLE = (st.PENDING_PAYMENT, st.PAYMENT_CONFIRMING, st.PAYMENT_FAILED)
 _PAID_OR_LATER = frozenset({st.PAID, st.FULFILLING, st.SHIPPED, st.COMPLETED, st.PARTIALLY_REFUNDED, st.REFUNDED})
 # Our attempts' keys, so an unresolved row old shopping wrote (its own key, its own request) is never reused.
 KEY_PREFIX: Mapping[str, str] = {"paypal": "new-pp-", "adyen": "new-ad-"}
+# How long another writer's unanswered attempt is taken to be in flight (a pay call with its retries takes
+# at most ~10 s on either side); after that it is abandoned (its process died) and a new attempt may start.
+IN_FLIGHT = timedelta(seconds=30)
 _METHOD = re.compile(r"[A-Za-z0-9_.-]{1,32}")
 MAX_RETURN_URL = 1024  # Adyen takes up to 8 KB; an app's return URL is short
 
@@ -166,6 +173,13 @@ class PspOutcomeUnknown(UpstreamError):
     converges (same attempt, same key), so it may be sent again."""
 
     reason, retryable = "psp_error", True
+
+
+class PaymentInProgress(Conflict):
+    """409 payment_in_progress: another writer's attempt for this order and provider is being charged;
+    in a moment the order is paid (409 invalid_state then) or payable again, so it may be sent again."""
+
+    reason, retryable = "payment_in_progress", True
 
 
 class PspTimedOut(UpstreamTimeout):
@@ -261,13 +275,13 @@ _ORDER = select(_O.id, _O.user_id, _O.status, _O.total, _O.currency, _O.expires_
 # The order row alone: a lock on its forex row would queue every payment in that currency.
 _ORDER_LOCKED = _ORDER.with_for_update()
 _EXPONENT = select(t.forex_rates.c.exponent).where(t.forex_rates.c.currency == bindparam("currency"))
+# Every writer's unanswered attempts (ours to reuse, old shopping's to wait for), newest first.
 _UNANSWERED = {
-    provider: select(_P.id, _P.idempotency_key).where(
+    provider: select(_P.id, _P.idempotency_key, _P.created_at).where(
         _P.order_id == bindparam("order_id"), _P.provider == provider, _P.status == "created",
         (_P.paypal_order_id if provider == "paypal" else _P.psp_reference).is_(None),
-        _P.idempotency_key.like(bindparam("key_like")), _P.amount == bindparam("amount"),
-        _P.currency == bindparam("currency"),
-    ).order_by(_P.id.desc()).limit(1)
+        _P.amount == bindparam("amount"), _P.currency == bindparam("currency"),
+    ).order_by(_P.id.desc()).limit(8)
     for provider in KEY_PREFIX
 }
 _PAYMENT_INSERT = insert(t.payments)
@@ -321,11 +335,16 @@ async def open_attempt(uow: UnitOfWork, provider: Provider, order_id: str, user_
     order = await _owned_order(uow, order_id, user_id, lock=True, forex=forex)
     _refuse_unless_payable(order, uow)
     prefix = KEY_PREFIX[provider]
-    pending = (await uow.conn.execute(_UNANSWERED[provider], {
-        "order_id": order.id, "key_like": prefix + "%", "amount": order.amount, "currency": order.currency,
-    })).first()
+    unanswered = (await uow.conn.execute(_UNANSWERED[provider], {
+        "order_id": order.id, "amount": order.amount, "currency": order.currency,
+    })).all()
+    pending = next((r for r in unanswered if (r.idempotency_key or "").startswith(prefix)), None)
     if pending is not None:
         return Attempt(pending.id, pending.idempotency_key, order.id, order.user_id, order.amount, order.currency, True)
+    if any(r.created_at > uow.now - IN_FLIGHT for r in unanswered):
+        # Another writer (old shopping, while the edge grays this route) is charging this order right now,
+        # with a key of its own we cannot send: a second attempt would be a second charge.
+        raise PaymentInProgress(data={"status": order.status, "provider": provider})
     key = prefix + secrets.token_hex(16)
     result = await uow.conn.execute(_PAYMENT_INSERT, {
         "order_id": order.id, "provider": provider, "method": method, "status": "created", "amount": order.amount,
@@ -488,7 +507,10 @@ def _pay_id(raw: str) -> int:
 
 
 async def _start_capture(uow: UnitOfWork, order_id: str, pay_id: int, user_id: int | None) -> _Capture | dict[str, Any]:
-    order = await _owned_order(uow, order_id, user_id)
+    # The order row locked, as old shopping's finish locks it: a capture another call (either side) is applying
+    # right now commits first, so the payment and the order are read as that call left them, never an order
+    # still payment_confirming beside a payment already captured (a stale answer, or a 409 for a paid order).
+    order = await _owned_order(uow, order_id, user_id, lock=True)
     p = t.payments.c
     row = (await uow.conn.execute(
         select(p.id, p.status, p.paypal_order_id, p.idempotency_key, p.amount, p.currency)
