@@ -643,10 +643,12 @@ def report(state: dict[str, Any], path: Path) -> str:
         "hand (200 Authorised, no faster than the knob) and paid again (409).",
         f"- **Load**: warm-up `wrk -t1 -c{a['conns']} -d{a['warmup_seconds']}s`, sustained maximum `wrk -t1 -c{a['conns']} "
         f"-d{a['max_seconds']}s` (unpaced, closed loop), latency at {a['rate']}/s `wrk -t1 -c{a['paced_conns']} "
-        f"-d{a['paced_seconds']}s` paced by bench/lua/paced.lua (open loop). Latency is wrk's histogram.",
+        f"-d{a['paced_seconds']}s` paced by bench/lua/paced.lua (open loop), then (diagnostic) paced at "
+        f"{' and '.join(f'{r}/s' for r in a.get('extra_rates', []))} for {a.get('extra_seconds')} s each: the latency "
+        "below the target rate. Latency is wrk's histogram.",
         "- **Scenarios**: `shared`: nothing pinned, wrk, edge, emulator and MariaDB share both CPUs under the scheduler; "
         "`pinned`: the emulator under `taskset -c 1`, the edge under `taskset -c 0` (wrk and MariaDB, which this bench "
-        "did not start, not pinned, so they run on either core).",
+        "did not start, not pinned, so they run on either core); `shared-2w`: as shared, the edge with `--workers 2`.",
         f"- **Webhook bridge**: `POST /payment_callback/adyen`, bodies of {', '.join(map(str, a['batches']))} items, each "
         "item an AUTHORISATION (the payment's pspReference) or CAPTURE (originalReference = it) of a payment authorised "
         "above, in random order, HMAC-signed with the edge's key; `wrk -t1 "
@@ -700,7 +702,11 @@ def main() -> None:
     p.add_argument("--profile", action="store_true", help="py-spy the edge under the paced rate in every scenario")
     p.add_argument("--profile-seconds", type=int, default=15)
     p.add_argument("--results-md", type=Path, default=ROOT / "bench" / "RESULTS.md")
+    p.add_argument("--report-only", action="store_true", help="rewrite the section from bench/out/pay/results.json")
     a = p.parse_args()
+    if a.report_only:
+        print(report(json.loads((OUT / "results.json").read_text()), a.results_md))
+        return
     a.batches = [int(b) for b in a.batches.split(",") if b]
     a.extra_rates = [int(r) for r in a.extra_rates.split(",") if r]
     OUT.mkdir(parents=True, exist_ok=True)
