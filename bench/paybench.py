@@ -29,8 +29,8 @@ routed here goes there.
    amount and currency the order's exactly (Decimal; Adyen's minor units), one `authorized` history
    row per authorised order, per-currency sums of payments = sums of their orders' totals; the
    bridge wrote one outbox row per item answered 2xx (+ those wrk cut off in flight).
-5. **Report**: a section of bench/RESULTS.md between `<!-- bench-pay:begin -->` and `<!-- bench-pay:end -->`,
-   with the machine, `uptime` before and after, and the CPU of each process group per run.
+5. **Report**: the section SECTION of bench/RESULTS.md (replaced up to the next "## " heading), with the machine,
+   `uptime` before and after, and the CPU of each process group per run.
 
 Usage: `make bench-pay` (BENCH_ARGS="--scenarios shared --max-seconds 10" for a short run; `--profile`
 adds py-spy of the edge under the paced load). wrk, CPU accounting and facts: bench/pricebench.py.
@@ -52,6 +52,7 @@ import time
 import urllib.error
 import urllib.request
 from collections import Counter, defaultdict
+from contextlib import closing, suppress
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -90,8 +91,7 @@ SCENARIOS: dict[str, tuple[str | None, str | None, int]] = {
     "shared": (None, None, 1), "pinned": ("1", "0", 1), "shared-2w": (None, None, 2)}
 TAG = {"shared": "s", "pinned": "p", "shared-2w": "w"}  # order id prefixes: PB<tag><run>…
 TARGETS = {"payments_per_s": 300.0, "p99_ms": 150.0, "items_per_s": 1000.0}
-MARK_BEGIN = "<!-- bench-pay:begin -->"
-MARK_END = "<!-- bench-pay:end -->"
+SECTION = "## Payments: adyen_pay through the edge and the webhook bridge (make bench-pay)"
 
 say = pb.say
 
@@ -122,12 +122,11 @@ class Servers:
         proc = self.procs.pop(name, None)
         if proc is None or proc.poll() is not None:
             return
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        for sig, patience in ((signal.SIGTERM, 20.0), (signal.SIGKILL, None)):  # the whole group: gunicorn's workers too
+            os.killpg(proc.pid, sig)
+            with suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=patience)
+                return
 
     def stop_all(self) -> None:
         for name in reversed(list(self.procs)):
@@ -187,17 +186,12 @@ class Bench:
     # --- database ---------------------------------------------------------------------------
 
     def sql(self, statement: str, args: Any = None, *, many: bool = False, database: bool = True) -> list[tuple]:
-        conn = pymysql.connect(host="127.0.0.1", port=3306, user="root", password="",
-                               database=self.db_name if database else None, autocommit=True)
-        try:
+        """One statement on a connection of its own (`database=False`: none selected, for DROP / CREATE)."""
+        where = self.db_name if database else None
+        with closing(pymysql.connect(host="127.0.0.1", user="root", database=where, autocommit=True)) as conn:
             with conn.cursor() as cur:
-                if many:
-                    cur.executemany(statement, args)
-                else:
-                    cur.execute(statement, args)
+                (cur.executemany if many else cur.execute)(statement, args)
                 return list(cur.fetchall())
-        finally:
-            conn.close()
 
     @staticmethod
     def _mariadb_pid() -> int | None:
@@ -615,8 +609,7 @@ def report(state: dict[str, Any], path: Path) -> str:
         prof.append("  Inclusive, libraries: " + "; ".join(f"`{k}` {v} %" for k, v in s["inclusive_libs"][:8]) + ".")
     a = state["args"]
     lines = [
-        MARK_BEGIN,
-        "## Payments: adyen_pay through the edge and the webhook bridge (make bench-pay)",
+        SECTION,
         "",
         f"Last run: **{f['date']}** on this machine: {f['nproc']} CPUs ({f['cpu_model']}), {f['mem']} RAM, kernel "
         f"{f['kernel']}. Code: commit {f['commit']}. Database: MariaDB {f.get('mariadb')} on 127.0.0.1:3306 (the box's "
@@ -667,16 +660,10 @@ def report(state: dict[str, Any], path: Path) -> str:
         *verdicts,
         "",
         *prof,
-        MARK_END,
     ]
-    text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmark results\n"
+    old = path.read_text(encoding="utf-8") if path.exists() else "# Benchmark results\n"
     block = "\n".join(lines) + "\n"
-    if MARK_BEGIN in text:
-        before, rest = text.split(MARK_BEGIN, 1)
-        text = before + block + rest.split(MARK_END, 1)[1].lstrip("\n")
-    else:
-        text = text.rstrip("\n") + "\n\n" + block
-    path.write_text(text, encoding="utf-8")
+    path.write_text(pb._replace_section(old, SECTION, block), encoding="utf-8")  # up to the next "## " heading
     return block
 
 

@@ -41,7 +41,8 @@ from proxy.app import ROUTING, create_app
 from shop import schema as t
 from tests.support.edge import SERVICE_TOKEN, edge_settings, routing_doc, url_of, write_routing
 from tests.support.legacydb import engine_for, private_mariadb
-from tests.support.payments import ADYEN_BODY, PAY_ROUTES, legacy_psp, new_order, psp_settings, rows
+from tests.support.payments import (ADYEN_BODY, PAY_ROUTES, adyen_path, finish_path, legacy_psp, new_order, pay_path,
+                                     psp_settings, rows)
 from tests.support.psp import Psp
 
 pytest_plugins = ["tests.support.psp_fixtures"]
@@ -138,18 +139,6 @@ def make_edge(aiohttp_client: ClientFactory, tmp_path: Path, url: str, psp: Psp,
 
 
 # --- one shopper's calls --------------------------------------------------------------------------
-
-
-def pay_path(order_id: str) -> str:
-    return f"/shopping/orders/{order_id}/pay/paypal/paypal"
-
-
-def finish_path(order_id: str, pay_id: str) -> str:
-    return f"/shopping/orders/{order_id}/paypal_finished/{pay_id}"
-
-
-def adyen_path(order_id: str) -> str:
-    return f"/shopping/orders/{order_id}/pay/any/adyen"
 
 
 async def paypal_pay(edge: Edge, psp: Psp, order_id: str, user: int, side: str) -> str:
