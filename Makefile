@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: run test lint typecheck test-unit fuzz venv mariadb bench-edge bench-price bench-shadow bench-order bench-events demo-traffic clean
+.PHONY: run test lint typecheck test-unit fuzz venv mariadb bench-edge bench-price bench-shadow bench-order bench-events bench-pay demo-traffic clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -61,6 +61,11 @@ bench-order: $(STAMP) mariadb
 # payment_notified_cm through one shopping-consumers process on MariaDB (BENCH_ARGS="--orders 10000" for a short run).
 bench-events: $(STAMP) mariadb
 	$(BIN)/python bench/eventbench.py $(BENCH_ARGS)
+
+# adyen_pay through the edge (PSP emulator answering in 50 ms), the Adyen webhook bridge, then every order's payments
+# checked (BENCH_ARGS="--scenarios shared --max-seconds 10" for a short run; --profile adds py-spy of the edge).
+bench-pay: $(STAMP) mariadb
+	bash -c 'source bench/lib.sh && need_tools taskset:util-linux && exec $(BIN)/python bench/paybench.py $(BENCH_ARGS)'
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .hypothesis

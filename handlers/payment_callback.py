@@ -55,7 +55,7 @@ from typing import Any
 
 import structlog
 from aiohttp import web
-from sqlalchemy import and_, case, or_, select
+from sqlalchemy import and_, bindparam, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from adapters.adyen_hmac import InvalidNotification, notification_items
@@ -111,24 +111,59 @@ def event_id(item: Mapping[str, Any]) -> str:
     return f"adyen:{item['eventCode']}:{item['pspReference']}:{item['success']}"
 
 
-async def _payment_id(conn: AsyncConnection, order_id: str, psp_reference: str, item: Mapping[str, Any]) -> str | None:
+@dataclass(frozen=True, slots=True)
+class Payments:
+    """The Adyen payments rows a notification's items name, read in one query for the whole body: by
+    pspReference, and per order the newest row still waiting for its pspReference (the pay route writes
+    it when Adyen answers, and a webhook may be faster)."""
+
+    by_reference: Mapping[str, int]
+    waiting: Mapping[str, int]
+
+
+_P = t.payments.c
+_PAYMENTS_NAMED = select(_P.id, _P.order_id, _P.psp_reference).where(_P.provider == PROVIDER, or_(
+    _P.psp_reference.in_(bindparam("refs", expanding=True)),
+    and_(_P.order_id.in_(bindparam("orders", expanding=True)), _P.status == "created", _P.psp_reference.is_(None)),
+))
+
+
+async def payments_named(conn: AsyncConnection, items: list[Mapping[str, Any]]) -> Payments:
+    """One query instead of one per item: the rows each payment item may be about (a body of 100 items
+    would otherwise be 100 round trips before its 100 outbox rows)."""
+    refs: set[str] = set()
+    orders: set[str] = set()
+    for item in items:
+        code = item.get("eventCode")
+        if code not in ("AUTHORISATION", "CAPTURE") and code not in PAYMENT_FAILURES:
+            continue
+        ref = item.get("pspReference" if code == "AUTHORISATION" else "originalReference")
+        merchant = item.get("merchantReference")
+        if isinstance(ref, str) and _REFERENCE.match(ref):
+            refs.add(ref)
+        if isinstance(merchant, str) and _ORDER_ID.match(merchant):
+            orders.add(merchant)
+    by_reference: dict[str, int] = {}
+    waiting: dict[str, int] = {}
+    if refs or orders:
+        for row in await conn.execute(_PAYMENTS_NAMED, {"refs": sorted(refs), "orders": sorted(orders)}):
+            into, key = (waiting, row.order_id) if row.psp_reference is None else (by_reference, row.psp_reference)
+            into[key] = max(into.get(key, 0), int(row.id))
+    return Payments(by_reference, waiting)
+
+
+def _payment_id(payments: Payments, order_id: str, psp_reference: str, item: Mapping[str, Any]) -> str | None:
     """The payments row with this pspReference; else the row the pay call named in ``metadata.payment_id``
-    (Adyen echoes it); else the order's newest Adyen row still waiting for its pspReference (the pay
-    route writes it when Adyen answers, and this webhook may be faster). One query."""
-    p = t.payments.c
-    row = (await conn.execute(
-        select(p.id, p.psp_reference).where(p.provider == PROVIDER, or_(
-            p.psp_reference == psp_reference,
-            and_(p.order_id == order_id, p.status == "created", p.psp_reference.is_(None)),
-        )).order_by(case((p.psp_reference == psp_reference, 0), else_=1), p.id.desc()).limit(1)
-    )).first()
-    if row is not None and row.psp_reference == psp_reference:
-        return str(row.id)
+    (Adyen echoes it); else the order's newest Adyen row still waiting for its pspReference."""
+    found = payments.by_reference.get(psp_reference)
+    if found is not None:
+        return str(found)
     extra = item.get("additionalData")
     named = extra.get("metadata.payment_id") if isinstance(extra, Mapping) else None
     if isinstance(named, str) and named.isascii() and named.isdigit() and len(named) < 19:
         return named  # not signed by the HMAC: shop.events only takes it for a row of this order and provider
-    return None if row is None else str(row.id)
+    waiting = payments.waiting.get(order_id)
+    return None if waiting is None else str(waiting)
 
 
 async def _refund(conn: AsyncConnection, psp_reference: str, merchant_reference: str | None,
@@ -156,8 +191,9 @@ async def _refund(conn: AsyncConnection, psp_reference: str, merchant_reference:
     return (merchant_reference or psp_reference)[:64], str(order_id)
 
 
-async def to_notice(conn: AsyncConnection, item: Mapping[str, Any]) -> Notice:
-    """The event one verified item stands for; Skipped when it stands for none."""
+async def to_notice(conn: AsyncConnection, item: Mapping[str, Any], payments: Payments) -> Notice:
+    """The event one verified item stands for (`payments`: payments_named of its body); Skipped when it
+    stands for none."""
     code, success = item.get("eventCode"), item.get("success")
     if not isinstance(code, str) or not _EVENT_CODE.match(code) or success not in ("true", "false"):
         raise Skipped("no eventCode / success")
@@ -191,7 +227,7 @@ async def to_notice(conn: AsyncConnection, item: Mapping[str, Any]) -> Notice:
     payment_psp = psp if code == "AUTHORISATION" else original
     if payment_psp is None:
         raise Skipped(f"{code} without originalReference")
-    payment_id = await _payment_id(conn, merchant, payment_psp, item)
+    payment_id = _payment_id(payments, merchant, payment_psp, item)
     if success == "true" and code in ("AUTHORISATION", "CAPTURE"):
         return Notice("payment_notified", merchant, {
             **common, "order_id": merchant, "payment_id": payment_id, "provider": PROVIDER,
@@ -208,9 +244,10 @@ async def to_notice(conn: AsyncConnection, item: Mapping[str, Any]) -> Notice:
 async def store(uow: UnitOfWork, items: list[Mapping[str, Any]], topics: Mapping[str, str]) -> int:
     """Every item's event into the outbox, in this one transaction; how many were stored."""
     stored = 0
+    payments = await payments_named(uow.conn, items)
     for n, item in enumerate(items):
         try:
-            notice = await to_notice(uow.conn, item)
+            notice = await to_notice(uow.conn, item, payments)
         except Skipped as why:
             log.info("adyen_item_not_stored", item=n, event_code=str(item.get("eventCode"))[:40],
                      psp_reference=str(item.get("pspReference"))[:64],

@@ -18,6 +18,9 @@ order id, or Adyen pspReference, still NULL) is *reused*, key and row, by the ne
 order: a retry after a 502/504 converges on what the PSP did the first time, and two concurrent taps
 share one key (the order row is locked while the attempt is chosen), so the PSP deduplicates them.
 An attempt with a known answer is never reused: the next call is a new attempt with a new key.
+Old shopping's attempts (its own keys, its own request bodies) cannot be reused: while one of them is
+unanswered and younger than IN_FLIGHT, a pay call is 409 ``payment_in_progress`` (Retry-After), so a
+shopper whose two taps the gray edge sends to both sides is charged once (old shopping does the same).
 
 **States.** pay routes start attempts on `pending_payment` / `payment_failed` orders only (PAYABLE),
 not yet expired; anything else is 409 invalid_state with the current status. `payment_confirming`
@@ -53,19 +56,22 @@ import re
 import secrets
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
+from functools import lru_cache
 from typing import Any, Literal, Protocol, TypeVar
 
 import structlog
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import Update, bindparam, delete, func, insert, select, update
 
 from shop import order_states as st
 from shop import schema as t
 from shop.bootstrap import Shop
-from shop.errors import BadRequest, LoginRequired, NotFound, ShopError, Unprocessable, UpstreamError, UpstreamTimeout
+from shop.errors import (BadRequest, Conflict, LoginRequired, NotFound, ShopError, Unprocessable, UpstreamError,
+                         UpstreamTimeout)
 from shop.money import quantum
 from shop.order_views import order_not_found, well_formed_order_id
+from shop.reference import Forex
 from shop.uow import UnitOfWork
 
 log = structlog.get_logger("shop.payments")
@@ -80,6 +86,9 @@ FINISHABLE = (st.PENDING_PAYMENT, st.PAYMENT_CONFIRMING, st.PAYMENT_FAILED)
 _PAID_OR_LATER = frozenset({st.PAID, st.FULFILLING, st.SHIPPED, st.COMPLETED, st.PARTIALLY_REFUNDED, st.REFUNDED})
 # Our attempts' keys, so an unresolved row old shopping wrote (its own key, its own request) is never reused.
 KEY_PREFIX: Mapping[str, str] = {"paypal": "new-pp-", "adyen": "new-ad-"}
+# How long another writer's unanswered attempt is taken to be in flight (a pay call with its retries takes
+# at most ~10 s on either side); after that it is abandoned (its process died) and a new attempt may start.
+IN_FLIGHT = timedelta(seconds=30)
 _METHOD = re.compile(r"[A-Za-z0-9_.-]{1,32}")
 MAX_RETURN_URL = 1024  # Adyen takes up to 8 KB; an app's return URL is short
 
@@ -164,6 +173,13 @@ class PspOutcomeUnknown(UpstreamError):
     converges (same attempt, same key), so it may be sent again."""
 
     reason, retryable = "psp_error", True
+
+
+class PaymentInProgress(Conflict):
+    """409 payment_in_progress: another writer's attempt for this order and provider is being charged;
+    in a moment the order is paid (409 invalid_state then) or payable again, so it may be sent again."""
+
+    reason, retryable = "payment_in_progress", True
 
 
 class PspTimedOut(UpstreamTimeout):
@@ -251,19 +267,55 @@ class _Order:
     expires_at: datetime | None
 
 
-async def _owned_order(uow: UnitOfWork, order_id: str, user_id: int | None, *, lock: bool = False) -> _Order:
-    """The caller's order (401 anonymous; 404 for a missing order, another user's, an id that is not one)."""
+# The hot path's statements, built once and run with parameters (building a statement per call costs about
+# as much CPU as running it).
+_O, _P = t.orders.c, t.payments.c
+_ORDER = select(_O.id, _O.user_id, _O.status, _O.total, _O.currency, _O.expires_at) \
+    .where(_O.id == bindparam("order_id"))
+# The order row alone: a lock on its forex row would queue every payment in that currency.
+_ORDER_LOCKED = _ORDER.with_for_update()
+_EXPONENT = select(t.forex_rates.c.exponent).where(t.forex_rates.c.currency == bindparam("currency"))
+# Every writer's unanswered attempts (ours to reuse, old shopping's to wait for), newest first.
+_UNANSWERED = {
+    provider: select(_P.id, _P.idempotency_key, _P.created_at).where(
+        _P.order_id == bindparam("order_id"), _P.provider == provider, _P.status == "created",
+        (_P.paypal_order_id if provider == "paypal" else _P.psp_reference).is_(None),
+        _P.amount == bindparam("amount"), _P.currency == bindparam("currency"),
+    ).order_by(_P.id.desc()).limit(8)
+    for provider in KEY_PREFIX
+}
+_PAYMENT_INSERT = insert(t.payments)
+# Of the same order: a row of another order that carries this pspReference is a data error for a person,
+# never a row to merge ours into (ours would be deleted and that order's payment taken over).
+_SAME_PSP_PAYMENT = select(_P.id).where(_P.provider == bindparam("provider"), _P.order_id == bindparam("order_id"),
+                                        _P.psp_reference == bindparam("psp_reference"), _P.id != bindparam("pay_id"))
+
+
+@lru_cache(maxsize=32)
+def _payment_update(columns: tuple[str, ...]) -> Update:
+    """UPDATE payments SET `columns` (+ updated_at) WHERE id = :pay_id AND status IN :sources."""
+    return update(t.payments).where(_P.id == bindparam("pay_id"), _P.status.in_(bindparam("sources", expanding=True))) \
+        .values(updated_at=bindparam("v_updated_at"), **{c: bindparam(f"v_{c}") for c in columns})
+
+
+async def _owned_order(uow: UnitOfWork, order_id: str, user_id: int | None, *, lock: bool = False,
+                       forex: Mapping[str, Forex] | None = None) -> _Order:
+    """The caller's order (401 anonymous; 404 for a missing order, another user's, an id that is not one).
+
+    `forex`: the reference cache's currencies; their exponent spares a query (the one pricing used for the
+    total). A currency it lacks is read from the table."""
     if user_id is None:
         raise LoginRequired()
     if not well_formed_order_id(order_id):
         raise order_not_found()
-    o, f = t.orders.c, t.forex_rates.c
-    query = select(o.id, o.user_id, o.status, o.total, o.currency, o.expires_at).where(o.id == order_id)
-    # The order row alone: a lock on its forex row would queue every payment in that currency.
-    row = (await uow.conn.execute(query.with_for_update() if lock else query)).first()
+    row = (await uow.conn.execute(_ORDER_LOCKED if lock else _ORDER, {"order_id": order_id})).first()
     if row is None or row.user_id != user_id:
         raise order_not_found()
-    exponent = (await uow.conn.execute(select(f.exponent).where(f.currency == row.currency))).scalar()
+    cached = None if forex is None else forex.get(row.currency)
+    if cached is not None:
+        exponent: int | None = cached.exponent
+    else:
+        exponent = (await uow.conn.execute(_EXPONENT, {"currency": row.currency})).scalar()
     places = 2 if exponent is None else int(exponent)
     return _Order(row.id, row.user_id, row.status, Decimal(row.total).quantize(quantum(places)), row.currency,
                   row.expires_at)
@@ -277,26 +329,27 @@ def _refuse_unless_payable(order: _Order, uow: UnitOfWork) -> None:
         raise st.InvalidState(data={"status": order.status, "reason": "expired"})
 
 
-async def open_attempt(uow: UnitOfWork, provider: Provider, order_id: str, user_id: int | None, method: str) -> Attempt:
+async def open_attempt(uow: UnitOfWork, provider: Provider, order_id: str, user_id: int | None, method: str, *,
+                       forex: Mapping[str, Forex] | None = None) -> Attempt:
     """The attempt a pay call sends: the order's unresolved one of `provider` if there is one, else a new row."""
-    order = await _owned_order(uow, order_id, user_id, lock=True)
+    order = await _owned_order(uow, order_id, user_id, lock=True, forex=forex)
     _refuse_unless_payable(order, uow)
-    p = t.payments.c
-    unanswered = p.paypal_order_id.is_(None) if provider == "paypal" else p.psp_reference.is_(None)
     prefix = KEY_PREFIX[provider]
-    pending = (await uow.conn.execute(
-        select(p.id, p.idempotency_key).where(
-            p.order_id == order.id, p.provider == provider, p.status == "created", unanswered,
-            p.idempotency_key.like(prefix + "%"), p.amount == order.amount, p.currency == order.currency,
-        ).order_by(p.id.desc()).limit(1)
-    )).first()
+    unanswered = (await uow.conn.execute(_UNANSWERED[provider], {
+        "order_id": order.id, "amount": order.amount, "currency": order.currency,
+    })).all()
+    pending = next((r for r in unanswered if (r.idempotency_key or "").startswith(prefix)), None)
     if pending is not None:
         return Attempt(pending.id, pending.idempotency_key, order.id, order.user_id, order.amount, order.currency, True)
+    if any(r.created_at > uow.now - IN_FLIGHT for r in unanswered):
+        # Another writer (old shopping, while the edge grays this route) is charging this order right now,
+        # with a key of its own we cannot send: a second attempt would be a second charge.
+        raise PaymentInProgress(data={"status": order.status, "provider": provider})
     key = prefix + secrets.token_hex(16)
-    result = await uow.conn.execute(insert(t.payments).values(
-        order_id=order.id, provider=provider, method=method, status="created", amount=order.amount,
-        currency=order.currency, idempotency_key=key, created_at=uow.now, updated_at=uow.now,
-    ))
+    result = await uow.conn.execute(_PAYMENT_INSERT, {
+        "order_id": order.id, "provider": provider, "method": method, "status": "created", "amount": order.amount,
+        "currency": order.currency, "idempotency_key": key, "created_at": uow.now, "updated_at": uow.now,
+    })
     inserted = result.inserted_primary_key
     assert inserted is not None
     pay_id = int(inserted[0])
@@ -307,19 +360,18 @@ async def open_attempt(uow: UnitOfWork, provider: Provider, order_id: str, user_
 
 
 async def _set_payment(uow: UnitOfWork, pay_id: int, sources: tuple[str, ...], **values: Any) -> bool:
-    p = t.payments.c
-    result = await uow.conn.execute(
-        update(t.payments).where(p.id == pay_id, p.status.in_(sources)).values(updated_at=uow.now, **values)
-    )
+    params = {"pay_id": pay_id, "sources": list(sources), "v_updated_at": uow.now,
+              **{f"v_{c}": v for c, v in values.items()}}
+    result = await uow.conn.execute(_payment_update(tuple(values)), params)
     return result.rowcount == 1
 
 
 async def _adopt_recorded(uow: UnitOfWork, attempt: Attempt, provider: str, psp_reference: str) -> int:
     """The row of this PSP payment: the attempt's, or the one a webhook's consumer already inserted for it."""
     p = t.payments.c
-    other = (await uow.conn.execute(
-        select(p.id).where(p.provider == provider, p.psp_reference == psp_reference, p.id != attempt.pay_id)
-    )).first()
+    other = (await uow.conn.execute(_SAME_PSP_PAYMENT, {
+        "provider": provider, "order_id": attempt.order_id, "psp_reference": psp_reference,
+        "pay_id": attempt.pay_id})).first()
     if other is None:
         return attempt.pay_id
     # One payment, one row: the webhook's row keeps the history, and learns the attempt's key.
@@ -413,7 +465,8 @@ async def paypal_pay(shop: Shop, gateways: Gateways, order_id: str, user_id: int
 
 
 async def _paypal_pay(shop: Shop, gateways: Gateways, order_id: str, user_id: int | None, method: str) -> dict[str, Any]:
-    attempt = await shop.run("new", lambda uow: open_attempt(uow, "paypal", order_id, user_id, method))
+    forex = (await shop.reference.get(shop.clock())).forex
+    attempt = await shop.run("new", lambda uow: open_attempt(uow, "paypal", order_id, user_id, method, forex=forex))
     try:
         order = await gateways.paypal.create_order(
             reference=attempt.order_id, amount=attempt.amount, currency=attempt.currency, request_id=attempt.key,
@@ -454,7 +507,10 @@ def _pay_id(raw: str) -> int:
 
 
 async def _start_capture(uow: UnitOfWork, order_id: str, pay_id: int, user_id: int | None) -> _Capture | dict[str, Any]:
-    order = await _owned_order(uow, order_id, user_id)
+    # The order row locked, as old shopping's finish locks it: a capture another call (either side) is applying
+    # right now commits first, so the payment and the order are read as that call left them, never an order
+    # still payment_confirming beside a payment already captured (a stale answer, or a 409 for a paid order).
+    order = await _owned_order(uow, order_id, user_id, lock=True)
     p = t.payments.c
     row = (await uow.conn.execute(
         select(p.id, p.status, p.paypal_order_id, p.idempotency_key, p.amount, p.currency)
@@ -551,7 +607,9 @@ async def adyen_pay(shop: Shop, gateways: Gateways, order_id: str, user_id: int 
 
 async def _adyen_pay(shop: Shop, gateways: Gateways, order_id: str, user_id: int | None,
                      request: AdyenPayRequest) -> dict[str, Any]:
-    attempt = await shop.run("new", lambda uow: open_attempt(uow, "adyen", order_id, user_id, request.method))
+    forex = (await shop.reference.get(shop.clock())).forex
+    attempt = await shop.run("new", lambda uow: open_attempt(uow, "adyen", order_id, user_id, request.method,
+                                                             forex=forex))
     try:
         result = await gateways.adyen.pay(
             reference=attempt.order_id, amount=attempt.amount, currency=attempt.currency,
@@ -583,12 +641,14 @@ async def record_adyen_answer(uow: UnitOfWork, attempt: Attempt, result: AdyenPa
     named = {} if ref is None else {"psp_reference": ref}
     if result.authorised:
         await _set_payment(uow, pay_id, ("created",), status="authorized", **named)
-        seen = await st.current_status(uow.conn, attempt.order_id)
-        if seen in st.TRANSITIONS["authorized"].sources:
+        try:
+            # Guarded by the status it reads itself (authorized already: no change), so no read of ours first.
             await uow.transition(attempt.order_id, "authorized", reason=f"adyen:{ref}")
-        elif seen not in _PAID_OR_LATER | {st.AUTHORIZED}:  # the CAPTURE webhook may have made it paid already
-            log.error("payment_authorised_for_unpayable_order", order_id=attempt.order_id, payment_id=pay_id,
-                      status=seen)
+        except st.InvalidState as exc:
+            seen = (exc.data or {}).get("status")
+            if seen not in _PAID_OR_LATER:  # the CAPTURE webhook may have made it paid already
+                log.error("payment_authorised_for_unpayable_order", order_id=attempt.order_id, payment_id=pay_id,
+                          status=seen)
     elif result.final:  # Refused, Error, Cancelled
         await _set_payment(uow, pay_id, ("created",), status="failed", **named)
         await _order_failed(uow, here, "adyen", result.refusal_reason or result.result_code)

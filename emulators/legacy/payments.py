@@ -33,7 +33,8 @@ between the two and both write the same rows at the same time:
   which is also what the new side sends for the same row, so PayPal captures a payment once whichever
   side finishes it). An attempt whose PSP answer never arrived is reused, row and key, by the next
   pay call for the order: a retry after a 502/504, or a second tap at the same time, reaches the PSP
-  as the same request and the PSP answers it once;
+  as the same request and the PSP answers it once; while the new side's attempt (its key) is
+  unanswered and younger than IN_FLIGHT, 409 ``payment_in_progress`` (a tap on each side: one charge);
 * every status change goes through ``events.record_payment`` / ``record_payment_failed`` /
   ``move_status``: the order row locked, guarded updates, history actor ``legacy``, outbox only for
   the writer that moved the order.
@@ -52,6 +53,7 @@ import re
 import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -83,6 +85,8 @@ log = logging.getLogger(__name__)
 PAYABLE = (PENDING_PAYMENT, PAYMENT_FAILED)
 FINISHABLE = (PENDING_PAYMENT, PAYMENT_CONFIRMING, PAYMENT_FAILED)
 KEY_PREFIX = "legacy-"
+# Another writer's unanswered attempt younger than this is taken to be in flight (shop/payments.py IN_FLIGHT).
+IN_FLIGHT = timedelta(seconds=30)
 PAYPAL_NO_DECIMALS = frozenset({"HUF", "JPY", "TWD"})
 ADYEN_PLACES = {"CLP": 2, "CVE": 0, "IDR": 0, "ISK": 2}
 ADYEN_FAILED = {"Refused": "failed", "Error": "failed", "Cancelled": "cancelled"}
@@ -195,14 +199,22 @@ async def open_attempt(engine: AsyncEngine, order_id: str, uid: int, provider: s
             exponent = await exponent_of(conn, order.currency)
             p = payments.c
             unanswered = p.paypal_order_id.is_(None) if provider == "paypal" else p.psp_reference.is_(None)
-            pending = (await conn.execute(select(p.id, p.idempotency_key).where(
+            rows = (await conn.execute(select(p.id, p.idempotency_key, p.created_at).where(
                 p.order_id == order.id, p.provider == provider, p.status == "created", unanswered,
-                p.idempotency_key.like(KEY_PREFIX + "%"), p.amount == order.total, p.currency == order.currency,
-            ).order_by(p.id.desc()).limit(1))).first()
+                p.amount == order.total, p.currency == order.currency,
+            ).order_by(p.id.desc()).limit(8))).all()
+            pending = next((r for r in rows if (r.idempotency_key or "").startswith(KEY_PREFIX)), None)
             if pending is not None:
                 return Attempt(pending.id, pending.idempotency_key, order.id, Decimal(order.total), order.currency,
                                exponent)
             at, key = now(), KEY_PREFIX + secrets.token_hex(16)
+            if any(r.created_at > at - IN_FLIGHT for r in rows):
+                # The new side is charging this order right now with its own key: a second attempt would be a
+                # second charge (the edge grays these routes, so one shopper's two taps can reach both sides).
+                err = ApiError(409, envelope.INVALID_STATE, "payment_in_progress",
+                               {"status": order.status, "provider": provider})
+                err.retry_after = True
+                raise err
             result = await conn.execute(insert(payments).values(
                 order_id=order.id, provider=provider, method=method, status="created", amount=order.total,
                 currency=order.currency, idempotency_key=key, created_at=at, updated_at=at,

@@ -452,3 +452,21 @@ async def test_the_emulators_out_of_order_webhooks_still_pay_the_order(
     assert await order_status(db, order_id) == "fulfilling"
     (payment,) = await rows(db, t.payments, t.payments.c.order_id == order_id)
     assert payment.status == "captured"
+
+
+@BOTH_DATABASES
+async def test_one_body_about_several_orders_names_each_items_own_payment(edge: TestClient, db: AsyncEngine) -> None:
+    """The rows are looked up once for the whole body (payments_named); each item still gets its own."""
+    by_ref, waiting, both, named, none = [await new_order(db) for _ in range(5)]
+    ref_row = await adyen_payment(db, by_ref, "PSP-R", status="authorized")
+    waiting_row = await adyen_payment(db, waiting, None)
+    await adyen_payment(db, both, None)  # waiting too, but the item's pspReference names the other row
+    both_row = await adyen_payment(db, both, "PSP-B", status="authorized")
+    metadata = notification("AUTHORISATION", "PSP-N", named, 9607)
+    metadata["additionalData"]["metadata.payment_id"] = "424242"
+    await post(edge, notification("CAPTURE", "CAP-R", by_ref, 9607, original_reference="PSP-R"),
+               notification("AUTHORISATION", "PSP-W", waiting, 9607),
+               notification("AUTHORISATION", "PSP-B", both, 9607), metadata,
+               notification("AUTHORISATION", "PSP-X", none, 9607))
+    assert [(r.key, r.payload["payment_id"]) for r in await events(db)] == [
+        (by_ref, str(ref_row)), (waiting, str(waiting_row)), (both, str(both_row)), (named, "424242"), (none, None)]

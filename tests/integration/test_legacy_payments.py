@@ -35,7 +35,8 @@ from emulators.legacy import create_app
 from shop import schema as t
 from tests.support.edge import start_edge, url_of
 from tests.support.legacydb import engine_for, envelope, seeded_template, seeded_url
-from tests.support.payments import ADYEN_BODY, CARD, legacy_psp, new_order, order_status, pay_edge, rows
+from tests.support.payments import (ADYEN_BODY, CARD, adyen_path, finish_path, legacy_psp, new_order, order_status,
+                                     pay_edge, pay_path, rows)
 from tests.support.psp import Psp, WebhookSink
 
 pytest_plugins = ["tests.support.psp_fixtures"]
@@ -45,18 +46,6 @@ TOKEN = "legacy-refund-token-3b7d"
 USER1 = {"X-User-Id": "1"}
 INTERNAL = {"Authorization": f"Bearer {TOKEN}"}
 PRIVATE_MARIADB_DATABASE = "test_legacy_payments"
-
-
-def pay_path(order_id: str) -> str:
-    return f"/shopping/orders/{order_id}/pay/paypal/paypal"
-
-
-def finish_path(order_id: str, pay_id: str) -> str:
-    return f"/shopping/orders/{order_id}/paypal_finished/{pay_id}"
-
-
-def adyen_path(order_id: str) -> str:
-    return f"/shopping/orders/{order_id}/pay/any/adyen"
 
 
 # --- fixtures ---------------------------------------------------------------------------------

@@ -9,11 +9,14 @@ payment the webhook's consumer recorded first is the one row of that payment; ow
 
 from __future__ import annotations
 
+from dataclasses import replace
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
+from adapters.adyen import AdyenPayment
 from shop import events, payments
+from shop.bootstrap import Shop
 from shop import schema as t
 from shop.db import make_engine
 from tests.builders import NOW, shop_at
@@ -84,6 +87,15 @@ async def test_redirect_shopper_returns_the_action_and_leaves_the_order_payable(
     assert [p[1] for p in await shopper.payments(order_id)] == ["created", "authorized"]
 
 
+async def attempt_answered(shop: Shop, psp: Psp, order_id: str) -> tuple[payments.Attempt, AdyenPayment]:
+    """Step 1 and 2 of adyen_pay by hand (the attempt, Adyen's answer), so a test can act before step 3."""
+    async with shop.tx("new") as uow:
+        attempt = await payments.open_attempt(uow, "adyen", order_id, 1, "scheme")
+    result = await psp.adyen().pay(reference=order_id, amount=attempt.amount, currency="EUR", payment_method=CARD,
+                                   return_url=RETURN_URL, idempotency_key=attempt.key)
+    return attempt, result
+
+
 async def test_a_payment_the_webhook_recorded_first_stays_one_row(shopper: Shopper, psp: Psp) -> None:
     """The AUTHORISATION webhook's consumer (shop/events.py, which finds no row with the pspReference
     and inserts one) commits before the pay answer is applied: the answer goes to that row, the
@@ -92,10 +104,7 @@ async def test_a_payment_the_webhook_recorded_first_stays_one_row(shopper: Shopp
     engine = make_engine(shopper.db_url)
     shop = shop_at(engine, NOW)
     try:
-        async with shop.tx("new") as uow:
-            attempt = await payments.open_attempt(uow, "adyen", order_id, 1, "scheme")
-        result = await psp.adyen().pay(reference=order_id, amount=attempt.amount, currency="EUR", payment_method=CARD,
-                                       return_url=RETURN_URL, idempotency_key=attempt.key)
+        attempt, result = await attempt_answered(shop, psp, order_id)
         assert result.psp_reference
         webhook = events.PaymentNotified(event_id="adyen-auth-1", order_id=order_id, payment_id=None, provider="adyen",
                                          status="authorized", amount=Decimal("96.07"), currency="EUR",
@@ -161,3 +170,25 @@ async def test_the_direct_paths_serve_internal_callers_only(shopper: Shopper, ps
     assert (resp.status, answer["data"]["resultCode"]) == (200, "Authorised"), answer
     resp = await shopper.edge.post(f"/order2/paypal/pay/paypal/{order_id}", headers=internal_headers(**{"X-User-Id": "1"}))
     assert (resp.status, (await resp.json())["data"]) == (409, {"status": "authorized"})
+
+
+async def test_another_orders_row_with_the_same_psp_reference_is_never_merged_into(shopper: Shopper, psp: Psp) -> None:
+    """Two emulators with the same id seed once handed out one pspReference twice: the second order's
+    answer must stay on its own row, not take over (and delete) the first order's payment."""
+    first, second = await shopper.order("AD-7"), await shopper.order("AD-8")
+    status, body = await shopper.adyen_pay(first)
+    assert status == 200, body
+    [taken] = await shopper.rows(t.payments, first)
+    engine = make_engine(shopper.db_url)
+    shop = shop_at(engine, NOW)
+    try:
+        attempt, result = await attempt_answered(shop, psp, second)
+        clash = replace(result, psp_reference=taken["psp_reference"])
+        async with shop.tx("new") as uow:
+            kept = await payments.record_adyen_answer(uow, attempt, clash)
+    finally:
+        await engine.dispose()
+    assert kept == attempt.pay_id
+    assert [(p["id"], p["status"]) for p in await shopper.rows(t.payments, first)] == [(taken["id"], "authorized")]
+    assert [(p["id"], p["status"]) for p in await shopper.rows(t.payments, second)] == [(attempt.pay_id, "authorized")]
+    assert await shopper.status(second) == "authorized"

@@ -42,6 +42,19 @@ ADYEN_BODY = {"paymentMethod": CARD, "returnUrl": RETURN_URL, "browserInfo": {"u
 SIGNER = AdyenHmac.from_hex(HMAC_KEY)
 
 
+def pay_path(order_id: str) -> str:
+    """paypal_pay's legacy path (ptype paypal)."""
+    return f"/shopping/orders/{order_id}/pay/paypal/paypal"
+
+
+def finish_path(order_id: str, pay_id: str) -> str:
+    return f"/shopping/orders/{order_id}/paypal_finished/{pay_id}"
+
+
+def adyen_path(order_id: str) -> str:
+    return f"/shopping/orders/{order_id}/pay/any/adyen"
+
+
 def psp_settings(psp: Psp, **overrides: Any) -> dict[str, Any]:
     """Edge settings that point both PSP clients at `psp` with its credentials; quick backoff."""
     return {"paypal_base_url": psp.url, "adyen_base_url": psp.url, "paypal_client_id": PAYPAL_CLIENT_ID,
