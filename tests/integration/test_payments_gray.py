@@ -294,17 +294,18 @@ async def test_a_user_whose_side_flips_mid_payment_is_charged_once(make_edge: Ca
             assert (status, done["data"]) == (200, {"order_id": order_id, "status": "paid"}), answers
 
     async def tap_twice(user: int, first: Edge, second: Edge) -> list[tuple[int, dict[str, Any], str]]:
-        """The same card tapped twice: the second tap 100 ms after the first, while Adyen is still at it."""
+        """The same card tapped twice: the second tap 250 ms after the first, while Adyen is still at it."""
         async def later() -> tuple[int, dict[str, Any], str]:
-            await asyncio.sleep(0.1)
+            await asyncio.sleep(0.25)
             return await second.post(adyen_path(cards[user]), user, ADYEN_BODY)
 
         return list(await asyncio.gather(first.post(adyen_path(cards[user]), user, ADYEN_BODY), later()))
 
     await asyncio.gather(*(finish_on_both(user) for user in users))
-    # Adyen answering in 500 ms: the second tap arrives while the first is being charged. Half the users tap
-    # the moved edge first, half the stale one, so each side once meets the other's charge under way.
-    await psp.fault(path="/v71/payments", delay_ms=500)
+    # Adyen answering in 1 s (a slow 3-D Secure-free card payment): the second tap arrives while the first is
+    # being charged. Half the users tap the moved edge first, half the stale one, so each side meets the
+    # other's charge under way.
+    await psp.fault(path="/v71/payments", delay_ms=1000)
     orderings = [(moved, stale) if n % 2 else (stale, moved) for n in range(len(users))]
     taps = await asyncio.gather(*(tap_twice(user, *edges) for user, edges in zip(users, orderings)))
     refused_by = set()
