@@ -42,6 +42,7 @@ import structlog
 from sqlalchemy import ColumnElement, bindparam, delete, func, insert, select, tuple_, update
 
 from common import envelope as codes
+from common.settings import DEFAULT_TOPICS
 from shop import order_states as st
 from shop import schema as t
 from shop.errors import BadRequest, ShopError
@@ -285,7 +286,7 @@ async def _payment_already_at(uow: UnitOfWork, ev: PaymentNotified) -> bool:
 
 
 async def apply_payment_notified(uow: UnitOfWork, ev: PaymentNotified, consumer: str) -> str:
-    if not await uow.first_time(consumer, ev.event_id):
+    if not await uow.first_time(consumer, ev.event_id, unless_claimed_by=counterpart(consumer)):
         return "duplicate"
     order = await _order(uow, ev.order_id)
     if order.status == st.CANCELLED or (ev.status == "captured" and order.status in _PAID_OR_LATER - {st.PAID}):
@@ -327,7 +328,7 @@ async def _payment_failed_already(uow: UnitOfWork, row_id: int, order_id: str) -
 
 
 async def apply_payment_failed(uow: UnitOfWork, ev: PaymentFailed, consumer: str) -> str:
-    if not await uow.first_time(consumer, ev.event_id):
+    if not await uow.first_time(consumer, ev.event_id, unless_claimed_by=counterpart(consumer)):
         return "duplicate"
     order = await _order(uow, ev.order_id)
     row_id = _payment_row_id(ev.payment_id)
@@ -353,7 +354,7 @@ async def apply_payment_failed(uow: UnitOfWork, ev: PaymentFailed, consumer: str
 
 
 async def apply_purchased(uow: UnitOfWork, ev: Purchased, consumer: str) -> str:
-    if not await uow.first_time(consumer, ev.event_id):
+    if not await uow.first_time(consumer, ev.event_id, unless_claimed_by=counterpart(consumer)):
         return "duplicate"
     order = await _order(uow, ev.order_id)
     if order.status in (st.PENDING_PAYMENT, st.PAYMENT_CONFIRMING, st.PAYMENT_FAILED, st.AUTHORIZED):
@@ -381,7 +382,7 @@ def refund_backoff(attempts: int) -> timedelta:
 
 
 async def apply_refund_notified(uow: UnitOfWork, ev: RefundNotified, consumer: str) -> str:
-    if not await uow.first_time(consumer, ev.event_id):
+    if not await uow.first_time(consumer, ev.event_id, unless_claimed_by=counterpart(consumer)):
         return "duplicate"
     order = await _order(uow, ev.order_id)
     r = t.refunds.c
@@ -447,7 +448,7 @@ async def apply_refund_notified(uow: UnitOfWork, ev: RefundNotified, consumer: s
 
 async def apply_group_update(uow: UnitOfWork, ev: GroupUpdate, consumer: str) -> str:
     # Deprecated (domain.md, decided): acknowledged, counted and logged, and nothing else.
-    if not await uow.first_time(consumer, ev.event_id):
+    if not await uow.first_time(consumer, ev.event_id, unless_claimed_by=counterpart(consumer)):
         return "duplicate"
     log.info("group_update_ignored", event_id=ev.event_id)
     return "processed"
@@ -529,7 +530,7 @@ async def _lock_orders(uow: UnitOfWork, order_ids: Iterable[str]) -> _Orders:
 async def _claim_batch(uow: UnitOfWork, evs: Sequence[Any], consumer: str) -> tuple[list[str], list[tuple[int, Any]], _Orders]:
     """Every event id claimed: the outcomes so far (duplicates marked), the claimed events with their
     index in the batch, and their orders, locked."""
-    fresh = await uow.claim_many(consumer, [e.event_id for e in evs])
+    fresh = await uow.claim_many(consumer, [e.event_id for e in evs], unless_claimed_by=counterpart(consumer))
     todo = [(i, e) for i, e in enumerate(evs) if fresh[i]]
     orders = await _lock_orders(uow, (e.order_id for _, e in todo)) if todo else _Orders({}, {}, {})
     return ["processed" if f else "duplicate" for f in fresh], todo, orders
@@ -723,6 +724,21 @@ def consumer_name(event_type: EventType) -> str:
     return f"shopping-new:{event_type.name}"
 
 
+def legacy_consumer_name(event_type: EventType) -> str:
+    """processed_events.consumer under which old shopping records the events it applied (its
+    `/event/{name}` path name, as its code and our emulator of it do)."""
+    return f"legacy:{DEFAULT_TOPICS[event_type.name]}"
+
+
+def counterpart(consumer: str) -> str | None:
+    """The other side's consumer of the same event type: an event either side applied is applied.
+
+    Owners flip while events are redelivered (at least once), so the same event id can reach the new
+    side after old shopping applied it, or the reverse; not every effect shows in the rows (a
+    `payment_failed` without payment_id after the buyer paid again would fail the new attempt)."""
+    return _COUNTERPARTS.get(consumer)
+
+
 EVENT_TYPES: Mapping[str, EventType] = MappingProxyType({
     e.name: e for e in (
         EventType("payment_notified", parse_payment_notified, apply_payment_notified, apply_payment_notified_batch),
@@ -732,3 +748,4 @@ EVENT_TYPES: Mapping[str, EventType] = MappingProxyType({
         EventType("group_update", parse_group_update, apply_group_update, one_by_one(apply_group_update)),
     )
 })
+_COUNTERPARTS: Mapping[str, str] = MappingProxyType({consumer_name(e): legacy_consumer_name(e) for e in EVENT_TYPES.values()})

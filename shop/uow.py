@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import insert
+from sqlalchemy import bindparam, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -24,6 +24,9 @@ _OUTBOX_INSERT = insert(t.outbox)
 _PROCESSED_INSERT = insert(t.processed_events)
 # One statement claims a whole batch: the rows it inserted come back, those already there (or
 # inserted meanwhile by a concurrent delivery, whose commit it waits for on the key) do not.
+_PROCESSED_SEEN = select(t.processed_events.c.event_id).where(
+    t.processed_events.c.consumer == bindparam("consumer"), t.processed_events.c.event_id.in_(bindparam("ids", expanding=True))
+)
 _PROCESSED_CLAIM = (
     insert(t.processed_events).prefix_with("IGNORE", dialect="mysql").prefix_with("IGNORE", dialect="mariadb")
     .prefix_with("OR IGNORE", dialect="sqlite").returning(t.processed_events.c.event_id)
@@ -50,11 +53,13 @@ class UnitOfWork:
         if params:
             await self.conn.execute(_OUTBOX_INSERT, params)
 
-    async def first_time(self, consumer: str, event_id: str) -> bool:
+    async def first_time(self, consumer: str, event_id: str, *, unless_claimed_by: str | None = None) -> bool:
         """Claim the event for `consumer`; False when it was already applied (a redelivery, a duplicate).
 
         Inserted before the effect, in one round trip: a concurrent duplicate waits on the primary
         key until this transaction ends, then fails on it, so two deliveries can never both apply.
+        `unless_claimed_by`: the counterpart on the other side of the migration (old shopping's
+        consumer of the same event); an event it applied is a duplicate here too.
         """
         try:
             # No SAVEPOINT: on SQLite (pysqlite) a released savepoint can commit on its own. A failed
@@ -62,9 +67,16 @@ class UnitOfWork:
             await self.conn.execute(_PROCESSED_INSERT, {"consumer": consumer, "event_id": event_id})
         except IntegrityError:
             return False
-        return True
+        return unless_claimed_by is None or not await self.claimed(unless_claimed_by, [event_id])
 
-    async def claim_many(self, consumer: str, event_ids: Sequence[str]) -> list[bool]:
+    async def claimed(self, consumer: str, event_ids: Sequence[str]) -> set[str]:
+        """Which of these event ids `consumer` has applied (committed claims; a plain read)."""
+        if not event_ids:
+            return set()
+        rows = await self.conn.execute(_PROCESSED_SEEN, {"consumer": consumer, "ids": sorted(set(event_ids))})
+        return set(rows.scalars().all())
+
+    async def claim_many(self, consumer: str, event_ids: Sequence[str], *, unless_claimed_by: str | None = None) -> list[bool]:
         """`first_time` for a batch, in one statement: per position, True when this unit claimed the id.
 
         A repeat of an id later in the same batch is False (a duplicate of the earlier one), as is
@@ -78,4 +90,6 @@ class UnitOfWork:
             return []
         result = await self.conn.execute(_PROCESSED_CLAIM, [{"consumer": consumer, "event_id": e} for e in first])
         claimed = set(result.scalars().all())
+        if unless_claimed_by is not None and claimed:
+            claimed -= await self.claimed(unless_claimed_by, sorted(claimed))
         return [first[e] == i and e in claimed for i, e in enumerate(event_ids)]

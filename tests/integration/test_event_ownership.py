@@ -366,3 +366,49 @@ async def test_flipping_every_event_type_under_a_steady_stream_applies_each_even
     # And the hard case happened: events applied by one side that reached the other side too.
     crossed = {e["event_id"] for name, e in stream.sent if names[name] <= sides.get(e["event_id"], set())}
     assert crossed, "no event reached both sides: the flips did not exercise redelivery across them"
+
+
+async def repay(shop: Shop, order_id: str) -> None:
+    """The buyer pays again after a failure: the order is payment_confirming, as paid_from_client leaves it."""
+    async with shop.tx("new") as uow:
+        assert (await uow.transition(order_id, "paid_from_client")).changed
+
+
+def failed_routing(path: Path, legacy_url: str, owner: str) -> None:
+    write_consumers(path, legacy_url, {"payment_failed": owner})
+
+
+async def test_an_event_one_side_applied_is_a_duplicate_for_the_other_after_a_flip(broker: Broker, shop: Shop, tmp_path: Path) -> None:
+    """A `payment_failed` without payment_id (nothing in the order's rows tells it was applied) redelivered
+    to the other side after the buyer paid again must not fail the new attempt, in either direction."""
+    legacy = TestServer(legacy_app(shop), port=free_port())
+    await legacy.start_server()
+    try:
+        path = tmp_path / "routing.yaml"
+        to_new, to_legacy = "own-f-ln", "own-f-nl"
+        await new_order(shop, to_new)
+        await new_order(shop, to_legacy)
+        failed_routing(path, url_of(legacy), "legacy")
+        async with EventConsumers(broker, shop, path, types=("payment_failed",), partitions=2) as run:
+            # Old shopping applies the first failure; the buyer pays again; the flip sends the redelivery here.
+            await produce(broker, run.topic, [failed(to_new, None)])
+            await wait_until(lambda: run.count("forwarded_legacy") == 1)
+            await repay(shop, to_new)
+            failed_routing(path, url_of(legacy), "new")
+            await wait_until(lambda: run.ownership.owner("payment_failed", "x") == "new", timeout=1.0)
+            await produce(broker, run.topic, [failed(to_new, None)])
+            await wait_until(lambda: run.count("duplicate") == 1)
+            # And back: applied here, the buyer pays again, the redelivery would go to old shopping.
+            await produce(broker, run.topic, [failed(to_legacy, None)])
+            await wait_until(lambda: run.count("processed") == 1)
+            await repay(shop, to_legacy)
+            failed_routing(path, url_of(legacy), "legacy")
+            await wait_until(lambda: run.ownership.owner("payment_failed", "x") == "legacy", timeout=1.0)
+            await produce(broker, run.topic, [failed(to_legacy, None)])
+            await wait_until(lambda: run.count("duplicate") == 2)
+            assert run.count("forwarded_legacy") == 1
+        got = await history(shop, [to_new, to_legacy])
+        assert got[to_new] == [("pending_payment", "payment_failed", "legacy"), ("payment_failed", "payment_confirming", "new")]
+        assert got[to_legacy] == [("pending_payment", "payment_failed", "consumer"), ("payment_failed", "payment_confirming", "new")]
+    finally:
+        await legacy.close()
