@@ -144,6 +144,7 @@ def make_example(
         "request_id": str(request_id),
         "request": request_summary,
         "kind": kind,
+        "primary_side": primary_side,
         "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() if at is None else at)),
         "primary": {"side": primary_side, "status": primary_status, "body": render_body(primary_body, max_body_chars)},
         "shadow": {"side": shadow_side, "status": shadow_status, "body": render_body(shadow_body, max_body_chars)},
