@@ -179,7 +179,8 @@ def _route_row(name: str, spec: Mapping[str, Any] | None, st: RouteStats, has_sh
         _count(st.upstream_errors),
     ]
     if has_shadow:
-        compared = st.shadow.get("match", 0.0) + st.shadow.get("mismatch", 0.0)
+        # A rounding-only comparison was made too: it belongs in the denominator, not the numerator.
+        compared = sum(st.shadow.get(o, 0.0) for o in ("match", "rounding", "mismatch"))
         row.append(f"{_count(st.shadow.get('mismatch', 0.0))}/{_count(compared)}")
     return row
 

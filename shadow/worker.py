@@ -36,14 +36,13 @@ from typing import Any
 
 from shadow.compare import Comparison, compare
 from shadow.normalise import CompareRules
-from shadow.store import make_example
+from shadow.store import OTHER_SIDE, make_example
 
 __all__ = ["DiffJob", "DiffWorker", "compare_job", "example_for", "job_sides"]
 
 log = logging.getLogger(__name__)
 
 KINDS = ("shadow", "noise")
-OTHER_SIDE = {"legacy": "new", "new": "legacy"}
 
 
 @dataclass(frozen=True)

@@ -320,6 +320,7 @@ def _metrics_text(with_shadow: bool) -> str:
     if with_shadow:
         m.shadow_requests.labels("calc_price", "match").inc(7)
         m.shadow_requests.labels("calc_price", "mismatch").inc(3)
+        m.shadow_requests.labels("calc_price", "rounding").inc(2)
     return generate_latest(registry).decode()
 
 
@@ -397,7 +398,7 @@ async def test_status_shows_shadow_mismatches_when_the_edge_exports_them(aiohttp
     code, out, _ = await _ctl_async(ctl, "status", "--admin", str(server.make_url("")))
     assert code == 0
     assert "shadow mismatch/compared" in out
-    assert next(line for line in out.splitlines() if line.startswith("calc_price")).endswith("3/10")
+    assert next(line for line in out.splitlines() if line.startswith("calc_price")).endswith("3/12")  # rounding-only comparisons count as made
 
 
 async def test_shadow_prints_top_fields_with_an_example(aiohttp_server, ctl: Ctl) -> None:  # type: ignore[no-untyped-def]
