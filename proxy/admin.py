@@ -15,6 +15,7 @@ from handlers.errors import answer
 from proxy.metrics import EdgeMetrics
 from proxy.shadowing import Shadower
 from shadow.report import render_html, render_json
+from shadow.sizes import DEFAULT_WINDOW_SECONDS, MAX_WINDOW_SECONDS
 from proxy.reloader import RoutingState
 from common.settings import Settings
 from shop.tokens import bearer_matches
@@ -86,9 +87,17 @@ def create_admin_app(
         if current is None:
             return answer(codes.EDGE_NOT_STARTED)
         route = request.query.get("route") or None
+        try:
+            window = float(request.query.get("window", DEFAULT_WINDOW_SECONDS))
+        except ValueError:
+            window = -1.0
+        if not 0 < window <= MAX_WINDOW_SECONDS:  # also refuses nan
+            return web.json_response(
+                {"error": f"window must be a number of seconds in (0, {MAX_WINDOW_SECONDS:g}]"}, status=400)
         report = render_json(
             current.stats, current.store, current.outcomes, route=route,
             meta={"worker": current.worker.counters(), "inflight": current.inflight},
+            sizes=current.sizes, window=window,
         )
         wants_html = request.query.get("format") == "html" or (
             request.query.get("format") != "json" and "text/html" in request.headers.get("Accept", "")

@@ -317,6 +317,13 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_shadow(args: argparse.Namespace, settings: Settings) -> int:
     client = _admin(args, settings)
+    described = _get_json(client, "/_edge/routes")
+    known = described.get("routes") if isinstance(described, dict) else None
+    if not isinstance(known, dict):
+        raise CtlError("GET /_edge/routes did not answer a table of routes")
+    if args.route not in known:
+        # Without this a typo reads like a healthy route: "no shadow comparisons recorded".
+        raise CtlError(f"unknown route {args.route!r}; the edge's routes are: {', '.join(sorted(known)) or 'none'}")
     resp = client.get("/_edge/shadow", route=args.route)
     if resp.status == 404:
         raise CtlError("shadow report not available on this edge")

@@ -179,7 +179,8 @@ def _route_row(name: str, spec: Mapping[str, Any] | None, st: RouteStats, has_sh
         _count(st.upstream_errors),
     ]
     if has_shadow:
-        compared = st.shadow.get("match", 0.0) + st.shadow.get("mismatch", 0.0)
+        # A rounding-only comparison was made too: it belongs in the denominator, not the numerator.
+        compared = sum(st.shadow.get(o, 0.0) for o in ("match", "rounding", "mismatch"))
         row.append(f"{_count(st.shadow.get('mismatch', 0.0))}/{_count(compared)}")
     return row
 
@@ -221,13 +222,27 @@ def render_status(described: Mapping[str, Any], metrics: MetricsSummary) -> str:
 
 # --- shadow --------------------------------------------------------------------------------------
 # GET /_edge/shadow?route=R answers shadow.report.render_json: routes[R] = {requests: {outcome: n},
-# compared, noise_samples, fields: [{field, mismatches, noise, verdict, examples: [{diff, …}]}]}.
+# compared, noise_samples, fields: [{field, mismatches, noise, verdict, sizes: {rounding, beyond}, max_abs_delta,
+# examples: [{primary_side, diff (values keyed legacy / new), …}]}]}.
 
 
 def _example_text(example: Any, limit: int) -> str:
     shown = example.get("diff", example) if isinstance(example, Mapping) else example
     text = json.dumps(shown, ensure_ascii=False, sort_keys=True, default=str)
+    primary = _example_primary(example)
+    if primary:
+        # Values in the diff are keyed by side (legacy / new); this says which one was serving.
+        text = f"(primary {primary}) {text}"
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _example_primary(example: Any) -> str | None:
+    if not isinstance(example, Mapping):
+        return None
+    side = example.get("primary_side")
+    if side is None and isinstance(example.get("primary"), Mapping):
+        side = example["primary"].get("side")
+    return str(side) if side is not None else None
 
 
 def render_shadow(data: Any, route: str, top: int = 10, example_chars: int = 400) -> str:
@@ -250,10 +265,17 @@ def render_shadow(data: Any, route: str, top: int = 10, example_chars: int = 400
         lines.append("no differing fields")
         return "\n".join(lines)
     lines.append(f"differing fields (top {min(top, len(fields))} of {len(fields)}; noise = differs between two calls to the same side):")
-    lines.append(f"  {'mismatches':>10}  {'noise':>6}  {'verdict':8}  field")
+    lines.append("sizes: rounding = within one minor unit of the currency (expected), beyond = a real difference")
+    pad = f"  {'':>10}  {'':>8}  {'':>6}  {'':>10}  {'':>6}  {'':8}"
+    lines.append(f"  {'mismatches':>10}  {'rounding':>8}  {'beyond':>6}  {'max |Δ|':>10}  {'noise':>6}  {'verdict':8}  field")
     for f in fields[:top]:
-        lines.append(f"  {_count(f.get('mismatches', 0)):>10}  {_count(f.get('noise', 0)):>6}  {str(f.get('verdict', '?')):8}  {f.get('field')}")
+        sizes = f.get("sizes")
+        sizes = sizes if isinstance(sizes, Mapping) else {}
+        delta = f.get("max_abs_delta")
+        lines.append(
+            f"  {_count(f.get('mismatches', 0)):>10}  {_count(sizes.get('rounding', 0)):>8}  {_count(sizes.get('beyond', 0)):>6}"
+            f"  {str(delta) if delta is not None else '-':>10}  {_count(f.get('noise', 0)):>6}  {str(f.get('verdict', '?')):8}  {f.get('field')}")
         examples = f.get("examples") or []
         if examples:
-            lines.append(f"  {'':>10}  {'':>6}  {'':8}  e.g. {_example_text(examples[0], example_chars)}")
+            lines.append(f"{pad}  e.g. {_example_text(examples[0], example_chars)}")
     return "\n".join(lines)

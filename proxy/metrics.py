@@ -47,12 +47,14 @@ class EdgeMetrics:
             "edge_routing_reload_total", "routing.yaml loads by result", ("result",), registry=registry,
         )
         self.shadow_requests = Counter(
-            "edge_shadow_requests_total", "Shadowed requests by outcome (match, mismatch, error, skipped)",
+            "edge_shadow_requests_total",
+            "Shadowed requests by outcome (match, rounding, mismatch = beyond rounding, error, skipped)",
             ("route", "outcome"), registry=registry,
         )
         self.shadow_mismatch_fields = Counter(
-            "edge_shadow_mismatch_fields_total", "Fields that differed between primary and shadow",
-            ("route", "field"), registry=registry,
+            "edge_shadow_mismatch_fields_total",
+            "Fields that differed between primary and shadow, by size (rounding: within one minor unit; beyond)",
+            ("route", "field", "size"), registry=registry,
         )
         self.shadow_noise_fields = Counter(
             "edge_shadow_noise_fields_total", "Fields that differed between two calls to the primary side",

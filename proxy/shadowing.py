@@ -10,7 +10,9 @@ the comparison (and deepdiff, when the cheap equality fails) runs there, never o
 
 Noise (Diffy): for ``noise_percent`` of shadowed requests the primary side is called a second
 time; fields that differ between two answers of the same side are noise. A request counts as
-``mismatch`` when at least one differing field is not (yet) judged noise; otherwise ``match``.
+``mismatch`` when at least one differing field that is not (yet) judged noise differs beyond
+rounding (or the status differs), ``rounding`` when every such field differs only within one
+minor unit of the currency (shadow.rounding), otherwise ``match``.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import random
 import time
 import zlib
 from collections import Counter
+from decimal import Decimal
 from collections.abc import Mapping
 from typing import Any
 
@@ -36,13 +39,15 @@ from proxy.metrics import EdgeMetrics
 from proxy.routing import RouteSpec
 from shadow.compare import Comparison
 from shadow.noise import DiffStats, NoiseRule
+from shadow.rounding import BEYOND
+from shadow.sizes import SizeStats, merge_sizes
 from shadow.store import ExampleStore, summarise_request
 from shadow.worker import DiffJob, DiffWorker, example_for
 from common.settings import Settings
 
 log = structlog.get_logger("edge.shadow")
 
-OUTCOMES = ("match", "mismatch", "error", "skipped")
+OUTCOMES = ("match", "rounding", "mismatch", "error", "skipped")
 
 
 def sampling_rng() -> random.Random:
@@ -94,6 +99,7 @@ class Shadower:
             NoiseRule(relative=settings.shadow_noise_relative, absolute=settings.shadow_noise_absolute),
             max_fields=settings.shadow_max_fields,
         )
+        self.sizes = SizeStats()
         self.store = ExampleStore(per_field=settings.shadow_examples_per_field, max_bytes=settings.shadow_examples_bytes)
         self.outcomes: dict[str, Counter[str]] = {}
         self.inflight = 0
@@ -219,12 +225,28 @@ class Shadower:
             self._count(route, "error")
             return
         labels = self.stats.record_comparison(route, comparison.fields)
+        # Sizes by bounded label: several fields folded into "other" are beyond if any is.
+        sizes: dict[str, str] = {}
+        deltas: dict[str, Decimal] = {}
+        for field in comparison.fields:
+            label = self.stats.limiter.label(route, field)
+            sizes[label] = merge_sizes(sizes.get(label), comparison.sizes.get(field, BEYOND))
+            delta = comparison.max_deltas.get(field)
+            if delta is not None and delta > deltas.get(label, Decimal(-1)):
+                deltas[label] = delta
+        self.sizes.record(route, sizes, deltas)
         for field in labels:
-            self._metrics.shadow_mismatch_fields.labels(route, field).inc()
+            self._metrics.shadow_mismatch_fields.labels(route, field, sizes.get(field, BEYOND)).inc()
         if comparison.equal:
             self._count(route, "match")
             return
-        self._count(route, "mismatch" if self.stats.real_fields(route, labels) else "match")
+        real = self.stats.real_fields(route, labels)
+        if not real:
+            self._count(route, "match")
+        elif any(sizes.get(f, BEYOND) == BEYOND for f in real):
+            self._count(route, "mismatch")
+        else:
+            self._count(route, "rounding")
         example: dict[str, Any] | None = None
         for field in labels:
             if self.store.wants(route, field):

@@ -37,7 +37,7 @@ Pure: standard library + deepdiff.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal, localcontext
 from typing import Any
 
@@ -46,6 +46,7 @@ from deepdiff.helper import NotPresent
 
 from shadow.fields import field_from_parts
 from shadow.normalise import CompareRules, normalise
+from shadow.rounding import BEYOND, ROUNDING, classify, unit_for
 
 __all__ = ["DEEPDIFF_CALLS", "Comparison", "compare", "deepdiff_calls", "summarise_diff"]
 
@@ -72,6 +73,9 @@ class Comparison:
     ``diff``: JSON-serialisable bounded summary (``None`` when equal). ``error``: set
     when the comparison itself failed (e.g. a body nested too deep); then ``equal`` is
     False and ``fields`` is empty. ``deepdiff_used``: whether deepdiff ran.
+    ``sizes``: per field, ``"rounding"`` when every difference in it is numeric and within
+    one minor unit of the body's currency, else ``"beyond"`` (:mod:`shadow.rounding`).
+    ``max_deltas``: per field with numeric differences, the largest ``|a - b|``.
     """
 
     equal: bool
@@ -79,6 +83,13 @@ class Comparison:
     diff: dict[str, Any] | None = None
     error: str | None = None
     deepdiff_used: bool = False
+    sizes: dict[str, str] = field(default_factory=dict)
+    max_deltas: dict[str, Decimal] = field(default_factory=dict)
+
+    def beyond(self) -> bool:
+        """Whether at least one difference is beyond rounding (or the comparison failed)."""
+        return not self.equal and (self.error is not None or any(s != ROUNDING for s in self.sizes.values())
+                                   or any(f not in self.sizes for f in self.fields))
 
 
 EQUAL = Comparison(equal=True)
@@ -134,10 +145,15 @@ def compare(
     rules: CompareRules = CompareRules(),
     *,
     max_diff_bytes: int = DEFAULT_MAX_DIFF_BYTES,
+    sides: tuple[str, str] = ("old", "new"),
 ) -> Comparison:
-    """Compare two answers; never raises (a failure is ``Comparison(error=...)``)."""
+    """Compare two answers; never raises (a failure is ``Comparison(error=...)``).
+
+    ``sides`` names the primary's and the shadow's values in ``diff`` (the edge passes the
+    sides, ``("new", "legacy")`` when the new side was primary, so a value is always
+    labelled by who produced it, never by who was serving)."""
     try:
-        return _compare(primary_status, primary_body, shadow_status, shadow_body, rules, max_diff_bytes)
+        return _compare(primary_status, primary_body, shadow_status, shadow_body, rules, max_diff_bytes, sides)
     except RecursionError:
         return Comparison(equal=False, error="body nested too deeply to compare")
     except Exception as exc:  # a bug or a deepdiff failure must not kill the worker
@@ -145,10 +161,11 @@ def compare(
 
 
 def _compare(primary_status: int, primary_body: bytes, shadow_status: int, shadow_body: bytes,
-             rules: CompareRules, max_diff_bytes: int) -> Comparison:
+             rules: CompareRules, max_diff_bytes: int, sides: tuple[str, str]) -> Comparison:
+    p, s = sides
     if primary_status != shadow_status:
-        return Comparison(equal=False, fields=("status",),
-                          diff={"status": {"old": str(primary_status), "new": str(shadow_status)}})
+        return Comparison(equal=False, fields=("status",), sizes={"status": BEYOND},
+                          diff={"status": {p: str(primary_status), s: str(shadow_status)}})
     primary_body = bytes(primary_body or b"")
     shadow_body = bytes(shadow_body or b"")
     if primary_body == shadow_body:
@@ -156,9 +173,9 @@ def _compare(primary_status: int, primary_body: bytes, shadow_status: int, shado
     ok_a, a = _parse(primary_body)
     ok_b, b = _parse(shadow_body)
     if not (ok_a and ok_b):
-        return Comparison(equal=False, fields=("body",),
-                          diff={"body": {"old": _text(primary_body), "new": _text(shadow_body),
-                                         "old_json": ok_a, "new_json": ok_b}})
+        return Comparison(equal=False, fields=("body",), sizes={"body": BEYOND},
+                          diff={"body": {p: _text(primary_body), s: _text(shadow_body),
+                                         f"{p}_json": ok_a, f"{s}_json": ok_b}})
     a = normalise(a, rules)
     b = normalise(b, rules)
     if rules.tolerance is not None:
@@ -168,24 +185,37 @@ def _compare(primary_status: int, primary_body: bytes, shadow_status: int, shado
     if a == b:
         return EQUAL
     if max(len(primary_body), len(shadow_body)) > max_diff_bytes:
-        return Comparison(equal=False, fields=("$",),
+        return Comparison(equal=False, fields=("$",), sizes={"$": BEYOND},
                           diff={"skipped": f"bodies of {len(primary_body)} and {len(shadow_body)} bytes "
                                            f"are over the {max_diff_bytes}-byte deepdiff limit"})
     global DEEPDIFF_CALLS
     DEEPDIFF_CALLS += 1
     tree = DeepDiff(a, b, view="tree", threshold_to_diff_deeper=0)
-    fields: set[str] = set()
-    for levels in tree.values():
-        for level in levels:
-            fields.add(field_from_parts(level.path(output_format="list")))
-    if not fields:  # normalised trees differ but deepdiff saw nothing (should not happen)
-        fields.add("$")
-    return Comparison(equal=False, fields=tuple(sorted(fields)), diff=summarise_diff(tree),
-                      deepdiff_used=True)
+    unit = unit_for(a, b)
+    sizes: dict[str, str] = {}
+    deltas: dict[str, Decimal] = {}
+    with localcontext() as ctx:
+        ctx.prec = 100  # exact deltas whatever the numbers' lengths
+        for report_type, levels in tree.items():
+            for level in levels:
+                name = field_from_parts(level.path(output_format="list"))
+                if report_type == "values_changed":
+                    size, delta = classify(level.t1, level.t2, unit)
+                else:
+                    size, delta = BEYOND, None
+                if sizes.get(name) != BEYOND:
+                    sizes[name] = size
+                if delta is not None and delta > deltas.get(name, -1):
+                    deltas[name] = delta
+    if not sizes:  # normalised trees differ but deepdiff saw nothing (should not happen)
+        sizes["$"] = BEYOND
+    return Comparison(equal=False, fields=tuple(sorted(sizes)), diff=summarise_diff(tree, sides=sides),
+                      deepdiff_used=True, sizes=sizes, max_deltas=deltas)
 
 
-def summarise_diff(tree: Any, max_entries: int = MAX_DIFF_ENTRIES) -> dict[str, Any]:
-    """A deepdiff tree view → ``{report_type: {path: {"old": ..., "new": ...}}}``, JSON-safe,
+def summarise_diff(tree: Any, max_entries: int = MAX_DIFF_ENTRIES,
+                   sides: tuple[str, str] = ("old", "new")) -> dict[str, Any]:
+    """A deepdiff tree view → ``{report_type: {path: {sides[0]: ..., sides[1]: ...}}}``, JSON-safe,
     at most ``max_entries`` entries (``"omitted": n`` counts the rest), values as strings
     of at most 200 characters, paths at most 300."""
     out: dict[str, Any] = {}
@@ -197,12 +227,12 @@ def summarise_diff(tree: Any, max_entries: int = MAX_DIFF_ENTRIES) -> dict[str, 
                 continue
             entry: dict[str, str] = {}
             if not isinstance(level.t1, NotPresent):
-                entry["old"] = _show(level.t1)
+                entry[sides[0]] = _show(level.t1)
             if not isinstance(level.t2, NotPresent):
-                entry["new"] = _show(level.t2)
+                entry[sides[1]] = _show(level.t2)
             if report_type == "type_changes":
-                entry["old_type"] = type(level.t1).__name__
-                entry["new_type"] = type(level.t2).__name__
+                entry[f"{sides[0]}_type"] = type(level.t1).__name__
+                entry[f"{sides[1]}_type"] = type(level.t2).__name__
             out.setdefault(report_type, {})[_clip(level.path(), MAX_PATH_CHARS)] = entry
             shown += 1
     if omitted:

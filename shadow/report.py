@@ -1,9 +1,13 @@
 """The shadow report behind ``GET /_edge/shadow``: JSON, and a small HTML page.
 
 :func:`render_json` joins the per-route request counters kept by the edge
-(``{route: {outcome: n}}``, outcomes ``match``, ``mismatch``, ``error``, ``skipped``), the
-field statistics (:class:`shadow.noise.DiffStats`) and the examples
-(:class:`shadow.store.ExampleStore`)::
+(``{route: {outcome: n}}``, outcomes ``match``, ``rounding``, ``mismatch`` (beyond rounding),
+``error``, ``skipped``), the field statistics (:class:`shadow.noise.DiffStats`), the sizes of
+the differences (:class:`shadow.sizes.SizeStats`: per field ``sizes`` ``{"rounding": n,
+"beyond": n}``, ``max_abs_delta`` as a Decimal string, ``beyond_rate`` / ``rounding_rate``
+since start and the same over ``window`` — the last 60 s unless asked otherwise) and the
+examples (:class:`shadow.store.ExampleStore`; values in their ``diff`` are keyed by the side
+that produced them, ``legacy`` / ``new``, and ``primary_side`` says which one served)::
 
     {"generated_at": "...", "rule": {"relative": 0.2, "absolute": 0.0003},
      "store": {"bytes_used", "max_bytes", "per_field", "stored", "dropped"}, "meta": {...},
@@ -40,11 +44,13 @@ from collections.abc import Mapping
 from typing import Any
 
 from shadow.noise import DiffStats
+from shadow.rounding import SIZES
+from shadow.sizes import DEFAULT_WINDOW_SECONDS, SizeStats
 from shadow.store import ExampleStore
 
 __all__ = ["render_html", "render_json"]
 
-OUTCOMES = ("match", "mismatch", "error", "skipped")
+OUTCOMES = ("match", "rounding", "mismatch", "error", "skipped")
 MAX_EXAMPLES = 5
 HTML_BODY_CHARS = 4000
 # Deeper than any report's own structure; a deeper value from a body is shown as text.
@@ -92,8 +98,11 @@ def render_json(
     route: str | None = None,
     meta: Mapping[str, Any] | None = None,
     max_examples: int = MAX_EXAMPLES,
+    sizes: SizeStats | None = None,
+    window: float = DEFAULT_WINDOW_SECONDS,
 ) -> dict[str, Any]:
     """The report as a JSON-serialisable dict (see the module docstring)."""
+    sizes = sizes if sizes is not None else SizeStats()
     names = set(counters) | set(stats.routes()) | set(store.routes())
     if route is not None:
         names &= {route}
@@ -104,12 +113,24 @@ def render_json(
             outcomes[str(outcome)] = int(n)
         total = sum(outcomes.values())
         fields: list[dict[str, Any]] = []
+        compared_all = sizes.compared(name)
+        compared_recent, recent = sizes.window(name, window)
         for field in sorted(set(stats.fields(name)) | set(store.fields(name))):
             s = stats.field_stats(name, field)
+            by_size = sizes.counts(name, field)
+            recent_sizes = recent.get(field) or dict.fromkeys(SIZES, 0)
+            delta = sizes.max_abs_delta(name, field)
             fields.append({
                 "field": field, "mismatches": s.mismatches, "noise": s.noise,
                 "mismatch_rate": round(s.mismatch_rate, 6), "noise_rate": round(s.noise_rate, 6),
                 "verdict": stats.verdict(name, field),
+                "sizes": by_size,
+                "max_abs_delta": str(delta) if delta is not None else None,
+                "beyond_rate": _rate(by_size["beyond"], compared_all),
+                "rounding_rate": _rate(by_size["rounding"], compared_all),
+                "window": {"seconds": window, "compared": compared_recent, **recent_sizes,
+                           "beyond_rate": _rate(recent_sizes["beyond"], compared_recent),
+                           "rounding_rate": _rate(recent_sizes["rounding"], compared_recent)},
                 "examples": store.examples(name, field)[:max_examples],
             })
         fields.sort(key=lambda f: (-f["mismatches"], -f["noise"], f["field"]))
@@ -181,7 +202,7 @@ def _example_html(i: int, ex: Mapping[str, Any]) -> str:
     primary = _map(ex.get("primary"))
     shadow = _map(ex.get("shadow"))
     title = (f"example {i + 1}: request {_e(ex.get('request_id', '?'))} · {_e(ex.get('kind', 'shadow'))}"
-             f" · {_e(ex.get('at', ''))}")
+             f" · primary: {_e(ex.get('primary_side', primary.get('side', '?')))} · {_e(ex.get('at', ''))}")
     return (
         f"<details><summary>{title}</summary>"
         f"<p>request</p>{_pre(ex.get('request'))}"
@@ -189,7 +210,9 @@ def _example_html(i: int, ex: Mapping[str, Any]) -> str:
         f"{_pre(primary.get('body', ''))}</div>"
         f"<div><p>{'second primary' if ex.get('kind') == 'noise' else 'shadow'} ({_e(shadow.get('side', '?'))}) "
         f"status {_e(shadow.get('status', '?'))}</p>{_pre(shadow.get('body', ''))}</div></div>"
-        f"<p>diff</p>{_pre(ex.get('diff'))}</details>"
+        f"<p>diff (values labelled by the side that answered them)</p>{_pre(ex.get('diff'))}"
+        + (f"<p>sizes</p>{_pre(ex.get('sizes'))}" if ex.get("sizes") else "")
+        + "</details>"
     )
 
 
@@ -227,15 +250,21 @@ def render_html(report: Mapping[str, Any], route: str | None = None) -> str:
             out.append("<p>No differing fields.</p>")
             continue
         out.append("<table><tr><th>field</th><th>verdict</th><th>mismatches</th><th>rate</th>"
+                   "<th>rounding</th><th>beyond</th><th>max |Δ|</th><th>beyond rate (window)</th>"
                    "<th>noise</th><th>noise rate</th><th>examples</th></tr>")
         for f in fields:
             verdict = str(f.get("verdict", ""))
             css = verdict if verdict in ("mismatch", "noise", "ok") else ""
             m_rate = _pct(f.get("mismatch_rate"))
+            sizes = _map(f.get("sizes"))
+            window = _map(f.get("window"))
             n_rate = _pct(f.get("noise_rate"))
             out.append(
                 f"<tr class={css}><td><code>{_e(f.get('field', ''))}</code></td><td class={css}>{_e(verdict)}</td>"
                 f"<td class=num>{_e(f.get('mismatches', 0))}</td><td class=num>{m_rate}</td>"
+                f"<td class=num>{_e(sizes.get('rounding', 0))}</td><td class=num>{_e(sizes.get('beyond', 0))}</td>"
+                f"<td class=num>{_e(f.get('max_abs_delta') or '')}</td>"
+                f"<td class=num>{_pct(window.get('beyond_rate'))} ({_e(window.get('seconds', ''))} s)</td>"
                 f"<td class=num>{_e(f.get('noise', 0))}</td><td class=num>{n_rate}</td>"
                 f"<td class=num>{len(_list(f.get('examples')))}</td></tr>"
             )

@@ -29,6 +29,7 @@ from typing import Any
 __all__ = ["ExampleStore", "make_example", "render_body", "summarise_request"]
 
 DEFAULT_MAX_BODY_CHARS = 16_384
+OTHER_SIDE = {"legacy": "new", "new": "legacy"}
 
 
 def _size(example: Mapping[str, Any]) -> int:
@@ -139,11 +140,12 @@ def make_example(
 ) -> dict[str, Any]:
     """One example as stored and shown by the report. ``primary_side`` is ``legacy`` or
     ``new``; for a noise example both bodies come from that side."""
-    shadow_side = primary_side if kind == "noise" else {"legacy": "new", "new": "legacy"}.get(primary_side, "shadow")
+    shadow_side = primary_side if kind == "noise" else OTHER_SIDE.get(primary_side, "shadow")
     return {
         "request_id": str(request_id),
         "request": request_summary,
         "kind": kind,
+        "primary_side": primary_side,
         "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() if at is None else at)),
         "primary": {"side": primary_side, "status": primary_status, "body": render_body(primary_body, max_body_chars)},
         "shadow": {"side": shadow_side, "status": shadow_status, "body": render_body(shadow_body, max_body_chars)},

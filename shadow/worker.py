@@ -36,9 +36,9 @@ from typing import Any
 
 from shadow.compare import Comparison, compare
 from shadow.normalise import CompareRules
-from shadow.store import make_example
+from shadow.store import OTHER_SIDE, make_example
 
-__all__ = ["DiffJob", "DiffWorker", "compare_job", "example_for"]
+__all__ = ["DiffJob", "DiffWorker", "compare_job", "example_for", "job_sides"]
 
 log = logging.getLogger(__name__)
 
@@ -69,9 +69,19 @@ class DiffJob:
             raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}")
 
 
+def job_sides(job: DiffJob) -> tuple[str, str]:
+    """How the job's two values are labelled in a diff: by the side that produced them
+    (``legacy`` / ``new``), whichever was primary; a noise sample's second answer is
+    ``<side>_again``."""
+    if job.kind == "noise":
+        return job.primary_side, f"{job.primary_side}_again"
+    return job.primary_side, OTHER_SIDE.get(job.primary_side, "shadow")
+
+
 def compare_job(job: DiffJob) -> Comparison:
     """The default ``compare_fn``: :func:`shadow.compare.compare` on the job's answers."""
-    return compare(job.primary_status, job.primary_body, job.shadow_status, job.shadow_body, job.rules)
+    return compare(job.primary_status, job.primary_body, job.shadow_status, job.shadow_body, job.rules,
+                   sides=job_sides(job))
 
 
 def example_for(job: DiffJob, comparison: Comparison, max_body_chars: int = 16_384) -> dict[str, Any]:
@@ -79,12 +89,17 @@ def example_for(job: DiffJob, comparison: Comparison, max_body_chars: int = 16_3
     diff = comparison.diff
     if comparison.error is not None:
         diff = {"error": comparison.error}
-    return make_example(
+    example = make_example(
         request_id=job.request_id, request_summary=job.request_summary, primary_side=job.primary_side,
         primary_status=job.primary_status, primary_body=job.primary_body,
         shadow_status=job.shadow_status, shadow_body=job.shadow_body,
         diff=diff, kind=job.kind, max_body_chars=max_body_chars,
     )
+    if comparison.sizes:
+        example["sizes"] = dict(comparison.sizes)
+    if comparison.max_deltas:
+        example["max_abs_delta"] = {f: str(d) for f, d in comparison.max_deltas.items()}
+    return example
 
 
 def _timed(fn: Callable[[DiffJob], Comparison], job: DiffJob) -> tuple[Comparison, float]:

@@ -97,17 +97,61 @@ async def test_float_rounding_differences_show_on_exactly_the_money_fields(make_
     for _ in range(5):
         assert (await stack.edge.post(CALC, json=PLAIN_BODY)).status == 200
     await stack.settle()
-    assert stack.outcome("calc_price", "mismatch") == 5
+    # A cent apart in USD: visible, sized "rounding", and no request counts as a mismatch.
+    assert stack.outcome("calc_price", "rounding") == 5
+    assert stack.outcome("calc_price", "mismatch") == 0
     assert stack.outcome("calc_price", "match") == 5
     report = await stack.report()
     fields = {f["field"]: f for f in report["fields"]}
     assert set(fields) == {"data.items[*].mall_discount", "data.summary.mall_discount", "data.summary.total"}
     assert all(f["mismatches"] == 5 and f["verdict"] == "mismatch" for f in fields.values())
+    assert all(f["sizes"] == {"rounding": 5, "beyond": 0} and f["max_abs_delta"] == "0.01" for f in fields.values())
+    assert all(f["window"]["seconds"] == 60 and f["window"]["compared"] == 10 and f["window"]["rounding"] == 5
+               and f["window"]["beyond_rate"] == 0 for f in fields.values())
     example = fields["data.summary.total"]["examples"][0]
     assert example["primary"]["side"] == "legacy" and example["shadow"]["side"] == "new"
-    assert "values_changed" in example["diff"]
+    assert example["primary_side"] == "legacy"
+    assert set(example["diff"]["values_changed"]["root['data']['summary']['total']"]) == {"legacy", "new"}
     assert stack.registry.get_sample_value(
-        "edge_shadow_mismatch_fields_total", {"route": "calc_price", "field": "data.summary.total"}) == 5
+        "edge_shadow_mismatch_fields_total", {"route": "calc_price", "field": "data.summary.total", "size": "rounding"}) == 5
+    assert stack.registry.get_sample_value(
+        "edge_shadow_mismatch_fields_total", {"route": "calc_price", "field": "data.summary.total", "size": "beyond"}) is None
+
+
+async def test_when_new_is_primary_its_values_are_still_under_new(make_stack) -> None:
+    stack = await make_stack(calc_price_route(100, shadow={"percent": 100, "noise_percent": 0}))
+    resp = await stack.edge.post(CALC, json=TIE_BODY)
+    assert resp.status == 200 and resp.headers["X-Edge-Backend"] == "new"
+    served = (await resp.json())["data"]["summary"]["total"]
+    await stack.settle()
+    fields = {f["field"]: f for f in (await stack.report())["fields"]}
+    example = fields["data.summary.total"]["examples"][0]
+    assert example["primary_side"] == "new"
+    values = example["diff"]["values_changed"]["root['data']['summary']['total']"]
+    assert values["new"] == served and values["legacy"] != served
+    page = await (await stack.admin.get("/_edge/shadow", params={"format": "html"})).text()
+    assert "primary: new" in page
+
+
+async def test_a_difference_beyond_rounding_is_a_mismatch_and_rounding_stays_apart(make_stack) -> None:
+    stack = await make_stack(calc_price_route(0, shadow={"percent": 100, "noise_percent": 0}))
+    await stack.edge.post(CALC, json=TIE_BODY)  # cent differences only
+    await stack.settle()
+    await stack.fault(path=CALC, random_field="quote_time")  # old shopping adds a field of its own
+    await stack.edge.post(CALC, json=TIE_BODY)
+    await stack.settle()
+    assert stack.outcome("calc_price", "rounding") == 1
+    assert stack.outcome("calc_price", "mismatch") == 1
+    fields = {f["field"]: f for f in (await stack.report())["fields"]}
+    assert fields["data.quote_time"]["sizes"] == {"rounding": 0, "beyond": 1}
+    assert fields["data.quote_time"]["max_abs_delta"] is None
+    assert fields["data.summary.total"]["sizes"] == {"rounding": 2, "beyond": 0}
+    assert stack.registry.get_sample_value(
+        "edge_shadow_mismatch_fields_total", {"route": "calc_price", "field": "data.quote_time", "size": "beyond"}) == 1
+    assert (await stack.admin.get("/_edge/shadow", params={"window": "nope"})).status == 400
+    wide = await (await stack.admin.get("/_edge/shadow", params={"window": "600"})).json()
+    total = next(f for f in wide["routes"]["calc_price"]["fields"] if f["field"] == "data.summary.total")
+    assert total["window"]["seconds"] == 600 and total["window"]["compared"] == 2
 
 
 async def test_ignore_path_hides_a_field(make_stack) -> None:
@@ -227,4 +271,5 @@ async def test_shadow_page_json_and_html(make_stack) -> None:
     assert html.status == 200 and html.content_type == "text/html"
     assert "calc_price" in text and "data.summary.total" in text and "req-tie-1" in text
     data = await (await stack.admin.get("/_edge/shadow")).json()
-    assert data["routes"]["calc_price"]["requests"]["mismatch"] == 1
+    assert data["routes"]["calc_price"]["requests"]["rounding"] == 1
+    assert data["routes"]["calc_price"]["requests"]["mismatch"] == 0

@@ -25,6 +25,7 @@ from proxy.edgectl_yaml import EditError, set_consumers, set_percents, write_ato
 from proxy.metrics import EdgeMetrics
 from shadow.noise import DiffStats, NoiseRule
 from shadow.report import render_json
+from shadow.sizes import SizeStats
 from shadow.store import ExampleStore
 from proxy.routing import parse_routing
 from tests.support.bad_routing import alias_bomb, routing_text
@@ -319,6 +320,7 @@ def _metrics_text(with_shadow: bool) -> str:
     if with_shadow:
         m.shadow_requests.labels("calc_price", "match").inc(7)
         m.shadow_requests.labels("calc_price", "mismatch").inc(3)
+        m.shadow_requests.labels("calc_price", "rounding").inc(2)
     return generate_latest(registry).decode()
 
 
@@ -348,9 +350,13 @@ def _admin_app(*, with_shadow: bool, reload_status: int = 200, seen: list[str] |
             if i == 0:
                 fields.append("data.currency")
             stats.record_comparison("calc_price", fields)
-        diff = {"values_changed": {"root['data']['total']": {"old": "10.00", "new": "10.01"}}}
-        store.add("calc_price", "data.total", {"request_id": "r1", "diff": diff})
-        report = render_json(stats, store, {"calc_price": {"match": 7, "mismatch": 3}}, route=request.query.get("route"))
+        sizes = SizeStats()
+        for i in range(10):
+            sizes.record("calc_price", {"data.total": "rounding"} if i < 3 else {}, {"data.total": Decimal("0.01")} if i < 3 else {})
+        diff = {"values_changed": {"root['data']['total']": {"new": "10.00", "legacy": "10.01"}}}
+        store.add("calc_price", "data.total", {"request_id": "r1", "primary_side": "new", "diff": diff})
+        report = render_json(stats, store, {"calc_price": {"match": 4, "rounding": 3, "mismatch": 3}},
+                             route=request.query.get("route"), sizes=sizes)
         return web.json_response(report)
 
     async def reload(request: web.Request) -> web.Response:
@@ -392,7 +398,7 @@ async def test_status_shows_shadow_mismatches_when_the_edge_exports_them(aiohttp
     code, out, _ = await _ctl_async(ctl, "status", "--admin", str(server.make_url("")))
     assert code == 0
     assert "shadow mismatch/compared" in out
-    assert next(line for line in out.splitlines() if line.startswith("calc_price")).endswith("3/10")
+    assert next(line for line in out.splitlines() if line.startswith("calc_price")).endswith("3/12")  # rounding-only comparisons count as made
 
 
 async def test_shadow_prints_top_fields_with_an_example(aiohttp_server, ctl: Ctl) -> None:  # type: ignore[no-untyped-def]
@@ -400,11 +406,20 @@ async def test_shadow_prints_top_fields_with_an_example(aiohttp_server, ctl: Ctl
     code, out, _ = await _ctl_async(ctl, "shadow", "calc_price", "--admin", str(server.make_url("")))
     assert code == 0
     lines = out.splitlines()
-    assert "requests: match=7, mismatch=3, error=0, skipped=0, total=10" in lines
+    assert "requests: match=4, rounding=3, mismatch=3, error=0, skipped=0, total=10" in lines
     top = lines.index(next(line for line in lines if line.endswith("data.total")))
-    assert lines[top].split()[:3] == ["3", "0", "mismatch"]
+    # mismatches, rounding, beyond, max |Δ|, noise, verdict
+    assert lines[top].split()[:6] == ["3", "3", "0", "0.01", "0", "mismatch"]
     assert "data.currency" in lines[top + 2]  # sorted by count, example in between
-    assert '"new": "10.01"' in lines[top + 1]
+    # Values under the side that produced them, and which side was serving.
+    assert '(primary new)' in lines[top + 1] and '"legacy": "10.01"' in lines[top + 1] and '"new": "10.00"' in lines[top + 1]
+
+
+async def test_shadow_of_an_unknown_route_fails_and_names_the_routes(aiohttp_server, ctl: Ctl) -> None:  # type: ignore[no-untyped-def]
+    server = await aiohttp_server(_admin_app(with_shadow=True))
+    code, out, err = await _ctl_async(ctl, "shadow", "calc_prise", "--admin", str(server.make_url("")))
+    assert (code, out) == (1, "")
+    assert err.strip() == "edgectl: unknown route 'calc_prise'; the edge's routes are: calc_price, place_order"
 
 
 async def test_shadow_without_the_endpoint_says_so(aiohttp_server, ctl: Ctl) -> None:  # type: ignore[no-untyped-def]

@@ -36,7 +36,7 @@ def test_json_report() -> None:
     json.dumps(report)
     assert set(report["routes"]) == {"calc_price", "coupons", "detail"}
     calc = report["routes"]["calc_price"]
-    assert calc["requests"] == {"match": 6, "mismatch": 4, "error": 0, "skipped": 0, "total": 10}
+    assert calc["requests"] == {"match": 6, "rounding": 0, "mismatch": 4, "error": 0, "skipped": 0, "total": 10}
     assert calc["rates"]["mismatch"] == 0.4
     assert (calc["compared"], calc["noise_samples"]) == (20, 10)
     fields = calc["fields"]

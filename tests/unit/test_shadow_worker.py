@@ -123,7 +123,10 @@ def test_example_for_a_job() -> None:
     j = job(7, kind="noise")
     ex = example_for(j, compare_job(j))
     assert ex["request_id"] == "req-7" and ex["kind"] == "noise"
-    assert ex["diff"] == {"values_changed": {"root['total']": {"old": "96.07", "new": "96.08"}}}
+    # A noise sample's two answers both come from the primary side.
+    assert ex["diff"] == {"values_changed": {"root['total']": {"legacy": "96.07", "legacy_again": "96.08"}}}
+    assert ex["primary_side"] == "legacy"
+    assert ex["sizes"] == {"total": "rounding"} and ex["max_abs_delta"] == {"total": "0.01"}
     json.dumps(ex)
     assert example_for(j, Comparison(equal=False, error="x"))["diff"] == {"error": "x"}
 
@@ -131,3 +134,14 @@ def test_example_for_a_job() -> None:
 def test_job_kind_is_checked() -> None:
     with pytest.raises(ValueError):
         job(kind="other")
+
+
+def test_diff_values_are_labelled_by_the_side_that_answered_them() -> None:
+    # The new side served this caller: its value must appear under "new", not under "old".
+    j = DiffJob(route="coupons", request_id="r", request_summary={}, primary_side="new", primary_status=200,
+                primary_body=b'{"coupon_discount": "2077", "currency": "JPY"}', shadow_status=200,
+                shadow_body=b'{"coupon_discount": "2079", "currency": "JPY"}')
+    ex = example_for(j, compare_job(j))
+    assert ex["diff"] == {"values_changed": {"root['coupon_discount']": {"new": "2077", "legacy": "2079"}}}
+    assert ex["primary_side"] == "new" and ex["primary"]["side"] == "new" and ex["shadow"]["side"] == "legacy"
+    assert ex["sizes"] == {"coupon_discount": "beyond"}  # 2 yen: beyond JPY's 1-yen minor unit
