@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: run test lint typecheck test-unit fuzz venv mariadb bench-edge bench-price bench-shadow bench-order bench-events bench-pay demo-traffic clean
+.PHONY: run observe test lint typecheck test-unit fuzz venv mariadb bench-edge bench-price bench-shadow bench-order bench-events bench-pay demo-traffic clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -19,7 +19,12 @@ mariadb:
 	bash scripts/ensure-mariadb.sh
 
 run: $(STAMP)
-	$(BIN)/python scripts/stack.py
+	$(BIN)/python scripts/stack.py $(RUN_ARGS)
+
+# `make run` plus a real Prometheus on :9090 (scrapes the edge and the consumers, prometheus/alerts.yml loaded; data in var/).
+observe: $(STAMP)
+	bash scripts/ensure-promtool.sh
+	$(BIN)/python scripts/stack.py --observe $(RUN_ARGS)
 
 PY_DIRS := common adapters shop handlers proxy shadow emulators consumers scripts bench tests
 

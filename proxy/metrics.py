@@ -46,6 +46,13 @@ class EdgeMetrics:
         self.reloads = Counter(
             "edge_routing_reload_total", "routing.yaml loads by result", ("result",), registry=registry,
         )
+        # Not in the spec's table (an addition): whether the latest load attempt was accepted. The
+        # counters alone can't tell an alert the problem is over: a fix that restores the table in
+        # force is accepted without counting an ok load. livemin: one worker on a rejected file is enough.
+        self.last_reload_ok = Gauge(
+            "edge_routing_last_reload_ok", "1 if the latest routing.yaml load was accepted, 0 if rejected",
+            registry=registry, multiprocess_mode="livemin",
+        )
         self.shadow_requests = Counter(
             "edge_shadow_requests_total",
             "Shadowed requests by outcome (match, rounding, mismatch = beyond rounding, error, skipped)",

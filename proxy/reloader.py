@@ -95,6 +95,7 @@ class RoutingState:
         self.polled_at: float | None = None
         self.last = ReloadResult(ok=True, changed=True, error=None, at=self.loaded_at)
         metrics.reloads.labels("ok").inc()
+        metrics.last_reload_ok.set(1)
         self._publish()
 
     def on_swap(self, listener: Callable[[RoutingTable], None]) -> None:
@@ -172,6 +173,7 @@ class RoutingState:
         if table.source_hash == self.table.source_hash:
             self._seen, self._pending = loaded.signature, None
             self.last = ReloadResult(ok=True, changed=False, error=None, at=time.time())
+            self._metrics.last_reload_ok.set(1)  # e.g. a bad edit reverted: the rejection is over
             return self.last
         if settled is not None:
             dropped = _dropped(self.table, table)
@@ -189,6 +191,7 @@ class RoutingState:
         self.loaded_at = now = time.time()
         self.last = ReloadResult(ok=True, changed=True, error=None, at=now)
         self._metrics.reloads.labels("ok").inc()
+        self._metrics.last_reload_ok.set(1)
         self._publish()
         log.info(
             "routing_reloaded",
@@ -204,6 +207,7 @@ class RoutingState:
             self._seen, self._pending = signature, None  # this file state is judged: don't count it again
         self.last = ReloadResult(ok=False, changed=False, error=error, at=time.time())
         self._metrics.reloads.labels("error").inc()
+        self._metrics.last_reload_ok.set(0)
         log.error("routing_reload_rejected", reason=reason, error=error, kept=self.table.source_hash[:12])
         return self.last
 

@@ -24,6 +24,11 @@ for the demo and for curl.
 Everything listens on 127.0.0.1: a demo stack is for this machine. `--host 0.0.0.0` opens the
 edge's public port (only that one) to other machines; the banner says which it is.
 
+With `--observe` (`make observe`) a real Prometheus (the Debian package's `prometheus`,
+scripts/ensure-promtool.sh installs it) starts last on :9090, scraping the edge's admin port and the
+consumers' with prometheus/alerts.yml loaded: prometheus/prometheus.yml with the stack's ports, written
+to `<var>/prometheus/`, its storage in `<var>/prometheus/data`.
+
 Stopping goes in reverse start order, one component at a time: the consumers first, so they
 commit their offsets and leave the group while the broker is still there; the broker last.
 """
@@ -36,6 +41,7 @@ import contextlib
 import json
 import os
 import secrets
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -46,6 +52,9 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+import yaml
 
 from common import local_broker
 from common.settings import Settings
@@ -71,6 +80,7 @@ class Component:
 # broker, legacy, legacy's control API (/_emulator/*, loopback only), edge, edge admin, consumers admin,
 # the PSP emulator and its control API (/_psp/*, loopback only)
 PORTS = (9092, 8090, 8099, 8080, 8081, 8082, 8091, 8100)
+PROMETHEUS_PORT = 9090  # --observe only
 LOOPBACK = local_broker.LOOPBACK
 
 
@@ -140,6 +150,34 @@ def components(
     ]
 
 
+def prometheus_config(offset: int) -> dict[str, Any]:
+    """prometheus/prometheus.yml, its targets moved by the port offset and its rule file by absolute path."""
+    config: dict[str, Any] = yaml.safe_load((ROOT / "prometheus" / "prometheus.yml").read_text(encoding="utf-8"))
+    config["rule_files"] = [str(ROOT / "prometheus" / name) for name in config["rule_files"]]
+    for job in config["scrape_configs"]:
+        for static in job["static_configs"]:
+            static["targets"] = [f"{host}:{int(port) + offset}" for host, port in (t.rsplit(":", 1) for t in static["targets"])]
+    return config
+
+
+def prometheus_component(var: Path, offset: int) -> Component:
+    binary = shutil.which("prometheus")
+    if binary is None:
+        raise RuntimeError("prometheus is not on PATH: `bash scripts/ensure-promtool.sh` installs it (make observe does)")
+    home = var / "prometheus"
+    (home / "data").mkdir(parents=True, exist_ok=True)
+    config = home / "prometheus.yml"
+    config.write_text(yaml.safe_dump(prometheus_config(offset), sort_keys=False), encoding="utf-8")
+    port = PROMETHEUS_PORT + offset
+    return Component(
+        "prometheus",
+        [binary, f"--config.file={config}", f"--storage.tsdb.path={home / 'data'}",
+         f"--web.listen-address={LOOPBACK}:{port}"],
+        port, f"Prometheus http://127.0.0.1:{port}  (alerts: http://127.0.0.1:{port}/alerts; data in {home / 'data'})",
+        ready=lambda: http_ok(f"http://127.0.0.1:{port}/-/ready"),
+    )
+
+
 def wait_ready(proc: subprocess.Popen[bytes], comp: Component, timeout: float = 60) -> None:
     local_broker.wait_for_port(proc, comp.port, comp.name, timeout=30)
     if comp.ready is None:
@@ -207,6 +245,8 @@ def main() -> int:
     )
     parser.add_argument("--routing", type=Path, default=ROOT / "routing.yaml",
                         help="the routing file of the edge and the consumers (default: the repo's routing.yaml)")
+    parser.add_argument("--observe", action="store_true",
+                        help="also run Prometheus on :9090 scraping the edge and the consumers, with the alert rules")
     args = parser.parse_args()
     os.chdir(ROOT)
     var: Path = args.var
@@ -214,7 +254,8 @@ def main() -> int:
     (var / "log").mkdir(parents=True, exist_ok=True)
     db_file = var / "shop.db"
     db_url = f"sqlite+aiosqlite:///{db_file}"
-    busy = [p + offset for p in PORTS if local_broker.port_open(p + offset)]
+    ports = (*PORTS, PROMETHEUS_PORT) if args.observe else PORTS
+    busy = [p + offset for p in ports if local_broker.port_open(p + offset)]
     if busy:
         print(f"ports already in use: {busy}; stop whatever holds them first", file=sys.stderr)
         return 1
@@ -253,7 +294,10 @@ def main() -> int:
     signal.signal(signal.SIGTERM, on_signal)
     status = 0
     try:
-        for comp in components(db_url, offset, args.host, args.routing.resolve(), topics):
+        wanted = components(db_url, offset, args.host, args.routing.resolve(), topics)
+        if args.observe:
+            wanted.append(prometheus_component(var, offset))
+        for comp in wanted:
             if stopping:
                 break
             log = open(var / "log" / f"{comp.name}.log", "ab")

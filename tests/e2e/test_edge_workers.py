@@ -102,7 +102,11 @@ async def test_two_workers_share_the_port_and_metrics_add_up(aiohttp_server, tmp
             for _ in range(5):  # any worker's /metrics counts every worker's requests
                 async with aiohttp.ClientSession() as one:
                     async with one.get(f"http://127.0.0.1:{admin}/metrics") as resp:
-                        assert requests_total(await resp.text()) == 200
+                        text = await resp.text()
+                        assert requests_total(text) == 200
+            # One value for the edge, not one per worker (livemin: any worker on a rejected file shows 0).
+            assert [line for line in text.splitlines() if line.startswith("edge_routing_last_reload_ok")] == \
+                ["edge_routing_last_reload_ok 1.0"]
 
             # 32 keep-alive connections (a load balancer's pool) are spread over both workers, not left to
             # whichever worker woke first: each worker listens with its own SO_REUSEPORT socket.

@@ -50,6 +50,9 @@ class Edge:
     def reloads(self, result: str) -> float:
         return self.registry.get_sample_value("edge_routing_reload_total", {"result": result}) or 0.0
 
+    def last_reload_ok(self) -> float | None:
+        return self.registry.get_sample_value("edge_routing_last_reload_ok")
+
     async def described(self) -> dict:
         resp = await self.admin.get("/_edge/routes")
         assert resp.status == 200
@@ -121,6 +124,28 @@ async def test_bad_file_keeps_last_good_table_counts_and_reports(make_edge) -> N
     assert routes["last_reload"]["ok"] is False
     assert "routes.calc_price.new_percent (line 5)" in routes["last_reload"]["error"]
     assert routes["routes"]["calc_price"]["new_percent"] == 100.0
+
+
+async def test_last_reload_gauge_clears_when_a_bad_edit_is_reverted(make_edge) -> None:
+    """The alert's signal: a revert to the table in force counts no ok load, yet the rejection is over."""
+    edge = await make_edge()
+    assert edge.last_reload_ok() == 1.0
+    good = edge.path.read_text()
+    edge.path.write_text("version: 1\nroutes:\n  calc_price:\n    match: {methods: [POST], path: /x}\n    new_percent: 250\n")
+
+    async def rejected() -> bool:
+        return edge.reloads("error") >= 1
+
+    await wait_for(rejected, within=1.0)
+    assert edge.last_reload_ok() == 0.0
+    oks = edge.reloads("ok")
+    edge.path.write_text(good)
+
+    async def cleared() -> bool:
+        return edge.last_reload_ok() == 1.0
+
+    await wait_for(cleared, within=1.0)
+    assert edge.reloads("ok") == oks  # the counters alone would still say "last result: error"
 
 
 async def test_deleted_file_keeps_last_good_table(make_edge) -> None:

@@ -63,6 +63,8 @@ CONTRACT_METRICS = CONTRACT_COUNTERS_AND_GAUGES | {
 
 # The shopping-consumers process's own metrics, outside the spec's table (checked live, see above).
 CONSUMERS_OWN_PREFIXES = ("outbox_", "expiry_", "refund")
+# The edge's additions to the table (issue 12): the latest reload's result, which the counters can't give.
+EDGE_OWN_METRICS = ("edge_routing_last_reload_ok",)
 
 EXPECTED_ALERTS = frozenset({
     "EdgeHighErrorRate",
@@ -270,7 +272,7 @@ def test_alerts_use_only_contract_metrics() -> None:
     assert all(metric_names(e) for e in exprs.values()), "an alert selects no metric at all"
     consumers = {r["alert"] for r in alert_rules(CONSUMERS_ALERT_GROUPS)}
     assert consumers == {a for a in EXPECTED_ALERTS if a.startswith(("Consumer", "Outbox", "Refund"))}
-    assert _off_contract({a: e for a, e in exprs.items() if a not in consumers}) == {}, \
+    assert _off_contract({a: e for a, e in exprs.items() if a not in consumers}, EDGE_OWN_METRICS) == {}, \
         "metric names not in the spec's Metrics table"
     assert _off_contract({a: e for a, e in exprs.items() if a in consumers}, CONSUMERS_OWN_PREFIXES) == {}, \
         "metric names neither in the spec's Metrics table nor the consumers process's own"
@@ -299,6 +301,7 @@ def test_alerts_are_actionable() -> None:
 
 
 def test_every_alert_has_firing_and_quiet_unit_tests() -> None:
+    """Read from alerts.yml itself: a new alert without a promtool case fails here, listed or not."""
     doc = yaml.safe_load((PROMETHEUS / "alerts_test.yml").read_text(encoding="utf-8"))
     assert doc["rule_files"] == ["alerts.yml"]
     firing: set[str] = set()
@@ -306,8 +309,11 @@ def test_every_alert_has_firing_and_quiet_unit_tests() -> None:
     for case in doc["tests"]:
         for check in case.get("alert_rule_test", []):
             (firing if check.get("exp_alerts") else quiet).add(check["alertname"])
-    assert firing >= EXPECTED_ALERTS, f"no firing case: {sorted(EXPECTED_ALERTS - firing)}"
-    assert quiet >= EXPECTED_ALERTS, f"no quiet case: {sorted(EXPECTED_ALERTS - quiet)}"
+    defined = {r["alert"] for r in alert_rules()}
+    assert defined >= EXPECTED_ALERTS
+    assert firing >= defined, f"no firing case: {sorted(defined - firing)}"
+    assert quiet >= defined, f"no quiet case: {sorted(defined - quiet)}"
+    assert (firing | quiet) <= defined, f"cases for alerts that do not exist: {sorted((firing | quiet) - defined)}"
 
 
 def test_consumer_and_outbox_alerts_are_shown_to_clear() -> None:
@@ -322,7 +328,8 @@ def test_consumer_and_outbox_alerts_are_shown_to_clear() -> None:
                 fired_at.setdefault(name, at)
             elif name in fired_at and at > fired_at[name]:
                 cleared.add(name)
-    wanted = {r["alert"] for r in alert_rules(CONSUMERS_ALERT_GROUPS)}
+    # The reload alert too: it once kept firing 10 minutes after the file was fixed.
+    wanted = {r["alert"] for r in alert_rules(CONSUMERS_ALERT_GROUPS)} | {"EdgeRoutingReloadFailing"}
     assert cleared >= wanted, f"no firing-then-clearing case: {sorted(wanted - cleared)}"
 
 

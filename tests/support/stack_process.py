@@ -17,12 +17,14 @@ ROOT = Path(__file__).resolve().parents[2]
 PORTS = (9092, 8090, 8099, 8080, 8081, 8082, 8091, 8100)
 
 
-def free_offset() -> int:
-    """A --port-offset whose six ports are all free now, below the ephemeral range (32768+) so no
-    client socket can be holding one of them; random, so suites running side by side rarely meet."""
+def free_offset(extra: tuple[int, ...] = ()) -> int:
+    """A --port-offset whose ports (make run's, and `extra`: e.g. --observe's 9090) are all free now, below the
+    ephemeral range (32768+) so no client socket can be holding one of them; random, so suites running side by
+    side rarely meet."""
+    ports = (*PORTS, *extra)
     for _ in range(200):
-        offset = random.randrange(9000, 32767 - max(PORTS))
-        if all(_bindable(p + offset) for p in PORTS):
+        offset = random.randrange(9000, 32767 - max(ports))
+        if all(_bindable(p + offset) for p in ports):
             return offset
     raise RuntimeError("no free port offset for a stack")
 
@@ -41,6 +43,7 @@ class Stack:
     offset: int
     var: Path
     routing: Path | None = None
+    extra: tuple[str, ...] = ()  # more stack.py flags, e.g. ("--observe",)
     proc: subprocess.Popen[str] | None = None
     output: list[str] = field(default_factory=list)
     rest: str = ""
@@ -54,6 +57,7 @@ class Stack:
         argv = [sys.executable, str(ROOT / "scripts" / "stack.py"), "--port-offset", str(self.offset), "--var", str(self.var)]
         if self.routing is not None:
             argv += ["--routing", str(self.routing)]
+        argv += self.extra
         self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                      stdin=subprocess.DEVNULL)
         assert self.proc.stdout is not None
