@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 from collections.abc import Awaitable, Callable
 
@@ -13,6 +14,7 @@ from prometheus_client import multiprocess
 from common import envelope as codes
 from handlers.errors import answer
 from proxy.metrics import EdgeMetrics
+from proxy.rates import MAX_WINDOW_SECONDS, RateRing, rates
 from proxy.shadowing import Shadower
 from shadow.report import render_html, render_json
 from proxy.reloader import RoutingState
@@ -55,6 +57,7 @@ def create_admin_app(
     settings: Settings,
     readiness: list[ReadinessCheck],
     shadower: Callable[[], Shadower | None],
+    ring: RateRing,
 ) -> web.Application:
     multiproc_dir = settings.prometheus_multiproc_dir
 
@@ -99,7 +102,22 @@ def create_admin_app(
             return web.Response(body=page, content_type="text/html", charset="utf-8")
         return web.json_response(report)
 
+    async def get_rates(request: web.Request) -> web.Response:
+        try:
+            window = float(request.query.get("window", "60"))
+        except ValueError:
+            window = math.nan
+        if not 0 < window <= MAX_WINDOW_SECONDS:
+            return answer(codes.BAD_REQUEST, {"field": "window", "reason": f"seconds, 0 < window <= {MAX_WINDOW_SECONDS}"})
+        now = ring.current()
+        then = ring.baseline(window, now.at)
+        percents = {name: float(r.new_percent) for name, r in routing.table.routes.items()}
+        body = rates(now, then, percents)
+        body["asked_window_seconds"] = window
+        return web.json_response(body)
+
     app = web.Application()
+    app.router.add_get("/_edge/rates", get_rates)
     app.router.add_get("/_edge/shadow", shadow)
     app.router.add_get("/metrics", get_metrics)
     app.router.add_get("/healthz", healthz)

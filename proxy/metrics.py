@@ -65,6 +65,10 @@ class EdgeMetrics:
             "edge_shadow_duration_seconds", "Duration of shadow-side and noise calls, by side called",
             ("route", "side"), buckets=_BUCKETS, registry=registry,
         )
+        self.price_changed = Counter(
+            "edge_price_changed_total", "409 answers whose legacy envelope says price_changed",
+            ("route", "backend"), registry=registry,
+        )
         self.body_too_large = Counter(
             "edge_body_too_large_total", "Requests refused with 413 before any upstream call", registry=registry,
         )
