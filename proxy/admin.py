@@ -9,11 +9,10 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from prometheus_client import multiprocess
 
 from common import envelope as codes
 from handlers.errors import answer
-from proxy.metrics import EdgeMetrics
+from proxy.metrics import EdgeMetrics, exported_registry
 from proxy.rates import MAX_WINDOW_SECONDS, RateRing, rates
 from proxy.shadowing import Shadower
 from shadow.report import render_html, render_json
@@ -43,12 +42,7 @@ def _authorised(request: web.Request, token: str | None) -> web.Response | None:
 
 
 def metrics_payload(registry: CollectorRegistry, multiproc_dir: str | None) -> bytes:
-    if multiproc_dir:
-        # gunicorn workers each write their own files; this adds them all up.
-        combined = CollectorRegistry()
-        multiprocess.MultiProcessCollector(combined, path=multiproc_dir)
-        return generate_latest(combined)
-    return generate_latest(registry)
+    return generate_latest(exported_registry(registry, multiproc_dir))
 
 
 def create_admin_app(

@@ -5,7 +5,8 @@
     edgectl rollback ROUTE | --all       new_percent: 0 for one route / every route
     edgectl consumer EVENT OWNER         who applies an event type (consumers:): legacy, new or a percentage
     edgectl consumer --rollback-all      every event type back to legacy
-    edgectl status                       table in force, traffic, error and mismatch rates
+    edgectl status [--window 1m] [--watch [N]] [--json]
+                                         table in force, live rates per route and side, verdict, consumer owners
     edgectl shadow ROUTE                 top mismatching fields of a shadowed route
 
 Exit codes: 0 ok, 1 a user-facing error (one message on stderr, no traceback), 2 usage.

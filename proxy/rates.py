@@ -13,13 +13,13 @@ import asyncio
 import math
 import time
 from collections import defaultdict, deque
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import CollectorRegistry
-from prometheus_client import multiprocess
-from prometheus_client.metrics_core import Metric
+
+from proxy.metrics import exported_registry
 
 MAX_WINDOW_SECONDS = 15 * 60
 _REQUESTS = "edge_requests_total"
@@ -42,15 +42,8 @@ class Snapshot:
 
 def collect(registry: CollectorRegistry, multiproc_dir: str | None) -> Samples:
     """The counters and buckets /metrics would show now (all workers when multiprocess)."""
-    families: Iterable[Metric]
-    if multiproc_dir:
-        combined = CollectorRegistry()
-        multiprocess.MultiProcessCollector(combined, path=multiproc_dir)
-        families = combined.collect()
-    else:
-        families = registry.collect()
     out: Samples = {}
-    for family in families:
+    for family in exported_registry(registry, multiproc_dir).collect():
         for s in family.samples:
             if s.name in _WANTED:
                 key = (s.name, tuple(sorted(s.labels.items())))
