@@ -139,6 +139,8 @@ class Settings:
     body_read_timeout_seconds: float = setting("EDGE_BODY_READ_TIMEOUT_SECONDS", 15.0, number(0.1, 600.0))
     # All request header lines together (names, values, ": " and CRLF), and aiohttp's parser bound per line.
     max_header_bytes: int = setting("EDGE_MAX_HEADER_BYTES", 32 * 1024, whole(8 * 1024, 1024 * 1024))
+    # How often each edge process snapshots its counters for the windowed rates of /_edge/rates.
+    rates_interval_seconds: float = setting("EDGE_RATES_INTERVAL_SECONDS", 5.0, number(0.1, 60.0))
     # How often the routing file is checked for changes (the spec asks for < 1 s).
     routing_poll_seconds: float = setting("EDGE_ROUTING_POLL_SECONDS", 0.25, number(0.01, 1.0))
     # routing.yaml bigger than this is refused unread (the repo's file is ~3 KB).

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from prometheus_client import multiprocess
 
 from common import envelope as codes
 from handlers.errors import answer
-from proxy.metrics import EdgeMetrics
+from proxy.metrics import EdgeMetrics, exported_registry
+from proxy.rates import MAX_WINDOW_SECONDS, RateRing, rates
 from proxy.shadowing import Shadower
 from shadow.report import render_html, render_json
 from shadow.sizes import DEFAULT_WINDOW_SECONDS, MAX_WINDOW_SECONDS
@@ -42,12 +43,7 @@ def _authorised(request: web.Request, token: str | None) -> web.Response | None:
 
 
 def metrics_payload(registry: CollectorRegistry, multiproc_dir: str | None) -> bytes:
-    if multiproc_dir:
-        # gunicorn workers each write their own files; this adds them all up.
-        combined = CollectorRegistry()
-        multiprocess.MultiProcessCollector(combined, path=multiproc_dir)
-        return generate_latest(combined)
-    return generate_latest(registry)
+    return generate_latest(exported_registry(registry, multiproc_dir))
 
 
 def create_admin_app(
@@ -56,6 +52,7 @@ def create_admin_app(
     settings: Settings,
     readiness: list[ReadinessCheck],
     shadower: Callable[[], Shadower | None],
+    ring: RateRing,
 ) -> web.Application:
     multiproc_dir = settings.prometheus_multiproc_dir
 
@@ -108,7 +105,22 @@ def create_admin_app(
             return web.Response(body=page, content_type="text/html", charset="utf-8")
         return web.json_response(report)
 
+    async def get_rates(request: web.Request) -> web.Response:
+        try:
+            window = float(request.query.get("window", "60"))
+        except ValueError:
+            window = math.nan
+        if not 0 < window <= MAX_WINDOW_SECONDS:
+            return answer(codes.BAD_REQUEST, {"field": "window", "reason": f"seconds, 0 < window <= {MAX_WINDOW_SECONDS}"})
+        now = ring.current()
+        then = ring.baseline(window, now.at)
+        percents = {name: float(r.new_percent) for name, r in routing.table.routes.items()}
+        body = rates(now, then, percents)
+        body["asked_window_seconds"] = window
+        return web.json_response(body)
+
     app = web.Application()
+    app.router.add_get("/_edge/rates", get_rates)
     app.router.add_get("/_edge/shadow", shadow)
     app.router.add_get("/metrics", get_metrics)
     app.router.add_get("/healthz", healthz)

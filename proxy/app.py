@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import random
 import re
 import signal
@@ -30,6 +31,7 @@ from proxy.gray import goes_new, sticky_value
 from common.logs import flush_stdout_periodically
 from proxy.limits import limits_middleware, parser_limits
 from proxy.metrics import EdgeMetrics
+from proxy.rates import RateRing, collect
 from proxy.paths import is_origin_form, normalise_path
 from proxy.reloader import RoutingState
 from proxy.routing import PASSTHROUGH
@@ -82,6 +84,7 @@ async def access_middleware(request: web.Request, handler: Callable[[web.Request
     # Each request runs in its own task (its own contextvars), so every log line it causes carries the id.
     structlog.contextvars.bind_contextvars(request_id=request_id)
     status = 500
+    response: web.StreamResponse | None = None
     try:
         response = await handler(request)
         status = response.status
@@ -91,6 +94,8 @@ async def access_middleware(request: web.Request, handler: Callable[[web.Request
         elapsed = time.perf_counter() - started
         app = request.app
         app[METRICS].observe(route, backend, request.method, status, elapsed)
+        if status == 409 and response_says_price_changed(response):
+            app[METRICS].price_changed.labels(route, backend).inc()
         if app[SETTINGS].access_log:
             log.info(
                 "request",
@@ -101,6 +106,25 @@ async def access_middleware(request: web.Request, handler: Callable[[web.Request
                 status=status,
                 duration_ms=round(elapsed * 1000, 3),
             )
+
+
+_PRICE_CHANGED = "price_changed"  # shared/spec/legacy-api.md: 409, code 40901, this msg
+_PEEK_LIMIT = 64 * 1024
+
+
+def response_says_price_changed(response: web.StreamResponse | None) -> bool:
+    """Whether a 409 carries the legacy envelope's price_changed (msg; code 40901 is shared with
+    invalid_state). Only whole, unencoded bodies are read: a streamed or gzipped 409 is not counted."""
+    if not isinstance(response, web.Response) or response.headers.get(hdrs.CONTENT_ENCODING, "identity") != "identity":
+        return False
+    body = response.body
+    if not isinstance(body, bytes | bytearray) or len(body) > _PEEK_LIMIT or b"price_changed" not in body:
+        return False
+    try:
+        parsed = json.loads(body)
+    except ValueError:
+        return False
+    return isinstance(parsed, dict) and parsed.get("code") == codes.CONFLICT and parsed.get("msg") == _PRICE_CHANGED
 
 
 def _bad_request(field: str, reason: str) -> web.Response:
@@ -298,12 +322,14 @@ def create_app(
         parse_budget=settings.routing_parse_budget_seconds,
         drop_settle=settings.routing_drop_settle_seconds,
     )
-    app[ADMIN_APP] = create_admin_app(app[ROUTING], metrics, settings, app[READINESS], lambda: app.get(SHADOWER))
+    ring = RateRing(lambda: collect(registry, settings.prometheus_multiproc_dir), settings.rates_interval_seconds)
+    app[ADMIN_APP] = create_admin_app(app[ROUTING], metrics, settings, app[READINESS], lambda: app.get(SHADOWER), ring)
     app.on_response_prepare.append(_add_edge_headers)
     setup_new_side(app, settings)
     app.cleanup_ctx.append(flush_stdout_periodically)
     app.cleanup_ctx.append(_upstream_session)
     app.cleanup_ctx.append(_routing_watcher)
+    app.cleanup_ctx.append(lambda _app: ring.run())
     if settings.admin_port is not None:
         app.cleanup_ctx.append(_admin_site)
 

@@ -5,7 +5,8 @@
     edgectl rollback ROUTE | --all       new_percent: 0 for one route / every route
     edgectl consumer EVENT OWNER         who applies an event type (consumers:): legacy, new or a percentage
     edgectl consumer --rollback-all      every event type back to legacy
-    edgectl status                       table in force, traffic, error and mismatch rates
+    edgectl status [--window 1m] [--watch [N]] [--json]
+                                         table in force, live rates per route and side, verdict, consumer owners
     edgectl shadow ROUTE                 top mismatching fields of a shadowed route
 
 Exit codes: 0 ok, 1 a user-facing error (one message on stderr, no traceback), 2 usage.
@@ -20,9 +21,12 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import sys
+import time
 from collections.abc import Callable, Mapping
 from decimal import Decimal
+from typing import Any
 from pathlib import Path
 
 from proxy.edgectl_admin import (
@@ -33,8 +37,10 @@ from proxy.edgectl_admin import (
     TokenNotSent,
     render_shadow,
     render_status,
+    status_json,
     summarise_metrics,
 )
+from proxy.rates import MAX_WINDOW_SECONDS
 from proxy.edgectl_yaml import (
     Change,
     ConsumerChange,
@@ -303,16 +309,41 @@ def _get_json(client: AdminClient, path: str) -> object:
     return resp.json()
 
 
-def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
-    client = _admin(args, settings)
+def _status_once(args: argparse.Namespace, client: AdminClient) -> str:
     described = _get_json(client, "/_edge/routes")
     metrics = client.get("/metrics")
     if metrics.status != 200:
         raise CtlError(f"GET {client.base_url}/metrics answered {metrics.status}")
     if not isinstance(described, dict):
         raise CtlError("GET /_edge/routes did not answer a JSON object")
-    _say(render_status(described, summarise_metrics(metrics.body.decode("utf-8", "replace"))))
-    return 0
+    resp = client.get("/_edge/rates", window=f"{args.window:g}")
+    live: Mapping[str, Any] | None = None
+    if resp.status == 404:
+        pass  # an edge older than /_edge/rates: render_status says there are no live rates
+    elif resp.status != 200:
+        raise CtlError(f"GET {client.base_url}/_edge/rates answered {resp.status}")
+    else:
+        live = resp.json()
+    summary = summarise_metrics(metrics.body.decode("utf-8", "replace"))
+    if args.json:
+        return json.dumps(status_json(described, summary, live), sort_keys=True)
+    return render_status(described, summary, live)
+
+
+def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
+    client = _admin(args, settings)
+    if args.watch is None:
+        _say(_status_once(args, client))
+        return 0
+    try:
+        while True:
+            shown = _status_once(args, client)
+            if not args.json and sys.stdout.isatty():
+                shown = "\x1b[H\x1b[2J" + shown  # redraw in place on a terminal
+            _say(shown)
+            time.sleep(args.watch)
+    except KeyboardInterrupt:
+        return 0
 
 
 def cmd_shadow(args: argparse.Namespace, settings: Settings) -> int:
@@ -341,6 +372,28 @@ def _percent_arg(raw: str) -> Decimal:
         return parse_percent(raw)
     except EditError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _window_arg(raw: str) -> float:
+    text = raw.strip().lower()
+    factor = {"s": 1.0, "m": 60.0, "h": 3600.0}.get(text[-1:], None)
+    try:
+        seconds = float(text[:-1] if factor else text) * (factor or 1.0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{raw!r}: a window is seconds, 30s, 2m or 1h") from None
+    if not 0 < seconds <= MAX_WINDOW_SECONDS:
+        raise argparse.ArgumentTypeError(f"{raw!r}: the window must be over 0 and at most {MAX_WINDOW_SECONDS // 60} min")
+    return seconds
+
+
+def _watch_arg(raw: str) -> float:
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = 0.0
+    if not 0.1 <= seconds <= 3600:
+        raise argparse.ArgumentTypeError(f"{raw!r}: refresh every 0.1 to 3600 seconds")
+    return seconds
 
 
 def _owner_arg(raw: str) -> OwnerArg:
@@ -392,6 +445,11 @@ def _parser() -> argparse.ArgumentParser:
     c.set_defaults(run=cmd_consumer)
 
     st = sub.add_parser("status", parents=[admin_opt], help="routes, traffic, error and mismatch rates of a running edge")
+    st.add_argument("--window", type=_window_arg, default=60.0, metavar="WINDOW",
+                    help="rates over the last WINDOW: 30s, 2m or plain seconds (default 1m)")
+    st.add_argument("--watch", type=_watch_arg, nargs="?", const=2.0, default=None, metavar="SECONDS",
+                    help="refresh every SECONDS (default 2) until Ctrl-C")
+    st.add_argument("--json", action="store_true", help="one JSON object (per refresh with --watch)")
     st.set_defaults(run=cmd_status)
 
     sh = sub.add_parser("shadow", parents=[admin_opt], help="top mismatching fields of a route, with an example each")

@@ -189,7 +189,69 @@ def _when(at: Any) -> str:
     return datetime.fromtimestamp(at).strftime("%Y-%m-%d %H:%M:%S") if isinstance(at, int | float) else "?"
 
 
-def render_status(described: Mapping[str, Any], metrics: MetricsSummary) -> str:
+def _rate(value: Any) -> str:
+    return "-" if not isinstance(value, int | float) else f"{100 * value:.2f}%"
+
+
+def _ms(value: Any) -> str:
+    return "-" if not isinstance(value, int | float) else f"{1000 * value:.1f}ms"
+
+
+def _share(value: Any) -> str:
+    return "-" if not isinstance(value, int | float) else f"{value:.1f}"
+
+
+def _rates_table(live: Mapping[str, Any], routes: Mapping[str, Any]) -> list[str]:
+    per_route: Mapping[str, Any] = live.get("routes") or {}
+    header = ["route", "side", "req/s", "4xx", "409 price_changed", "5xx", "p50", "p99",
+              "new% set/observed", "shadow mismatch", "verdict"]
+    rows = []
+    names = [*[n for n in routes if n in per_route], *sorted(n for n in per_route if n not in routes)]
+    for name in names:
+        entry = per_route[name]
+        set_share = entry.get("set_new_percent")
+        for i, backend in enumerate(BACKENDS):
+            side = entry.get(backend) or {}
+            rows.append([
+                name if i == 0 else "", backend, f"{side.get('req_per_s', 0.0):.2f}",
+                _rate(side.get("4xx_rate")), _rate(side.get("price_changed_rate")), _rate(side.get("5xx_rate")),
+                _ms(side.get("p50_seconds")), _ms(side.get("p99_seconds")),
+                (f"{_percent_text(set_share)}/{_share(entry.get('observed_new_percent'))}" if i == 0 else ""),
+                (_rate((entry.get("shadow") or {}).get("mismatch_rate")) if i == 0 else ""),
+                str(entry.get("verdict", "?")) if i == 1 else "",
+            ])
+    return [f"live, last {live.get('window_seconds', '?')} s (asked {live.get('asked_window_seconds', '?')} s):",
+            *_table(header, rows)]
+
+
+def _consumer_lines(described: Mapping[str, Any]) -> list[str]:
+    consumers = described.get("consumers")
+    if not isinstance(consumers, Mapping):
+        return []
+    lines = ["consumers (who applies each event type):"]
+    for event, owner in consumers.items():
+        shown = f"{owner['new_percent']:g}% new" if isinstance(owner, Mapping) and "new_percent" in owner else str(owner)
+        lines.append(f"  {event}  {shown}")
+    if len(lines) == 1:
+        lines.append("  none listed: old shopping applies every event type")
+    return lines
+
+
+def status_json(described: Mapping[str, Any], metrics: MetricsSummary, live: Mapping[str, Any] | None) -> dict[str, Any]:
+    return {
+        "hash": described.get("hash"),
+        "routes": described.get("routes"),
+        "consumers": described.get("consumers"),
+        "since_start": {
+            name: {"requests": dict(st.requests), "5xx": st.server_errors, "upstream_errors": st.upstream_errors,
+                   "shadow": dict(st.shadow)}
+            for name, st in metrics.routes.items()
+        },
+        "live": live,
+    }
+
+
+def render_status(described: Mapping[str, Any], metrics: MetricsSummary, live: Mapping[str, Any] | None = None) -> str:
     """The routing table in force next to live traffic, errors and shadow mismatches per route."""
     last = described.get("last_reload") or {}
     reload_text = "ok" if last.get("ok") else "REJECTED"
@@ -217,7 +279,15 @@ def render_status(described: Mapping[str, Any], metrics: MetricsSummary) -> str:
         for outcome, count in st.shadow.items():
             totals.shadow[outcome] += count
     rows.append(["TOTAL", "", "", "", *_route_row("", None, totals, metrics.has_shadow)[4:]])
-    return "\n".join([*lines, "", *_table(header, rows)])
+    out = [*lines, "", "since the edge started:", *_table(header, rows)]
+    if live is not None:
+        out += ["", *_rates_table(live, routes)]
+    else:
+        out += ["", "live rates: not available (this edge has no /_edge/rates)"]
+    consumers = _consumer_lines(described)
+    if consumers:
+        out += ["", *consumers]
+    return "\n".join(out)
 
 
 # --- shadow --------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess
 
 from proxy.routing import HTTP_METHODS
 
@@ -22,6 +22,15 @@ UPSTREAM_ERROR_KINDS = ("timeout", "connect", "5xx")
 NEW_SIDE_ERROR_KINDS = ("timeout", "5xx")
 # Latency buckets tuned for an edge: sub-millisecond passthrough up to route timeouts.
 _BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+def exported_registry(registry: CollectorRegistry, multiproc_dir: str | None) -> CollectorRegistry:
+    """What /metrics exports: with gunicorn, every worker's files added up; else this process's registry."""
+    if not multiproc_dir:
+        return registry
+    combined = CollectorRegistry()
+    multiprocess.MultiProcessCollector(combined, path=multiproc_dir)
+    return combined
 
 
 class EdgeMetrics:
@@ -73,6 +82,10 @@ class EdgeMetrics:
         self.shadow_duration = Histogram(
             "edge_shadow_duration_seconds", "Duration of shadow-side and noise calls, by side called",
             ("route", "side"), buckets=_BUCKETS, registry=registry,
+        )
+        self.price_changed = Counter(
+            "edge_price_changed_total", "409 answers whose legacy envelope says price_changed",
+            ("route", "backend"), registry=registry,
         )
         self.body_too_large = Counter(
             "edge_body_too_large_total", "Requests refused with 413 before any upstream call", registry=registry,
