@@ -866,3 +866,21 @@ def test_history_shows_who_when_from_and_to(grouped: Path, ctl: Ctl, monkeypatch
     assert records[1]["at"].endswith("Z")
     code, out, _ = ctl("history", "--file", str(grouped), "--limit", "1")
     assert code == 0 and len(out.splitlines()) == 1 and "purchased: legacy → new" in out
+
+
+async def test_without_file_edgectl_edits_the_file_the_running_edge_reads(  # type: ignore[no-untyped-def]
+    aiohttp_server, ctl: Ctl, grouped: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async def routes(request: web.Request) -> web.Response:
+        return web.json_response({"file": "routing.yaml", "routing_file": str(grouped.resolve())})
+
+    app = web.Application()
+    app.router.add_get("/_edge/routes", routes)
+    server = await aiohttp_server(app)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # no routing.yaml here
+    code, out, err = await _ctl_async(ctl, "set", "checkout", "10", "--no-reload", "--admin", str(server.make_url("")))
+    assert code == 0, err
+    assert parse_routing(grouped.read_text(), new_routes=NEW_ROUTES.keys()).routes["adyen_pay"].new_percent == 10
+    assert not (elsewhere / "routing.yaml").exists()
