@@ -33,7 +33,7 @@ from common.routing_yaml import Node, RoutingError, fail, read_document
 CONSUMER_EVENTS = ("payment_notified", "payment_failed", "purchased", "refund_notified", "group_update")
 CONSUMER_OWNERS = ("legacy", "new")
 # The top-level keys of routing.yaml (proxy/routing.py checks the ones the edge reads).
-TOP_LEVEL_KEYS = ("version", "legacy_url", "defaults", "routes", "consumers")
+TOP_LEVEL_KEYS = ("version", "legacy_url", "defaults", "routes", "consumers", "groups")
 DEFAULT_LEGACY_URL = "http://127.0.0.1:8090"
 
 Owner = Literal["new", "legacy"]

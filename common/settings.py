@@ -122,6 +122,10 @@ def setting(env: str, default: Any, parse: Parse = text, *, secret: bool = False
 @dataclass(frozen=True, slots=True)
 class Settings:
     routing_file: str = setting("EDGE_ROUTING_FILE", "routing.yaml")
+    # edgectl's audit log of every change it makes; empty: <routing file>.audit.jsonl beside it.
+    edgectl_audit_log: str = setting("EDGE_AUDIT_LOG", "")
+    # Who runs edgectl, for its audit log: the person behind sudo first (_operator).
+    operator: str = ""
     legacy_url: str = setting("EDGE_LEGACY_URL", "http://127.0.0.1:8090", http_url)
     admin_token: str | None = setting("EDGE_ADMIN_TOKEN", None, secret=True)
     # Both from EDGE_ADMIN_ADDR (HOST:PORT); admin_port None (tests) starts no admin site.
@@ -288,4 +292,9 @@ def _interpolation(env: Mapping[str, str]) -> dict[str, Any]:
     return {"interpolation_env": {name: env[name] for name in ROUTING_INTERPOLATION_VARS if env.get(name)}}
 
 
-_READERS: tuple[Callable[[Mapping[str, str]], dict[str, Any]], ...] = (_admin_addr, _topics, _interpolation)
+def _operator(env: Mapping[str, str]) -> dict[str, Any]:
+    who = env.get("SUDO_USER") or env.get("USER") or env.get("LOGNAME") or ""
+    return {"operator": who} if who else {}
+
+
+_READERS: tuple[Callable[[Mapping[str, str]], dict[str, Any]], ...] = (_admin_addr, _topics, _interpolation, _operator)

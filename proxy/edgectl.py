@@ -1,8 +1,9 @@
 """`edgectl`: the operator's tool for routing.yaml and a running edge.
 
     edgectl validate [FILE]              check a routing file exactly as the edge would
-    edgectl set ROUTE PERCENT            change one route's new_percent, then ask the edge to reload
-    edgectl rollback ROUTE | --all       new_percent: 0 for one route / every route
+    edgectl set ROUTE|GROUP PERCENT      change one route's (or a group's) new_percent, then ask the edge to reload
+    edgectl rollback ROUTE|GROUP | --all new_percent: 0 for one route or group / every route
+    edgectl history [--route R]          who changed what when (edgectl's append-only audit log)
     edgectl consumer EVENT OWNER         who applies an event type (consumers:): legacy, new or a percentage
     edgectl consumer --rollback-all      every event type back to legacy
     edgectl status [--window 1m] [--watch [N]] [--json]
@@ -20,10 +21,13 @@ only to a loopback address or over https unless ``--insecure-token`` says otherw
 from __future__ import annotations
 
 import argparse
+import difflib
 import hashlib
 import json
+import os
 import sys
 import time
+from datetime import UTC, datetime
 from collections.abc import Callable, Mapping
 from decimal import Decimal
 from typing import Any
@@ -56,7 +60,7 @@ from proxy.edgectl_yaml import (
     set_percents,
     write_atomic,
 )
-from proxy.routing import RoutingError, RoutingTable
+from proxy.routing import GroupSpec, RoutingError, RoutingTable
 from common.routing_file import RoutingFileError, decode
 from proxy.routing_file import RoutingLoader
 from common.routing_yaml import read_document
@@ -133,9 +137,59 @@ def cmd_validate(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _routing_path(args: argparse.Namespace, settings: Settings) -> Path:
+    """--file, else the configured file when it is here, else the file the running edge says it reads."""
+    if args.file:
+        return Path(args.file)
+    configured = Path(settings.routing_file)
+    if configured.exists():
+        return configured
+    try:
+        described = AdminClient(getattr(args, "admin", DEFAULT_ADMIN_URL), None).get("/_edge/routes")
+    except AdminUnreachable:
+        return configured
+    body = described.json() if described.status == 200 else None
+    found = body.get("routing_file") if isinstance(body, dict) else None
+    return Path(found) if isinstance(found, str) and found else configured
+
+
+def _audit_path(path: Path, settings: Settings) -> Path:
+    return Path(settings.edgectl_audit_log) if settings.edgectl_audit_log else Path(f"{path}.audit.jsonl")
+
+
+def _audit(args: argparse.Namespace, settings: Settings, path: Path, entries: list[tuple[str, str, str, str]]) -> None:
+    """Append one JSON line per changed value (kind, name, from, to); O_APPEND keeps concurrent writers' lines whole."""
+    if not entries:
+        return
+    at = datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+    who = getattr(args, "who", None) or settings.operator or "unknown"
+    lines = "".join(
+        json.dumps({"at": at, "who": who, "file": os.path.abspath(path), kind: name, "from": old, "to": new, "command": args.command_line}) + "\n"
+        for kind, name, old, new in entries
+    )
+    audit = _audit_path(path, settings)
+    try:
+        fd = os.open(audit, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, lines.encode("utf-8"))
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        # The change is already in force: say loudly that it went unrecorded rather than hide it.
+        _warn(f"warning: the change was written but not recorded in {audit}: {exc.strerror or exc}")
+
+
+def _show_diff(path: Path, text: str, new_text: str) -> None:
+    diff = difflib.unified_diff(text.splitlines(keepends=True), new_text.splitlines(keepends=True), f"{path}", f"{path} (edited)")
+    out = "".join(diff)
+    _say(out.rstrip("\n") if out else "no change")
+    _say("dry run: nothing written")
+
+
 def _begin_edit(args: argparse.Namespace, settings: Settings) -> tuple[Path, RoutingLoader, bytes, str]:
     """The file to edit, the edge's loader, and the bytes and text the edit starts from."""
-    path = Path(args.file or settings.routing_file)
+    path = _routing_path(args, settings)
+    args.file = str(path)
     loader = _loader(settings)
     original, text = _read(path, loader)
     try:
@@ -146,12 +200,15 @@ def _begin_edit(args: argparse.Namespace, settings: Settings) -> tuple[Path, Rou
     return path, loader, original, text
 
 
-def _commit_edit(path: Path, loader: RoutingLoader, original: bytes, text: str, new_text: str) -> RoutingTable:
+def _commit_edit(path: Path, loader: RoutingLoader, original: bytes, text: str, new_text: str, dry_run: bool = False) -> RoutingTable:
     """Check the edited text with the edge's loader, then replace the file unless someone changed it meanwhile."""
     try:
         table = loader.parse(new_text)
     except RoutingError as exc:
         raise CtlError(f"{path}: the edited file would be rejected, nothing written: {exc}") from None
+    if dry_run:
+        _show_diff(path, text, new_text)
+        return table
     if new_text != text:
         try:
             write_atomic(path, new_text.encode("utf-8"), original)
@@ -175,8 +232,10 @@ def _edit(args: argparse.Namespace, settings: Settings, wanted_for: Callable[[st
             f"{changes[0].route} is at {format_percent(changes[0].old)}, not the expected {format_percent(expect)}"
             " (someone else changed it?); nothing written"
         )
-    table = _commit_edit(path, loader, original, text, new_text)
+    table = _commit_edit(path, loader, original, text, new_text, args.dry_run)
     _report_changes(changes)
+    if not args.dry_run:
+        _audit(args, settings, path, [("route", c.route, format_percent(c.old), format_percent(c.new)) for c in changes if c.changed])
     return changes, table, new_text
 
 
@@ -225,22 +284,57 @@ def _check_reload_possible(args: argparse.Namespace, settings: Settings) -> None
 
 
 def _finish_edit(args: argparse.Namespace, settings: Settings, changes: list[Change], text: str) -> int:
-    if not any(c.changed for c in changes) or args.no_reload:
+    if not any(c.changed for c in changes) or args.no_reload or args.dry_run:
         return 0
     return _reload(args, settings, text)
 
 
+def _groups(text: str, settings: Settings) -> Mapping[str, GroupSpec]:
+    """The file's route groups as the edge reads them (an invalid file is refused further on anyway)."""
+    try:
+        return _loader(settings).parse(text).groups
+    except RoutingError:
+        return {}
+
+
+def _members(name: str, groups: Mapping[str, GroupSpec]) -> list[str]:
+    """The routes `name` stands for: a group's members, or the one route."""
+    return list(groups[name].routes) if name in groups else [name]
+
+
+def _group_of(route: str, groups: Mapping[str, GroupSpec]) -> GroupSpec | None:
+    return next((g for g in groups.values() if route in g.routes), None)
+
+
 def cmd_set(args: argparse.Namespace, settings: Settings) -> int:
     _check_reload_possible(args, settings)
-    changes, _, text = _edit(args, settings, lambda _text: {args.route: args.percent})
+
+    def wanted(text: str) -> Mapping[str, Decimal]:
+        groups = _groups(text, settings)
+        group = _group_of(args.route, groups)
+        if group is not None and not group.allow_split:
+            raise CtlError(
+                f"{args.route} is in route group {group.name!r} ({', '.join(group.routes)}), whose routes move together:"
+                f" run `edgectl set {group.name} {format_percent(args.percent)}`; nothing written"
+            )
+        return {name: args.percent for name in _members(args.route, groups)}
+
+    changes, _, text = _edit(args, settings, wanted)
     return _finish_edit(args, settings, changes, text)
 
 
 def cmd_rollback(args: argparse.Namespace, settings: Settings) -> int:
     _check_reload_possible(args, settings)
     def wanted(text: str) -> Mapping[str, Decimal]:
-        names = route_names(text) if args.all else [args.route]
-        return {name: Decimal(0) for name in names}
+        if args.all:
+            return {name: Decimal(0) for name in route_names(text)}
+        groups = _groups(text, settings)
+        group = _group_of(args.route, groups)
+        if group is not None and not group.allow_split:
+            # A rollback is the way out of trouble: take the whole group back rather than refuse.
+            _say(f"{args.route} is in route group {group.name!r}: rolling back the whole group")
+            return {name: Decimal(0) for name in group.routes}
+        return {name: Decimal(0) for name in _members(args.route, groups)}
 
     changes, table, text = _edit(args, settings, wanted)
     # Rollback only moves the percentage; internal testers listed in allow_new keep going to new.
@@ -273,8 +367,40 @@ def cmd_consumer(args: argparse.Namespace, settings: Settings) -> int:
     wrong = [c.event for c in changes if consumers.rule(c.event).new_percent != c.new]
     if wrong:  # set_consumers checked it with the same rules; a second opinion costs nothing
         raise CtlError(f"{path}: the consumers would read {', '.join(wrong)} differently than asked; nothing written")
-    _commit_edit(path, loader, original, text, new_text)  # the edge reads the same file: it must accept it too
+    _commit_edit(path, loader, original, text, new_text, args.dry_run)  # the edge reads the same file: it must accept it too
+    if args.dry_run:
+        return 0
     _report_consumer_changes(changes, path)
+    _audit(args, settings, path, [("event", c.event, owner_text(c.old), owner_text(c.new)) for c in changes if c.changed])
+    return 0
+
+
+def cmd_history(args: argparse.Namespace, settings: Settings) -> int:
+    path = _routing_path(args, settings)
+    audit = _audit_path(path, settings)
+    try:
+        raw = audit.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raw = ""
+    except OSError as exc:
+        raise CtlError(f"cannot read {audit}: {exc.strerror or exc}") from None
+    records = []
+    for line in raw.splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue  # a line cut by a full disk: the others still tell the story
+        if isinstance(record, dict) and (args.route is None or args.route in (record.get("route"), record.get("event"))):
+            records.append(record)
+    records = records[-args.limit:] if args.limit else records
+    if args.json:
+        for record in records:
+            _say(json.dumps(record))
+        return 0
+    if not records:
+        _say(f"no changes recorded in {audit}")
+    for r in records:
+        _say(f"{r.get('at')}  {r.get('who')}  {r.get('route') or r.get('event')}: {r.get('from')} → {r.get('to')}  ({r.get('command')})")
     return 0
 
 
@@ -414,6 +540,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     reload_opt = argparse.ArgumentParser(add_help=False, parents=[file_opt, admin_opt])
     reload_opt.add_argument("--no-reload", action="store_true", help="only write the file (the edge still notices it within 1 s)")
+    edit_opt = argparse.ArgumentParser(add_help=False)
+    edit_opt.add_argument("--dry-run", action="store_true", help="print the diff of the edit and write nothing")
+    edit_opt.add_argument("--who", help="who is making the change, for the audit log (default $SUDO_USER or $USER)")
 
     p = argparse.ArgumentParser(prog="edgectl", description="Operate the shopping edge: routing.yaml edits and live status.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -422,19 +551,19 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("path", nargs="?", metavar="FILE", help="file to check (default: --file, $EDGE_ROUTING_FILE or routing.yaml)")
     v.set_defaults(run=cmd_validate)
 
-    s = sub.add_parser("set", parents=[reload_opt], help="set a route's new_percent")
+    s = sub.add_parser("set", parents=[reload_opt, edit_opt], help="set a route's new_percent")
     s.add_argument("route", metavar="ROUTE")
     s.add_argument("percent", metavar="PERCENT", type=_percent_arg, help="0..100, at most two decimals (0.5, 12.25)")
     s.add_argument("--expect", metavar="CURRENT", type=_percent_arg, help="refuse unless the current value is CURRENT")
     s.set_defaults(run=cmd_set)
 
-    r = sub.add_parser("rollback", parents=[reload_opt], help="set new_percent to 0 for a route or every route")
+    r = sub.add_parser("rollback", parents=[reload_opt, edit_opt], help="set new_percent to 0 for a route or every route")
     r.add_argument("route", nargs="?", metavar="ROUTE")
     r.add_argument("--all", action="store_true", help="every route in the file")
     r.set_defaults(run=cmd_rollback)
 
     c = sub.add_parser(
-        "consumer", parents=[file_opt], help="set who applies an event type (consumers:), or --rollback-all",
+        "consumer", parents=[file_opt, edit_opt], help="set who applies an event type (consumers:), or --rollback-all",
         description="Set routing.yaml consumers:EVENT. The running consumers apply it within 1 s; nothing to reload.",
     )
     c.add_argument("event", nargs="?", metavar="EVENT", help=f"one of {', '.join(CONSUMER_EVENTS)}")
@@ -443,6 +572,12 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--expect", metavar="CURRENT", type=_owner_arg, help="refuse unless the current owner is CURRENT (legacy, new or N)")
     c.add_argument("--rollback-all", action="store_true", help="every event type back to legacy (old shopping)")
     c.set_defaults(run=cmd_consumer)
+
+    h = sub.add_parser("history", parents=[file_opt, admin_opt], help="changes edgectl made: who, when, from → to")
+    h.add_argument("--route", metavar="R", help="only this route (or consumers: event type)")
+    h.add_argument("--limit", type=int, default=20, metavar="N", help="the last N changes (default 20, 0: all)")
+    h.add_argument("--json", action="store_true", help="one JSON object a line, as recorded")
+    h.set_defaults(run=cmd_history)
 
     st = sub.add_parser("status", parents=[admin_opt], help="routes, traffic, error and mismatch rates of a running edge")
     st.add_argument("--window", type=_window_arg, default=60.0, metavar="WINDOW",
@@ -462,6 +597,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
+    args.command_line = " ".join(["edgectl", *(sys.argv[1:] if argv is None else argv)])
     if args.command == "rollback" and args.all == bool(args.route):
         parser.error("rollback takes either ROUTE or --all")
     if args.command == "consumer":

@@ -245,6 +245,8 @@ class RoutingState:
         pending = self._pending
         return {
             "file": str(self.path),
+            # Absolute, so edgectl run from another directory finds the file this edge reads.
+            "routing_file": os.path.abspath(self.path),
             "hash": t.source_hash,
             "loaded_at": self.loaded_at,
             "last_reload": {"ok": self.last.ok, "changed": self.last.changed, "error": self.last.error, "at": self.last.at},
@@ -276,4 +278,5 @@ class RoutingState:
                 for name, r in t.routes.items()
             },
             "consumers": {name: rule.describe() for name, rule in t.consumers.items()},
+            "groups": {name: {"routes": list(g.routes), "allow_split": g.allow_split} for name, g in t.groups.items()},
         }

@@ -72,6 +72,15 @@ class RouteSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class GroupSpec:
+    """Routes that must share one new_percent (a caller priced by one side is charged by the same side)."""
+
+    name: str
+    routes: tuple[str, ...]
+    allow_split: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class RoutingTable:
     version: int
     legacy_url: str
@@ -80,6 +89,7 @@ class RoutingTable:
     routes: Mapping[str, RouteSpec]
     consumers: Mapping[str, ConsumerRule]  # common/consumer_routing.py
     source_hash: str
+    groups: Mapping[str, GroupSpec] = field(default_factory=dict)
     _static: Mapping[tuple[str, str], RouteSpec] = field(repr=False, default_factory=dict)
     _templated: Mapping[tuple[str, int], tuple[RouteSpec, ...]] = field(repr=False, default_factory=dict)
     # Route name → its template's segments in the normal form of proxy.paths (None: a {param}).
@@ -262,6 +272,48 @@ def _shadow(where: str, node: _Node) -> ShadowSpec:
     return ShadowSpec(percent=_percent(f"{where}.percent", keys["percent"]), rules=rules, noise_percent=noise)
 
 
+def _groups(node: _Node, route_nodes: Mapping[str, _Node], routes: Mapping[str, RouteSpec]) -> dict[str, GroupSpec]:
+    group_nodes = _keys("groups", node, node.value.keys() if isinstance(node.value, dict) else ())
+    groups: dict[str, GroupSpec] = {}
+    owner: dict[str, str] = {}
+    for name, gnode in group_nodes.items():
+        where = f"groups.{name}"
+        if not _ROUTE_NAME.match(name):
+            raise _fail(where, gnode, "group names are letters, digits and _ (at most 64)")
+        if name in routes:
+            # edgectl set NAME must mean one thing.
+            raise _fail(where, gnode, f"{name!r} is already a route name")
+        keys = _keys(where, gnode, ("routes", "allow_split"), ("routes",))
+        members = _str_list(f"{where}.routes", keys["routes"])
+        if not members:
+            raise _fail(f"{where}.routes", keys["routes"], "must name at least one route")
+        for member in members:
+            if member not in routes:
+                raise _fail(f"{where}.routes", keys["routes"], f"unknown route {member!r}")
+            if member in owner:
+                raise _fail(f"{where}.routes", keys["routes"], f"route {member!r} is already in group {owner[member]!r}; a route belongs to one group")
+            owner[member] = name
+        allow_split = False
+        if "allow_split" in keys:
+            if not isinstance(keys["allow_split"].value, bool):
+                raise _fail(f"{where}.allow_split", keys["allow_split"], "must be true or false")
+            allow_split = keys["allow_split"].value
+        percents = {routes[m].new_percent for m in members}
+        if len(percents) > 1 and not allow_split:
+            def at(member: str) -> str:
+                pnode = route_nodes[member].value.get("new_percent")
+                line = f" (line {pnode.line})" if pnode is not None else " (absent: 0)"
+                return f"{member}={routes[member].new_percent.normalize():f}{line}"
+            raise _fail(
+                where, gnode,
+                f"the routes of group {name!r} must have one new_percent, but {', '.join(at(m) for m in members)}: "
+                f"callers would be priced by one side and charged by the other; `edgectl set {name} N` moves them together "
+                "(or add allow_split: true to the group)",
+            )
+        groups[name] = GroupSpec(name=name, routes=tuple(members), allow_split=allow_split)
+    return groups
+
+
 def parse_routing(
     text: str,
     env: Mapping[str, str] | None = None,
@@ -332,6 +384,7 @@ def _parse(
         routes[name] = route
 
     consumers = parse_consumers(top.get("consumers"))
+    groups = _groups(top["groups"], route_nodes, routes) if "groups" in top else {}
 
     static: dict[tuple[str, str], RouteSpec] = {}
     templated: dict[tuple[str, int], list[RouteSpec]] = {}
@@ -349,6 +402,7 @@ def _parse(
         routes=MappingProxyType(routes),
         consumers=consumers,
         source_hash=hashlib.sha256(text.encode()).hexdigest(),
+        groups=MappingProxyType(groups),
         _static=MappingProxyType(static),
         _templated=MappingProxyType({k: tuple(v) for k, v in templated.items()}),
     )

@@ -38,6 +38,7 @@ SPLIT_EVENTS: dict[str, Any] = {"payment_notified": {"new_percent": 50}, "paymen
 
 def split_routing(path: Path) -> Path:
     doc = yaml.safe_load((ROOT / "routing.yaml").read_text(encoding="utf-8"))
+    doc["groups"]["checkout"]["allow_split"] = True  # this test splits the checkout routes on purpose
     for name, percent in SPLIT_ROUTES.items():
         doc["routes"][name]["new_percent"] = percent
     doc["consumers"] = SPLIT_EVENTS

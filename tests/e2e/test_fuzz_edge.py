@@ -99,6 +99,7 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 
 def _fuzz_routing(path: Path, legacy_url: str) -> None:
     doc = yaml.safe_load((ROOT / "routing.yaml").read_text(encoding="utf-8"))
+    doc["groups"]["checkout"]["allow_split"] = True  # this test splits the checkout routes on purpose
     doc["legacy_url"] = legacy_url
     for name, route in doc["routes"].items():
         route["new_percent"] = 50 if name in GRAY else 0

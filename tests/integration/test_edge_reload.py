@@ -22,7 +22,7 @@ from prometheus_client import CollectorRegistry
 from proxy.admin import _authorised
 from proxy.app import ADMIN_APP, ROUTING, create_app
 from tests.support.bad_routing import BAD_FILES, BadFile, remove, routing_text
-from tests.support.edge import calc_price_route, detail_route, edge_settings, raw_request, routing_doc, write_routing
+from tests.support.edge import calc_price_route, detail_route, edge_settings, place_order_route, raw_request, routing_doc, write_routing
 from tests.support.shopdb import seed_database
 from tests.support.upstream import create_echo_app
 
@@ -496,3 +496,34 @@ async def test_a_configmap_style_symlink_flip_is_followed(make_edge, tmp_path: P
 
     assert await wait_for(is_new, within=1.0) < 1.0
     assert edge.reloads("error") == 0
+
+
+async def test_a_split_route_group_is_rejected_and_the_last_good_table_kept(make_edge) -> None:
+    edge = await make_edge()
+    checkout = {"checkout": {"routes": ["calc_price", "place_order"]}}
+    write_routing(edge.path, {**routing_doc(edge.legacy_url, calc_price=calc_price_route(100), place_order=place_order_route(100)), "groups": checkout})
+
+    async def is_new() -> bool:
+        return await edge.side() == "new"
+
+    await wait_for(is_new, within=2.0)
+    # place_order alone back to 0: callers priced on new would be charged on legacy.
+    write_routing(edge.path, {**routing_doc(edge.legacy_url, calc_price=calc_price_route(100), place_order=place_order_route(0)), "groups": checkout})
+
+    async def rejected() -> bool:
+        return edge.reloads("error") >= 1
+
+    await wait_for(rejected, within=2.0)
+    routes = await edge.described()
+    assert "groups.checkout (line" in routes["last_reload"]["error"] and "allow_split" in routes["last_reload"]["error"]
+    assert routes["routes"]["place_order"]["new_percent"] == 100.0  # the last good table
+    assert routes["groups"] == {"checkout": {"routes": ["calc_price", "place_order"], "allow_split": False}}
+    assert Path(routes["routing_file"]).is_absolute() and Path(routes["routing_file"]) == edge.path.resolve()
+
+    write_routing(edge.path, {**routing_doc(edge.legacy_url, calc_price=calc_price_route(100), place_order=place_order_route(0)),
+                              "groups": {"checkout": {"routes": ["calc_price", "place_order"], "allow_split": True}}})
+
+    async def split_accepted() -> bool:
+        return (await edge.described())["routes"]["place_order"]["new_percent"] == 0.0
+
+    await wait_for(split_accepted, within=2.0)

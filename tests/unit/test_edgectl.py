@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import time
@@ -154,7 +155,7 @@ def test_atomic_write_replaces_the_file_keeps_its_mode_and_leaves_no_temp_files(
     assert ctl("set", "calc_price", "5", "--file", str(routing), "--no-reload")[0] == 0
     assert routing.stat().st_mode & 0o7777 == 0o640
     assert routing.stat().st_ino != inode  # a rename, not an in-place rewrite the edge could read half of
-    assert sorted(p.name for p in routing.parent.iterdir()) == ["routing.yaml"]
+    assert sorted(p.name for p in routing.parent.iterdir()) == ["routing.yaml", "routing.yaml.audit.jsonl"]
 
 
 def test_write_atomic_refuses_when_someone_else_changed_the_file(tmp_path: Path) -> None:
@@ -805,3 +806,96 @@ async def test_a_running_consumers_ownership_sees_the_edgectl_edit_within_2_seco
         print(f"consumers applied edgectl edits after {', '.join(f'{t:.2f}' for t in took)} s")
     finally:
         watch.cancel()
+
+
+# --- route groups and the audit log (issue 12) ---------------------------------------------------
+
+CHECKOUT = ["calc_price", "coupons", "place_order", "paypal_pay", "paypal_finished", "adyen_pay", "payment_methods", "paid_from_client"]
+
+
+@pytest.fixture
+def grouped(routing: Path) -> Path:
+    routing.write_text(routing.read_text() + "groups:\n  checkout:\n    routes: [" + ", ".join(CHECKOUT) + "]\n")
+    return routing
+
+
+def test_set_a_group_moves_every_member_and_keeps_the_rest_of_the_file(grouped: Path, ctl: Ctl) -> None:
+    before = grouped.read_text()
+    code, out, err = ctl("set", "checkout", "20", "--file", str(grouped), "--no-reload", "--who", "alice")
+    assert code == 0, err
+    table = parse_routing(grouped.read_text(), new_routes=NEW_ROUTES.keys())
+    assert {name: table.routes[name].new_percent for name in CHECKOUT} == {name: 20 for name in CHECKOUT}
+    assert table.routes["detail"].new_percent == 0 and table.routes["refund"].new_percent == 0
+    assert "place_order: 0 → 20" in out
+    # Only the new_percent values changed: comments and layout stay.
+    changed = [(a, b) for a, b in zip(before.splitlines(), grouped.read_text().splitlines()) if a != b]
+    assert len(changed) == len(CHECKOUT) and all("new_percent: 20" in b for _, b in changed)
+
+
+def test_set_a_member_of_a_group_is_refused_and_names_the_group(grouped: Path, ctl: Ctl) -> None:
+    before = grouped.read_bytes()
+    code, out, err = ctl("set", "place_order", "10", "--file", str(grouped), "--no-reload")
+    assert code == 1
+    assert "route group 'checkout'" in err and "edgectl set checkout 10" in err
+    assert grouped.read_bytes() == before
+    assert not Path(f"{grouped}.audit.jsonl").exists()
+
+
+def test_a_member_of_an_allow_split_group_may_be_set_alone(grouped: Path, ctl: Ctl) -> None:
+    grouped.write_text(grouped.read_text() + "    allow_split: true\n")
+    assert ctl("set", "place_order", "10", "--file", str(grouped), "--no-reload")[0] == 0
+    assert parse_routing(grouped.read_text(), new_routes=NEW_ROUTES.keys()).routes["place_order"].new_percent == 10
+
+
+def test_rollback_of_a_member_takes_the_whole_group_back(grouped: Path, ctl: Ctl) -> None:
+    assert ctl("set", "checkout", "50", "--file", str(grouped), "--no-reload")[0] == 0
+    code, out, _ = ctl("rollback", "coupons", "--file", str(grouped), "--no-reload")
+    assert code == 0 and "rolling back the whole group" in out
+    table = parse_routing(grouped.read_text(), new_routes=NEW_ROUTES.keys())
+    assert {table.routes[name].new_percent for name in CHECKOUT} == {0}
+
+
+@pytest.mark.parametrize("args", [("set", "checkout", "20"), ("rollback", "--all"), ("consumer", "purchased", "new")])
+def test_dry_run_prints_the_diff_and_writes_nothing(grouped: Path, ctl: Ctl, args: tuple[str, ...]) -> None:
+    if args[0] == "rollback":
+        assert ctl("set", "checkout", "20", "--file", str(grouped), "--no-reload")[0] == 0
+    before = grouped.read_bytes()
+    audit = Path(f"{grouped}.audit.jsonl")
+    logged = audit.read_bytes() if audit.exists() else b""
+    code, out, err = ctl(*args, "--file", str(grouped), "--dry-run")
+    assert code == 0, err
+    assert "dry run: nothing written" in out and "\n-" in out and "\n+" in out
+    assert grouped.read_bytes() == before
+    assert (audit.read_bytes() if audit.exists() else b"") == logged
+
+
+def test_history_shows_who_when_from_and_to(grouped: Path, ctl: Ctl, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SUDO_USER", "bob")
+    assert ctl("set", "checkout", "10", "--file", str(grouped), "--no-reload")[0] == 0
+    assert ctl("set", "checkout", "20", "--file", str(grouped), "--no-reload", "--who", "carol")[0] == 0
+    assert ctl("consumer", "purchased", "new", "--file", str(grouped))[0] == 0
+    code, out, _ = ctl("history", "--file", str(grouped), "--route", "place_order", "--json")
+    records = [json.loads(line) for line in out.splitlines()]
+    assert code == 0 and [(r["who"], r["from"], r["to"]) for r in records] == [("bob", "0", "10"), ("carol", "10", "20")]
+    assert records[1]["command"].startswith("edgectl set checkout 20") and records[1]["file"] == str(grouped.resolve())
+    assert records[1]["at"].endswith("Z")
+    code, out, _ = ctl("history", "--file", str(grouped), "--limit", "1")
+    assert code == 0 and len(out.splitlines()) == 1 and "purchased: legacy → new" in out
+
+
+async def test_without_file_edgectl_edits_the_file_the_running_edge_reads(  # type: ignore[no-untyped-def]
+    aiohttp_server, ctl: Ctl, grouped: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async def routes(request: web.Request) -> web.Response:
+        return web.json_response({"file": "routing.yaml", "routing_file": str(grouped.resolve())})
+
+    app = web.Application()
+    app.router.add_get("/_edge/routes", routes)
+    server = await aiohttp_server(app)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # no routing.yaml here
+    code, out, err = await _ctl_async(ctl, "set", "checkout", "10", "--no-reload", "--admin", str(server.make_url("")))
+    assert code == 0, err
+    assert parse_routing(grouped.read_text(), new_routes=NEW_ROUTES.keys()).routes["adyen_pay"].new_percent == 10
+    assert not (elsewhere / "routing.yaml").exists()

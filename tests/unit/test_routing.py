@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from handlers.routes import NEW_ROUTES, placeholder
+from proxy.edgectl_yaml import set_percents
 from proxy.routing import PASSTHROUGH, RoutingError, parse_routing
 from proxy.routing_file import RoutingLoader
 from common.routing_yaml import MAX_DEPTH, MAX_VALUES
@@ -332,5 +333,37 @@ def test_a_placeholder_route_cannot_send_traffic_to_new(block: str) -> None:
 
 
 def test_a_real_handler_may_be_dialled_up() -> None:
-    text = REPO_ROUTING.read_text().replace("    new_percent: 10 ", "    new_percent: 50 ")
+    checkout = parse(REPO_ROUTING.read_text()).groups["checkout"].routes
+    text, _ = set_percents(REPO_ROUTING.read_text(), {name: Decimal(50) for name in checkout})
     assert RoutingLoader.for_settings(Settings()).parse(text).routes["calc_price"].new_percent == 50
+
+
+def _grouped(groups: str, place_order: str = "0") -> str:
+    return REPO_ROUTING.read_text().replace(
+        "    match: {methods: [POST], path: /shopping/cart/checkout/entries}\n    new_percent: 0\n",
+        f"    match: {{methods: [POST], path: /shopping/cart/checkout/entries}}\n    new_percent: {place_order}\n",
+    ).split("groups:\n")[0] + "groups:\n" + groups
+
+
+def test_the_repo_file_moves_the_checkout_routes_together() -> None:
+    checkout = parse(REPO_ROUTING.read_text()).groups["checkout"]
+    assert not checkout.allow_split and {"calc_price", "place_order", "paypal_pay", "adyen_pay"} <= set(checkout.routes)
+
+
+def test_a_group_whose_members_differ_is_rejected_naming_group_and_lines() -> None:
+    text = _grouped("  checkout:\n    routes: [calc_price, place_order]\n", place_order="10")
+    with pytest.raises(RoutingError, match=r"groups.checkout \(line \d+\): .*calc_price=0 \(line \d+\), place_order=10 \(line \d+\).*allow_split"):
+        parse(text)
+    assert parse(text.rstrip("\n") + "\n    allow_split: true\n").routes["place_order"].new_percent == 10
+
+
+@pytest.mark.parametrize(("groups", "message"), [
+    ("  checkout:\n    routes: [calc_price, no_such_route]\n", r"groups.checkout.routes \(line \d+\): unknown route 'no_such_route'"),
+    ("  a:\n    routes: [calc_price]\n  b:\n    routes: [coupons, calc_price]\n", r"groups.b.routes \(line \d+\): route 'calc_price' is already in group 'a'"),
+    ("  detail:\n    routes: [calc_price]\n", r"groups.detail \(line \d+\): 'detail' is already a route name"),
+    ("  checkout:\n    routes: []\n", r"must name at least one route"),
+    ("  checkout:\n    routes: [calc_price]\n    allow_split: 1\n", r"groups.checkout.allow_split \(line \d+\): must be true or false"),
+])
+def test_bad_groups_are_rejected(groups: str, message: str) -> None:
+    with pytest.raises(RoutingError, match=message):
+        parse(_grouped(groups))
