@@ -18,8 +18,9 @@ venv: $(STAMP)
 mariadb:
 	bash scripts/ensure-mariadb.sh
 
+# RUN_ARGS="--fresh --port-offset 100": scripts/stack.py's options (--help lists them).
 run: $(STAMP)
-	$(BIN)/python scripts/stack.py
+	$(BIN)/python scripts/stack.py $(RUN_ARGS)
 
 PY_DIRS := common adapters shop handlers proxy shadow emulators consumers scripts bench tests
 
@@ -43,6 +44,7 @@ FUZZ_EXAMPLES ?= 3000
 fuzz: $(STAMP) mariadb
 	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/python -m pytest -q -p no:cacheprovider tests/e2e/test_fuzz_edge.py
 
+# Stops by itself after 15 min; DEMO_ARGS="--seconds 60" for less, "--seconds 0" to run until Ctrl-C.
 demo-traffic: $(STAMP)
 	$(BIN)/python scripts/demo_traffic.py $(DEMO_ARGS)
 
