@@ -10,6 +10,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client import multiprocess
 
+from common.admin_index import add_index
 from common import envelope as codes
 from handlers.errors import answer
 from proxy.metrics import EdgeMetrics
@@ -106,4 +107,5 @@ def create_admin_app(
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/_edge/routes", routes)
     app.router.add_post("/_edge/reload", reload)
+    add_index(app)
     return app

@@ -471,3 +471,11 @@ async def test_a_configmap_style_symlink_flip_is_followed(make_edge, tmp_path: P
 
     assert await wait_for(is_new, within=1.0) < 1.0
     assert edge.reloads("error") == 0
+
+
+async def test_the_admin_root_lists_the_admin_endpoints(make_edge) -> None:
+    edge = await make_edge(poll=1.0)
+    resp = await edge.admin.get("/")
+    assert resp.status == 200
+    endpoints = (await resp.json())["endpoints"]
+    assert {"GET /metrics", "GET /healthz", "GET /readyz", "GET /_edge/routes", "POST /_edge/reload"} <= set(endpoints)
