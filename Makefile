@@ -18,6 +18,7 @@ venv: $(STAMP)
 mariadb:
 	bash scripts/ensure-mariadb.sh
 
+# RUN_ARGS="--fresh --port-offset 100": scripts/stack.py's options (--help lists them).
 run: $(STAMP)
 	$(BIN)/python scripts/stack.py $(RUN_ARGS)
 
@@ -48,6 +49,7 @@ FUZZ_EXAMPLES ?= 3000
 fuzz: $(STAMP) mariadb
 	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/python -m pytest -q -p no:cacheprovider tests/e2e/test_fuzz_edge.py
 
+# Stops by itself after 15 min; DEMO_ARGS="--seconds 60" for less, "--seconds 0" to run until Ctrl-C.
 demo-traffic: $(STAMP)
 	$(BIN)/python scripts/demo_traffic.py $(DEMO_ARGS)
 

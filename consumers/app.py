@@ -23,6 +23,7 @@ from aiohttp import web
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from common.admin_index import add_index
 from common.logs import flush_stdout_periodically
 from consumers.events import owned_handler
 from consumers.expiry import ExpiryMetrics, ExpirySweeper
@@ -112,6 +113,7 @@ def admin_app(registry: CollectorRegistry, shop: Shop, runner: ConsumerRunner) -
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    add_index(app)
     return app
 
 

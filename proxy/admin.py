@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from common.admin_index import add_index
 from common import envelope as codes
 from handlers.errors import answer
 from proxy.metrics import EdgeMetrics, exported_registry
@@ -127,4 +128,5 @@ def create_admin_app(
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/_edge/routes", routes)
     app.router.add_post("/_edge/reload", reload)
+    add_index(app)
     return app

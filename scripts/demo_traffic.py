@@ -26,7 +26,7 @@ of the orders stay unpaid until the expiry sweeper cancels them.
 
 Every few seconds one line sums up what happened, per route and per side (new / legacy), and what
 the orders did (paid per provider, fulfilling, payment_failed, refunds), so the edge's and the
-consumers' metrics and dashboards have something to show. Runs until Ctrl-C, or --seconds N.
+consumers' metrics and dashboards have something to show. Stops after 15 minutes (--seconds N; 0 runs until Ctrl-C).
 """
 
 from __future__ import annotations
@@ -394,15 +394,19 @@ def read_token(settings: Settings, path: Path) -> str | None:
         return None
 
 
-def main() -> None:
+# Left running in a forgotten terminal, the demo filled var/log at ~1.5 MB a minute: it stops by itself.
+DEFAULT_SECONDS = 15 * 60
+
+
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Drive a realistic shopper mix through the edge, paying with PayPal and Adyen.")
     p.add_argument("--edge", default="http://127.0.0.1:8080")
     p.add_argument("--rate", type=float, default=50.0, help="requests per second")
     p.add_argument("--users", type=int, default=300, help="logged-in users 1..N (demo seed has 1000)")
     p.add_argument("--skus", type=int, default=200)
     p.add_argument("--interval", type=float, default=5.0, help="seconds between summary lines")
-    p.add_argument("--seconds", "--duration", dest="seconds", type=float, default=None,
-                   help="stop after N seconds, once the orders in payment are done (default: until Ctrl-C)")
+    p.add_argument("--seconds", "--duration", dest="seconds", type=float, default=DEFAULT_SECONDS,
+                   help="stop after N seconds, once the orders in payment are done (default 900 = 15 min; 0: until Ctrl-C)")
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--checkout-share", type=float, default=0.1, help="share of the actions that are a whole checkout")
     p.add_argument("--no-payments", action="store_true", help="shoppers only: place orders, pay none")
@@ -412,13 +416,18 @@ def main() -> None:
     p.add_argument("--refund-share", type=float, default=0.2, help="share of the fulfilling orders refunded (half whole, half a part)")
     p.add_argument("--service-token-file", type=Path, default=ROOT / "var" / "service-token",
                    help="the refund API's token when SHOP_SERVICE_TOKEN is not set (make run writes it there)")
+    return p
+
+
+def main() -> None:
+    p = build_parser()
     a = p.parse_args()
     shares = (a.checkout_share, a.paid_share, a.failed_share, a.paypal_share, a.refund_share)
     if not all(0 <= x <= 1 for x in shares) or a.paid_share + a.failed_share > 1:
         p.error("shares are between 0 and 1, and --paid-share + --failed-share at most 1")
     payments = None if a.no_payments else Payments(
         a.paid_share, a.paypal_share, a.failed_share, a.refund_share, read_token(Settings.from_env(), a.service_token_file))
-    opts = Options(a.edge.rstrip("/"), a.rate, a.users, a.skus, a.interval, a.seconds, a.seed, a.checkout_share, payments)
+    opts = Options(a.edge.rstrip("/"), a.rate, a.users, a.skus, a.interval, a.seconds or None, a.seed, a.checkout_share, payments)
     raise SystemExit(asyncio.run(run(opts)))
 
 

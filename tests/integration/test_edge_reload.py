@@ -527,3 +527,11 @@ async def test_a_split_route_group_is_rejected_and_the_last_good_table_kept(make
         return (await edge.described())["routes"]["place_order"]["new_percent"] == 0.0
 
     await wait_for(split_accepted, within=2.0)
+
+
+async def test_the_admin_root_lists_the_admin_endpoints(make_edge) -> None:
+    edge = await make_edge(poll=1.0)
+    resp = await edge.admin.get("/")
+    assert resp.status == 200
+    endpoints = (await resp.json())["endpoints"]
+    assert {"GET /metrics", "GET /healthz", "GET /readyz", "GET /_edge/routes", "POST /_edge/reload"} <= set(endpoints)
