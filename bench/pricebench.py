@@ -26,6 +26,8 @@ Helpers for /proc accounting come from bench/edgebench.py (the `make bench-edge`
 
 from __future__ import annotations
 
+import collections
+
 import argparse
 import json
 import os
@@ -641,9 +643,10 @@ def cmd_soak(a: argparse.Namespace) -> None:
         "metrics": {
             "edge_shadow_requests_total": {l_.get("outcome"): int(v) for l_, v in metric_samples(metrics_text, "edge_shadow_requests_total")
                                            if l_.get("route") == "calc_price"},
-            "edge_shadow_mismatch_fields_total": {l_.get("field"): int(v) for l_, v in
-                                                  metric_samples(metrics_text, "edge_shadow_mismatch_fields_total")
-                                                  if l_.get("route") == "calc_price"},
+            # One series per (field, size): rounding and beyond summed per field.
+            "edge_shadow_mismatch_fields_total": dict(sum((collections.Counter({l_.get("field"): int(v)}) for l_, v in
+                                                           metric_samples(metrics_text, "edge_shadow_mismatch_fields_total")
+                                                           if l_.get("route") == "calc_price"), collections.Counter())),
             "edge_shadow_noise_fields_total": {l_.get("field"): int(v) for l_, v in
                                                metric_samples(metrics_text, "edge_shadow_noise_fields_total")
                                                if l_.get("route") == "calc_price"},

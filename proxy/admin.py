@@ -14,10 +14,10 @@ from common.admin_index import add_index
 from common import envelope as codes
 from handlers.errors import answer
 from proxy.metrics import EdgeMetrics, exported_registry
-from proxy.rates import MAX_WINDOW_SECONDS, RateRing, rates
+from proxy.rates import MAX_WINDOW_SECONDS as MAX_RATES_WINDOW, RateRing, rates
 from proxy.shadowing import Shadower
 from shadow.report import render_html, render_json
-from shadow.sizes import DEFAULT_WINDOW_SECONDS, MAX_WINDOW_SECONDS
+from shadow.sizes import DEFAULT_WINDOW_SECONDS, MAX_WINDOW_SECONDS as MAX_SHADOW_WINDOW
 from proxy.reloader import RoutingState
 from common.settings import Settings
 from shop.tokens import bearer_matches
@@ -89,9 +89,8 @@ def create_admin_app(
             window = float(request.query.get("window", DEFAULT_WINDOW_SECONDS))
         except ValueError:
             window = -1.0
-        if not 0 < window <= MAX_WINDOW_SECONDS:  # also refuses nan
-            return web.json_response(
-                {"error": f"window must be a number of seconds in (0, {MAX_WINDOW_SECONDS:g}]"}, status=400)
+        if not 0 < window <= MAX_SHADOW_WINDOW:  # also refuses nan
+            return answer(codes.BAD_REQUEST, {"field": "window", "reason": f"seconds, 0 < window <= {MAX_SHADOW_WINDOW:g}"})
         report = render_json(
             current.stats, current.store, current.outcomes, route=route,
             meta={"worker": current.worker.counters(), "inflight": current.inflight},
@@ -111,8 +110,8 @@ def create_admin_app(
             window = float(request.query.get("window", "60"))
         except ValueError:
             window = math.nan
-        if not 0 < window <= MAX_WINDOW_SECONDS:
-            return answer(codes.BAD_REQUEST, {"field": "window", "reason": f"seconds, 0 < window <= {MAX_WINDOW_SECONDS}"})
+        if not 0 < window <= MAX_RATES_WINDOW:
+            return answer(codes.BAD_REQUEST, {"field": "window", "reason": f"seconds, 0 < window <= {MAX_RATES_WINDOW:g}"})
         now = ring.current()
         then = ring.baseline(window, now.at)
         percents = {name: float(r.new_percent) for name, r in routing.table.routes.items()}
