@@ -56,6 +56,7 @@ from typing import Any
 
 import yaml
 
+from common.bounded_log import BoundedLog
 from common import local_broker
 from common.settings import Settings
 
@@ -245,9 +246,14 @@ def main() -> int:
     )
     parser.add_argument("--routing", type=Path, default=ROOT / "routing.yaml",
                         help="the routing file of the edge and the consumers (default: the repo's routing.yaml)")
+    parser.add_argument("--log-max-mb", type=int, default=20,
+                        help="each component's var/log/<name>.log is rotated at this size (default 20 MB)")
+    parser.add_argument("--log-backups", type=int, default=2, help="rotated logs kept per component (default 2)")
     parser.add_argument("--observe", action="store_true",
                         help="also run Prometheus on :9090 scraping the edge and the consumers, with the alert rules")
     args = parser.parse_args()
+    if args.log_max_mb < 1 or args.log_backups < 0:
+        parser.error("--log-max-mb must be at least 1 and --log-backups not negative")
     os.chdir(ROOT)
     var: Path = args.var
     offset: int = args.port_offset
@@ -300,10 +306,12 @@ def main() -> int:
         for comp in wanted:
             if stopping:
                 break
-            log = open(var / "log" / f"{comp.name}.log", "ab")
+            log = BoundedLog(var / "log" / f"{comp.name}.log", max_bytes=args.log_max_mb << 20, backups=args.log_backups)
             # Own process group each, so Ctrl-C reaches us once and we stop them in order.
-            proc = subprocess.Popen(comp.argv, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+            proc = subprocess.Popen(comp.argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, start_new_session=True,
                                     stdin=subprocess.DEVNULL)
+            assert proc.stdout is not None
+            log.drain(proc.stdout)
             procs.append((comp, proc))
             wait_ready(proc, comp)
             if comp.then is not None:
