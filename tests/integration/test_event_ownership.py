@@ -390,22 +390,20 @@ async def test_an_event_one_side_applied_is_a_duplicate_for_the_other_after_a_fl
         await new_order(shop, to_legacy)
         failed_routing(path, url_of(legacy), "legacy")
         async with EventConsumers(broker, shop, path, types=("payment_failed",), partitions=2) as run:
-            # Old shopping applies the first failure; the buyer pays again; the flip sends the redelivery here.
-            await produce(broker, run.topic, [failed(to_new, None)])
-            await wait_until(lambda: run.count("forwarded_legacy") == 1)
-            await repay(shop, to_new)
-            failed_routing(path, url_of(legacy), "new")
-            await wait_until(lambda: run.ownership.owner("payment_failed", "x") == "new", timeout=1.0)
-            await produce(broker, run.topic, [failed(to_new, None)])
-            await wait_until(lambda: run.count("duplicate") == 1)
-            # And back: applied here, the buyer pays again, the redelivery would go to old shopping.
-            await produce(broker, run.topic, [failed(to_legacy, None)])
-            await wait_until(lambda: run.count("processed") == 1)
-            await repay(shop, to_legacy)
-            failed_routing(path, url_of(legacy), "legacy")
-            await wait_until(lambda: run.ownership.owner("payment_failed", "x") == "legacy", timeout=1.0)
-            await produce(broker, run.topic, [failed(to_legacy, None)])
-            await wait_until(lambda: run.count("duplicate") == 2)
+
+            async def applied_repaid_flipped_redelivered(order_id: str, first: str, second: str, duplicates: int) -> None:
+                """The failure applied by the `first` side; the buyer pays again; the flip gives the
+                redelivery to the `second` side, which must take it for the duplicate it is."""
+                await produce(broker, run.topic, [failed(order_id, None)])
+                await wait_until(lambda: run.count("forwarded_legacy" if first == "legacy" else "processed") == 1)
+                await repay(shop, order_id)
+                failed_routing(path, url_of(legacy), second)
+                await wait_until(lambda: run.ownership.owner("payment_failed", "x") == second, timeout=1.0)
+                await produce(broker, run.topic, [failed(order_id, None)])
+                await wait_until(lambda: run.count("duplicate") == duplicates)
+
+            await applied_repaid_flipped_redelivered(to_new, "legacy", "new", duplicates=1)
+            await applied_repaid_flipped_redelivered(to_legacy, "new", "legacy", duplicates=2)
             assert run.count("forwarded_legacy") == 1
         got = await history(shop, [to_new, to_legacy])
         assert got[to_new] == [("pending_payment", "payment_failed", "legacy"), ("payment_failed", "payment_confirming", "new")]
