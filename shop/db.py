@@ -30,6 +30,9 @@ def _json_dumps(value: Any) -> str:
 
 
 def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
+    # No implicit BEGIN from the driver (it also commits savepoints on its own): make_engine's
+    # "begin" listener starts every transaction.
+    dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
     try:
         # WAL lets readers run while one process writes.
@@ -86,6 +89,13 @@ def make_engine(url: str, *, read_only: bool = False, **kw: Any) -> AsyncEngine:
         engine.sync_engine.dialect.do_rollback = lambda dbapi_connection: None  # type: ignore[method-assign]
     if backend == "sqlite":
         event.listen(engine.sync_engine, "connect", _sqlite_on_connect)
+        # The driver's own implicit BEGIN is off (isolation_level None in _sqlite_on_connect), so we
+        # say how each transaction begins. SQLite has no row locks and SQLAlchemy drops FOR UPDATE:
+        # a write transaction takes the database's write lock at BEGIN instead, so the order row a
+        # service function reads "locked" cannot change under it, as on MariaDB (a second writer
+        # waits busy_timeout for it). Read-only engines keep a deferred BEGIN: readers never wait.
+        begin = "BEGIN" if read_only else "BEGIN IMMEDIATE"
+        event.listen(engine.sync_engine, "begin", lambda conn: conn.exec_driver_sql(begin))
     return engine
 
 
