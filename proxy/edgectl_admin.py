@@ -21,6 +21,8 @@ from urllib.parse import urlencode, urlsplit
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from shadow.report import COMPARED
+
 DEFAULT_ADMIN_URL = "http://127.0.0.1:8081"
 BACKENDS = ("legacy", "new")
 
@@ -180,7 +182,7 @@ def _route_row(name: str, spec: Mapping[str, Any] | None, st: RouteStats, has_sh
     ]
     if has_shadow:
         # A rounding-only comparison was made too: it belongs in the denominator, not the numerator.
-        compared = sum(st.shadow.get(o, 0.0) for o in ("match", "rounding", "mismatch"))
+        compared = sum(st.shadow.get(o, 0.0) for o in COMPARED)
         row.append(f"{_count(st.shadow.get('mismatch', 0.0))}/{_count(compared)}")
     return row
 

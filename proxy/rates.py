@@ -20,6 +20,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from proxy.metrics import exported_registry
+from shadow.report import COMPARED
 
 MAX_WINDOW_SECONDS = 15 * 60
 _REQUESTS = "edge_requests_total"
@@ -27,8 +28,6 @@ _BUCKET = "edge_request_duration_seconds_bucket"
 _SHADOW = "edge_shadow_requests_total"
 _PRICE_CHANGED = "edge_price_changed_total"
 _WANTED = frozenset((_REQUESTS, _BUCKET, _SHADOW, _PRICE_CHANGED))
-# Shadow outcomes where both sides answered and were compared (contract with proxy/shadowing.py).
-COMPARED = ("match", "rounding", "mismatch")
 
 Key = tuple[str, tuple[tuple[str, str], ...]]  # sample name, sorted labels
 Samples = dict[Key, float]

@@ -47,8 +47,6 @@ from common.settings import Settings
 
 log = structlog.get_logger("edge.shadow")
 
-OUTCOMES = ("match", "rounding", "mismatch", "error", "skipped")
-
 
 def sampling_rng() -> random.Random:
     """A generator of the edge's own: seeded from the OS, never the one whose draws become request ids.

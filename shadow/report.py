@@ -50,7 +50,9 @@ from shadow.store import ExampleStore
 
 __all__ = ["render_html", "render_json"]
 
-OUTCOMES = ("match", "rounding", "mismatch", "error", "skipped")
+# Outcomes of a shadowed request; the first three are comparisons made (both sides answered).
+COMPARED = ("match", "rounding", "mismatch")
+OUTCOMES = (*COMPARED, "error", "skipped")
 MAX_EXAMPLES = 5
 HTML_BODY_CHARS = 4000
 # Deeper than any report's own structure; a deeper value from a body is shown as text.

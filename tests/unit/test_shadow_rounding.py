@@ -83,3 +83,12 @@ def test_size_stats_count_since_start_and_over_a_window() -> None:
     assert stats.max_abs_delta("r", "t") == Decimal("3")
     assert stats.window("r", 60) == (2, {"t": {"rounding": 1, "beyond": 0}})
     assert stats.window("r", 600) == (4, {"t": {"rounding": 2, "beyond": 1}})
+
+
+def test_the_shadow_minor_units_are_the_iso_table_the_psp_amounts_use() -> None:
+    # shadow/ imports nothing of ours (architecture.md), so it keeps its own copy of ISO 4217's exponents:
+    # this keeps the copy from drifting from adapters/amounts.py's.
+    from adapters.amounts import ISO_DECIMALS
+    from shadow.rounding import EXPONENTS
+
+    assert EXPONENTS == dict(ISO_DECIMALS)
