@@ -563,7 +563,7 @@ def _parser() -> argparse.ArgumentParser:
     r.set_defaults(run=cmd_rollback)
 
     c = sub.add_parser(
-        "consumer", parents=[file_opt, edit_opt], help="set who applies an event type (consumers:), or --rollback-all",
+        "consumer", parents=[file_opt, admin_opt, edit_opt], help="set who applies an event type (consumers:), or --rollback-all",
         description="Set routing.yaml consumers:EVENT. The running consumers apply it within 1 s; nothing to reload.",
     )
     c.add_argument("event", nargs="?", metavar="EVENT", help=f"one of {', '.join(CONSUMER_EVENTS)}")

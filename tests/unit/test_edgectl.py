@@ -899,3 +899,22 @@ async def test_without_file_edgectl_edits_the_file_the_running_edge_reads(  # ty
     assert code == 0, err
     assert parse_routing(grouped.read_text(), new_routes=NEW_ROUTES.keys()).routes["adyen_pay"].new_percent == 10
     assert not (elsewhere / "routing.yaml").exists()
+
+
+async def test_consumer_takes_admin_to_find_the_file_the_running_edge_reads(  # type: ignore[no-untyped-def]
+    aiohttp_server, ctl: Ctl, grouped: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Found trying it as ops: `edgectl consumer … --admin URL` was a usage error while set/rollback took it.
+    async def routes(request: web.Request) -> web.Response:
+        return web.json_response({"file": "routing.yaml", "routing_file": str(grouped.resolve())})
+
+    app = web.Application()
+    app.router.add_get("/_edge/routes", routes)
+    server = await aiohttp_server(app)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    code, out, err = await _ctl_async(ctl, "consumer", "purchased", "new", "--admin", str(server.make_url("")))
+    assert code == 0, err
+    assert "purchased: new" in grouped.read_text().replace("  ", " ")
+    assert not (elsewhere / "routing.yaml").exists()
