@@ -324,8 +324,8 @@ async def test_only_the_owner_pays_and_only_a_payable_order(legacy: TestClient, 
         other = await new_order(db, status=status)
         refused = await envelope(await call(other, USER1), 409)
         assert refused["msg"] == "invalid_state" and refused["data"] == {"status": status}
+    late = await new_order(db)
     async with db.begin() as conn:  # due for the sweeper: paying now would race its cancel
-        late = await new_order(db)
         await conn.execute(update(t.orders).where(t.orders.c.id == late).values(expires_at=t.utcnow() - timedelta(seconds=1)))
     assert (await envelope(await call(late, USER1), 409))["data"] == {"status": "pending_payment", "reason": "expired"}
     assert await psp.calls("POST") == [] and await rows(db, t.payments) == []
