@@ -30,6 +30,7 @@ import aiohttp
 from adapters.amounts import AmountError, adyen_minor
 from adapters.errors import PspError, PspProtocolError, PspUnavailable
 from adapters.http import Reply, failure, send, text_field
+from adapters.psp_metrics import PspMetrics
 from adapters.retry import RetryPolicy, retrying
 
 if TYPE_CHECKING:
@@ -86,12 +87,14 @@ class AdyenClient:
         api_key: str,
         merchant_account: str,
         retry: RetryPolicy | None = None,
+        metrics: PspMetrics | None = None,
     ) -> None:
         self._session = session
         self._base = f"{base_url.rstrip('/')}/{API_VERSION}"
         self._api_key = api_key
         self.merchant_account = merchant_account
         self._retry = retry or RetryPolicy()
+        self._metrics = metrics
 
     @classmethod
     def from_settings(cls, session: aiohttp.ClientSession, settings: Settings, **kwargs: Any) -> AdyenClient:
@@ -188,7 +191,8 @@ class AdyenClient:
                 raise PspProtocolError(PROVIDER, operation, status=reply.status, detail="answer is not a JSON object")
             return reply
 
-        return await retrying(self._retry, attempt, provider=PROVIDER, operation=operation, key=key)
+        return await retrying(self._retry, attempt, provider=PROVIDER, operation=operation, key=key,
+                              metrics=self._metrics)
 
     def _failure(self, reply: Reply, operation: str) -> PspError:
         doc = reply.body

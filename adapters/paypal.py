@@ -40,6 +40,7 @@ import structlog
 from adapters.amounts import AmountError, paypal_amount, paypal_value
 from adapters.errors import PspProtocolError, PspRejected, PspUnavailable
 from adapters.http import Reply, failure, send, text_field
+from adapters.psp_metrics import PspMetrics
 from adapters.retry import RetryPolicy, retrying
 
 if TYPE_CHECKING:
@@ -119,12 +120,14 @@ class PayPalClient:
         secret: str,
         retry: RetryPolicy | None = None,
         clock: Callable[[], float] = time.monotonic,
+        metrics: PspMetrics | None = None,
     ) -> None:
         self._session = session
         self._base = base_url.rstrip("/")
         self._client_id = client_id
         self._basic = "Basic " + base64.b64encode(f"{client_id}:{secret}".encode()).decode()
         self._retry = retry or RetryPolicy()
+        self._metrics = metrics
         self._clock = clock
         self._token: _Token | None = None
         self._token_lock = asyncio.Lock()
@@ -249,7 +252,8 @@ class PayPalClient:
                 raise PspProtocolError(PROVIDER, operation, status=reply.status, detail="answer is not a JSON object")
             return reply
 
-        return await retrying(self._retry, attempt, provider=PROVIDER, operation=operation, key=request_id)
+        return await retrying(self._retry, attempt, provider=PROVIDER, operation=operation, key=request_id,
+                              metrics=self._metrics)
 
     async def _access_token(self) -> _Token:
         token = self._token

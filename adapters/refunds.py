@@ -33,6 +33,7 @@ from adapters.adyen import AdyenClient
 from adapters.amounts import AmountError
 from adapters.errors import PspAuthRejected, PspError
 from adapters.paypal import PayPalClient
+from adapters.psp_metrics import PspMetrics
 
 if TYPE_CHECKING:
     from common.settings import Settings
@@ -93,8 +94,9 @@ class PspRefunds:
 
 
 @contextlib.asynccontextmanager
-async def psp_refunds(settings: Settings) -> AsyncIterator[PspRefunds]:
+async def psp_refunds(settings: Settings, metrics: PspMetrics | None = None) -> AsyncIterator[PspRefunds]:
     """Both PSP clients on one session of their own, for the life of a process (the edge, the consumers)."""
     # No session-wide timeout: each attempt has its own (adapters/retry.py).
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None)) as session:
-        yield PspRefunds(PayPalClient.from_settings(session, settings), AdyenClient.from_settings(session, settings))
+        yield PspRefunds(PayPalClient.from_settings(session, settings, metrics=metrics),
+                         AdyenClient.from_settings(session, settings, metrics=metrics))

@@ -27,6 +27,7 @@ import structlog
 from adapters.errors import PspError, PspTimeout
 
 if TYPE_CHECKING:
+    from adapters.psp_metrics import PspMetrics
     from common.settings import Settings
 
 log = structlog.get_logger("adapters.psp")
@@ -69,23 +70,31 @@ async def retrying(
     key: str | None,
     sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
     draw: Callable[[], float] = random.random,
+    metrics: PspMetrics | None = None,
 ) -> T:
     """``attempt()`` until it returns, raises a non-retryable error, or ``policy.attempts`` are used up.
 
     Each attempt runs under ``policy.timeout``; running out is a ``PspTimeout`` (retryable). The
-    last error is raised as it is when the attempts are used up. `key` is only logged.
+    last error is raised as it is when the attempts are used up. `key` is only logged. `metrics`
+    counts each attempt's outcome and duration and each retry.
     """
     for n in range(1, policy.attempts + 1):
         started = time.monotonic()
         try:
             async with asyncio.timeout(policy.timeout):
-                return await attempt()
+                answer = await attempt()
         except TimeoutError:
             error: PspError = PspTimeout(provider, operation, detail=f"no answer within {policy.timeout:g}s")
         except PspError as exc:
-            if not exc.retryable:
-                raise
             error = exc
+        else:
+            if metrics is not None:
+                metrics.attempt(provider, operation, None, time.monotonic() - started)
+            return answer
+        if metrics is not None:
+            metrics.attempt(provider, operation, error, time.monotonic() - started)
+        if not error.retryable:
+            raise error
         elapsed = round(time.monotonic() - started, 3)
         if n == policy.attempts:
             log.warning("psp_gave_up", provider=provider, operation=operation, attempts=n, idempotency_key=key,
@@ -96,5 +105,7 @@ async def retrying(
             wait = max(wait, min(error.retry_after, policy.max_delay))
         log.info("psp_retry", provider=provider, operation=operation, attempt=n, idempotency_key=key,
                  error=str(error), elapsed=elapsed, delay=round(wait, 3))
+        if metrics is not None:
+            metrics.retry(provider, operation)
         await sleep(wait)
     raise AssertionError("unreachable: policy.attempts >= 1")

@@ -24,6 +24,7 @@ from datetime import timedelta
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from adapters.psp_metrics import PspMetrics
 from adapters.refunds import psp_refunds
 from common.settings import Settings
 from shop import leases
@@ -137,7 +138,7 @@ async def refund_retrying(shop: Shop, settings: Settings, registry: CollectorReg
     if settings.refund_retry_seconds <= 0:
         yield
         return
-    async with psp_refunds(settings) as gateway:
+    async with psp_refunds(settings, PspMetrics(registry)) as gateway:
         retrier = RefundRetrier(shop, gateway, metrics, holder=holder, period=settings.refund_retry_seconds,
                                 inflight=timedelta(seconds=settings.refund_inflight_seconds))
         task = asyncio.create_task(retrier.run(), name="refund-retrier")

@@ -15,15 +15,18 @@ from datetime import timedelta
 
 import aiohttp
 from aiohttp import web
+from prometheus_client import CollectorRegistry
 
 from adapters.adyen import AdyenClient
 from adapters.adyen_hmac import AdyenHmac
 from adapters.amounts import AmountError
 from adapters.errors import PspAuthRejected, PspError, PspTimeout
 from adapters.paypal import PayPalClient
+from adapters.psp_metrics import PspMetrics
 from adapters.retry import RetryPolicy
 from adapters.refunds import PspRefunds, psp_refunds
 from common.settings import Settings
+from handlers.payment_metrics import PaymentMetrics
 from shop.bootstrap import Shop, shop_resources
 from shop.payments import Gateways, PspFailure
 
@@ -37,10 +40,15 @@ REFUND_INFLIGHT = web.AppKey("refund_inflight", timedelta)
 # The Adyen webhook bridge (handlers/payment_callback.py): the HMAC key, and each event type's topic.
 ADYEN_HMAC = web.AppKey("adyen_hmac", AdyenHmac)
 EVENT_TOPICS = web.AppKey("event_topics", Mapping)
+PAYMENT_METRICS = web.AppKey("payment_metrics", PaymentMetrics)
 
 
-def setup_new_side(app: web.Application, settings: Settings) -> None:
+def setup_new_side(app: web.Application, settings: Settings, registry: CollectorRegistry) -> None:
+    """The new side's resources on the edge's root app; its metrics go into the edge's `registry`."""
     app[SERVICE_TOKEN] = settings.service_token or ""
+    app[PAYMENT_METRICS] = PaymentMetrics(registry)
+    # One for both sessions below: the pay routes' clients and the refund API's count into the same series.
+    psp_metrics = PspMetrics(registry)
     app[ADYEN_HMAC] = AdyenHmac.from_hex(settings.adyen_hmac_key)
     app[EVENT_TOPICS] = settings.consumer_topics
 
@@ -52,7 +60,7 @@ def setup_new_side(app: web.Application, settings: Settings) -> None:
     app.cleanup_ctx.append(resources)
 
     async def psp(app: web.Application) -> AsyncIterator[None]:
-        async with psp_gateways(settings) as gateways:
+        async with psp_gateways(settings, psp_metrics) as gateways:
             app[PSP] = gateways
             yield
 
@@ -61,7 +69,7 @@ def setup_new_side(app: web.Application, settings: Settings) -> None:
     app[REFUND_INFLIGHT] = timedelta(seconds=settings.refund_inflight_seconds)
 
     async def refunds(app: web.Application) -> AsyncIterator[None]:
-        async with psp_refunds(settings) as psp:
+        async with psp_refunds(settings, psp_metrics) as psp:
             app[PSP_REFUNDS] = psp
             yield
 
@@ -91,14 +99,14 @@ def classify(exc: Exception) -> PspFailure | None:
 
 
 @contextlib.asynccontextmanager
-async def psp_gateways(settings: Settings) -> AsyncIterator[Gateways]:
+async def psp_gateways(settings: Settings, metrics: PspMetrics | None = None) -> AsyncIterator[Gateways]:
     # Each attempt's time limit is the retry policy's; the session adds none of its own.
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None)) as session:
         policy = person_waiting(settings)
         paypal = PayPalClient(session, base_url=settings.paypal_base_url, client_id=settings.paypal_client_id,
-                              secret=settings.paypal_secret, retry=policy)
+                              secret=settings.paypal_secret, retry=policy, metrics=metrics)
         adyen = AdyenClient(session, base_url=settings.adyen_base_url, api_key=settings.adyen_api_key,
-                            merchant_account=settings.adyen_merchant_account, retry=policy)
+                            merchant_account=settings.adyen_merchant_account, retry=policy, metrics=metrics)
         yield Gateways(paypal, adyen, classify)
 
 

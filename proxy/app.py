@@ -325,7 +325,7 @@ def create_app(
     ring = RateRing(lambda: collect(registry, settings.prometheus_multiproc_dir), settings.rates_interval_seconds)
     app[ADMIN_APP] = create_admin_app(app[ROUTING], metrics, settings, app[READINESS], lambda: app.get(SHADOWER), ring)
     app.on_response_prepare.append(_add_edge_headers)
-    setup_new_side(app, settings)
+    setup_new_side(app, settings, registry)
     app.cleanup_ctx.append(flush_stdout_periodically)
     app.cleanup_ctx.append(_upstream_session)
     app.cleanup_ctx.append(_routing_watcher)

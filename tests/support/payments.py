@@ -63,9 +63,11 @@ def psp_settings(psp: Psp, **overrides: Any) -> dict[str, Any]:
 
 
 async def pay_edge(aiohttp_client: Callable[..., Awaitable[TestClient]], tmp_path: Path, db_url: str, psp: Psp,
-                   *, seed: bool = True, route_timeout_ms: int = 10000, **settings: Any) -> TestClient:
+                   *, seed: bool = True, route_timeout_ms: int = 10000, registry: CollectorRegistry | None = None,
+                   **settings: Any) -> TestClient:
     """A seeded database (``seed=False``: the one there) and an edge in front of it with the three pay
-    routes at 100 % new (old shopping: nowhere); `settings` override the edge's Settings."""
+    routes at 100 % new (old shopping: nowhere); `settings` override the edge's Settings; the edge's
+    metrics go into `registry` (a fresh one if None)."""
     if seed:
         await seed_database(db_url)
     routes = {name: {"match": {"methods": ["POST"], "path": path}, "new_percent": 100, "writes": True,
@@ -74,7 +76,7 @@ async def pay_edge(aiohttp_client: Callable[..., Awaitable[TestClient]], tmp_pat
     app_settings = edge_settings(routing, dead_url(), db_url=db_url, **psp_settings(psp, **settings))
     from proxy.app import create_app
 
-    return await aiohttp_client(create_app(app_settings, registry=CollectorRegistry()))
+    return await aiohttp_client(create_app(app_settings, registry=registry or CollectorRegistry()))
 
 
 class Shopper:

@@ -8,8 +8,10 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from prometheus_client import CollectorRegistry
 
 from adapters.errors import PspRejected, PspTimeout, PspUnavailable
+from adapters.psp_metrics import PspMetrics
 from adapters.retry import RetryPolicy, retrying
 from common.settings import Settings, SettingsError
 
@@ -109,3 +111,30 @@ def test_the_policy_comes_from_the_psp_settings_and_bad_values_stop_the_process(
     secrets = Settings.from_env({"PAYPAL_SECRET": "pp-s3cret-1", "ADYEN_API_KEY": "ak-s3cret-2",
                                  "ADYEN_HMAC_KEY": "ab" * 32})
     assert "s3cret" not in repr(secrets) and "ab" * 32 not in repr(secrets)
+
+
+async def test_metrics_count_each_attempt_by_outcome_and_each_retry() -> None:
+    registry = CollectorRegistry()
+    metrics = PspMetrics(registry)
+
+    async def hangs() -> str:
+        await asyncio.sleep(10)
+        return "late"
+
+    script = Script(PspUnavailable("adyen", "pay", detail="ClientConnectorError"), unavailable())
+    assert await retrying(POLICY, script.attempt, provider="adyen", operation="pay", key="k", sleep=script.sleep,
+                          metrics=metrics) == "ok"
+    with pytest.raises(PspRejected):
+        await retrying(POLICY, Script(PspRejected("adyen", "pay", status=422)).attempt, provider="adyen",
+                       operation="pay", key="k2", sleep=script.sleep, metrics=metrics)
+    with pytest.raises(PspTimeout):
+        await retrying(RetryPolicy(attempts=1, timeout=0.01), hangs, provider="adyen", operation="pay", key="k3",
+                       metrics=metrics)
+
+    def count(outcome: str) -> float | None:
+        return registry.get_sample_value("psp_requests_total", {"provider": "adyen", "operation": "pay", "outcome": outcome})
+
+    assert {o: count(o) for o in ("ok", "rejected", "unavailable", "timeout", "network")} == {
+        "ok": 1, "rejected": 1, "unavailable": 1, "timeout": 1, "network": 1}
+    assert registry.get_sample_value("psp_retries_total", {"provider": "adyen", "operation": "pay"}) == 2
+    assert registry.get_sample_value("psp_request_seconds_count", {"provider": "adyen", "operation": "pay"}) == 5
