@@ -95,8 +95,17 @@ class PspRefunds:
 
 @contextlib.asynccontextmanager
 async def psp_refunds(settings: Settings, metrics: PspMetrics | None = None) -> AsyncIterator[PspRefunds]:
-    """Both PSP clients on one session of their own, for the life of a process (the edge, the consumers)."""
+    """Both PSP clients on one session of their own, for the life of a process (the consumers)."""
+    async with psp_session() as session:
+        yield refund_clients(session, settings, metrics)
+
+
+def psp_session() -> aiohttp.ClientSession:
     # No session-wide timeout: each attempt has its own (adapters/retry.py).
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None)) as session:
-        yield PspRefunds(PayPalClient.from_settings(session, settings, metrics=metrics),
-                         AdyenClient.from_settings(session, settings, metrics=metrics))
+    return aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None))
+
+
+def refund_clients(session: aiohttp.ClientSession, settings: Settings, metrics: PspMetrics | None = None) -> PspRefunds:
+    """Refunds on `session` with the background retry policy (SHOP_PSP_*): nobody waits on the line."""
+    return PspRefunds(PayPalClient.from_settings(session, settings, metrics=metrics),
+                      AdyenClient.from_settings(session, settings, metrics=metrics))

@@ -4,12 +4,12 @@ and the PSP clients (shop.payments.Gateways) under PSP.
 Built by ``shop_resources(settings)`` in one cleanup_ctx of the edge's root app (the consumers
 build theirs the same way), so handlers reach it through ``request.config_dict[SHOP]`` both when
 the edge dispatches a legacy path in-process and on direct ``/order2`` calls. The PayPal and Adyen
-clients share one aiohttp ClientSession, opened and closed by a cleanup_ctx of their own.
+clients of the pay routes and of the refund API share one aiohttp ClientSession, opened and closed by a
+cleanup_ctx of their own.
 """
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import AsyncIterator, Mapping
 from datetime import timedelta
 
@@ -24,7 +24,7 @@ from adapters.errors import PspAuthRejected, PspError, PspTimeout
 from adapters.paypal import PayPalClient
 from adapters.psp_metrics import PspMetrics
 from adapters.retry import RetryPolicy
-from adapters.refunds import PspRefunds, psp_refunds
+from adapters.refunds import PspRefunds, psp_session, refund_clients
 from common.settings import Settings
 from handlers.payment_metrics import PaymentMetrics
 from shop.bootstrap import Shop, shop_resources
@@ -47,7 +47,7 @@ def setup_new_side(app: web.Application, settings: Settings, registry: Collector
     """The new side's resources on the edge's root app; its metrics go into the edge's `registry`."""
     app[SERVICE_TOKEN] = settings.service_token or ""
     app[PAYMENT_METRICS] = PaymentMetrics(registry)
-    # One for both sessions below: the pay routes' clients and the refund API's count into the same series.
+    # The pay routes' clients and the refund API's count into the same series.
     psp_metrics = PspMetrics(registry)
     app[ADYEN_HMAC] = AdyenHmac.from_hex(settings.adyen_hmac_key)
     app[EVENT_TOPICS] = settings.consumer_topics
@@ -59,21 +59,16 @@ def setup_new_side(app: web.Application, settings: Settings, registry: Collector
 
     app.cleanup_ctx.append(resources)
 
+    app[REFUND_INFLIGHT] = timedelta(seconds=settings.refund_inflight_seconds)
+
     async def psp(app: web.Application) -> AsyncIterator[None]:
-        async with psp_gateways(settings, psp_metrics) as gateways:
-            app[PSP] = gateways
+        # One session (one connection pool per PSP) for the pay routes' clients and the refund API's.
+        async with psp_session() as session:
+            app[PSP] = psp_gateways(session, settings, psp_metrics)
+            app[PSP_REFUNDS] = refund_clients(session, settings, psp_metrics)
             yield
 
     app.cleanup_ctx.append(psp)
-
-    app[REFUND_INFLIGHT] = timedelta(seconds=settings.refund_inflight_seconds)
-
-    async def refunds(app: web.Application) -> AsyncIterator[None]:
-        async with psp_refunds(settings, psp_metrics) as psp:
-            app[PSP_REFUNDS] = psp
-            yield
-
-    app.cleanup_ctx.append(refunds)
 
 
 def person_waiting(settings: Settings) -> RetryPolicy:
@@ -98,16 +93,14 @@ def classify(exc: Exception) -> PspFailure | None:
     return PspFailure("auth" if isinstance(exc, PspAuthRejected) else "rejected", exc.code, exc.status)
 
 
-@contextlib.asynccontextmanager
-async def psp_gateways(settings: Settings, metrics: PspMetrics | None = None) -> AsyncIterator[Gateways]:
-    # Each attempt's time limit is the retry policy's; the session adds none of its own.
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None)) as session:
-        policy = person_waiting(settings)
-        paypal = PayPalClient(session, base_url=settings.paypal_base_url, client_id=settings.paypal_client_id,
-                              secret=settings.paypal_secret, retry=policy, metrics=metrics)
-        adyen = AdyenClient(session, base_url=settings.adyen_base_url, api_key=settings.adyen_api_key,
-                            merchant_account=settings.adyen_merchant_account, retry=policy, metrics=metrics)
-        yield Gateways(paypal, adyen, classify)
+def psp_gateways(session: aiohttp.ClientSession, settings: Settings, metrics: PspMetrics | None = None) -> Gateways:
+    """The pay routes' clients on `session`, with the policy of a call a person waits for."""
+    policy = person_waiting(settings)
+    paypal = PayPalClient(session, base_url=settings.paypal_base_url, client_id=settings.paypal_client_id,
+                          secret=settings.paypal_secret, retry=policy, metrics=metrics)
+    adyen = AdyenClient(session, base_url=settings.adyen_base_url, api_key=settings.adyen_api_key,
+                        merchant_account=settings.adyen_merchant_account, retry=policy, metrics=metrics)
+    return Gateways(paypal, adyen, classify)
 
 
 async def db_ready(app: web.Application) -> str | None:
