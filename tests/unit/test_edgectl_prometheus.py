@@ -7,7 +7,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from proxy.edgectl import _parser
-from proxy.edgectl_prometheus import QUANTILES, Queries, parse_duration, promql_duration
+from proxy.edgectl_prometheus import QUANTILES, Queries, live_rates, parse_duration, promql_duration
 from proxy.metrics import EdgeMetrics
 from tests.support.monitoring import metric_names
 
@@ -58,3 +58,23 @@ def test_status_takes_a_prometheus_url() -> None:
     args = _parser().parse_args(["status", "--prometheus", "http://prom:9090", "--window", "2m", "--json"])
     assert (args.prometheus, args.window, args.json) == ("http://prom:9090", 120.0, True)
     assert _parser().parse_args(["status"]).prometheus is None
+
+
+def test_an_idle_side_reads_as_no_traffic_not_nan() -> None:
+    # What Prometheus answers for a route whose series exist but saw nothing in the window: 0 increases, NaN quantiles.
+    nan = float("nan")
+    live = live_rates(
+        60.0, {"calc_price": 10.0},
+        requests=[({"route": "calc_price", "backend": "new", "status_class": "2xx"}, 0.0),
+                  ({"route": "calc_price", "backend": "legacy", "status_class": "2xx"}, 30.0),
+                  ({"route": "calc_price", "backend": "other", "status_class": "2xx"}, 99.0)],
+        price_changed=[], shadow=[({"route": "calc_price", "outcome": "error"}, 3.0)],
+        quantiles={"p50_seconds": [({"route": "calc_price", "backend": "new"}, nan),
+                                   ({"route": "calc_price", "backend": "legacy"}, 0.02)],
+                   "p99_seconds": []},
+    )
+    route = live["routes"]["calc_price"]
+    assert route["new"]["p50_seconds"] is None and route["legacy"]["p50_seconds"] == 0.02
+    assert route["legacy"]["req_per_s"] == 0.5 and route["observed_new_percent"] == 0.0  # "other" is no side
+    assert route["shadow"]["mismatch_rate"] is None  # errors compared nothing
+    assert route["verdict"] == "no traffic" and route["set_new_percent"] == 10.0
