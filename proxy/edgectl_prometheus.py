@@ -179,7 +179,7 @@ def _finite(value: float) -> float | None:
 
 def check_window(client: PrometheusClient, window: float, at: float) -> None:
     """Refuse a window that can't hold two scrapes of every edge: its rates would read as no traffic."""
-    jobs = {labels.get("job", "") for labels, _ in client.vector(Queries("1s").edge_jobs, at)}
+    jobs = {labels.get("job", "") for labels, _ in client.vector(Queries.edge_jobs, at)}
     intervals = client.scrape_intervals(jobs) if jobs else []
     if intervals and window < 2 * max(intervals):
         longest = max(intervals)
