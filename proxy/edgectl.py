@@ -6,8 +6,9 @@
     edgectl history [--route R]          who changed what when (edgectl's append-only audit log)
     edgectl consumer EVENT OWNER         who applies an event type (consumers:): legacy, new or a percentage
     edgectl consumer --rollback-all      every event type back to legacy
-    edgectl status [--window 1m] [--watch [N]] [--json]
+    edgectl status [--window 1m] [--watch [N]] [--json] [--prometheus URL]
                                          table in force, live rates per route and side, verdict, consumer owners
+                                         (--prometheus: the same rates from Prometheus, all edges it scrapes)
     edgectl shadow ROUTE                 top mismatching fields of a shadowed route
 
 Exit codes: 0 ok, 1 a user-facing error (one message on stderr, no traceback), 2 usage.
@@ -28,6 +29,7 @@ import os
 import sys
 import time
 from datetime import UTC, datetime
+from functools import partial
 from collections.abc import Callable, Mapping
 from decimal import Decimal
 from typing import Any
@@ -44,6 +46,7 @@ from proxy.edgectl_admin import (
     status_json,
     summarise_metrics,
 )
+from proxy.edgectl_prometheus import PrometheusClient, PrometheusUnreachable, read_status
 from proxy.rates import MAX_WINDOW_SECONDS
 from proxy.edgectl_yaml import (
     Change,
@@ -435,7 +438,14 @@ def _get_json(client: AdminClient, path: str) -> object:
     return resp.json()
 
 
-def _status_once(args: argparse.Namespace, client: AdminClient) -> str:
+def _status_from_prometheus(args: argparse.Namespace, client: PrometheusClient) -> str:
+    described, summary, live = read_status(client, args.window)
+    if args.json:
+        return json.dumps(status_json(described, summary, live), sort_keys=True)
+    return render_status(described, summary, live)
+
+
+def _status_from_admin(args: argparse.Namespace, client: AdminClient) -> str:
     described = _get_json(client, "/_edge/routes")
     metrics = client.get("/metrics")
     if metrics.status != 200:
@@ -457,13 +467,17 @@ def _status_once(args: argparse.Namespace, client: AdminClient) -> str:
 
 
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
-    client = _admin(args, settings)
+    status_once: Callable[[], str]
+    if args.prometheus:
+        status_once = partial(_status_from_prometheus, args, PrometheusClient(args.prometheus))
+    else:
+        status_once = partial(_status_from_admin, args, _admin(args, settings))
     if args.watch is None:
-        _say(_status_once(args, client))
+        _say(status_once())
         return 0
     try:
         while True:
-            shown = _status_once(args, client)
+            shown = status_once()
             if not args.json and sys.stdout.isatty():
                 shown = "\x1b[H\x1b[2J" + shown  # redraw in place on a terminal
             _say(shown)
@@ -585,6 +599,9 @@ def _parser() -> argparse.ArgumentParser:
     st.add_argument("--watch", type=_watch_arg, nargs="?", const=2.0, default=None, metavar="SECONDS",
                     help="refresh every SECONDS (default 2) until Ctrl-C")
     st.add_argument("--json", action="store_true", help="one JSON object (per refresh with --watch)")
+    st.add_argument("--prometheus", metavar="URL",
+                    help="read the rates from this Prometheus server (PromQL over every edge it scrapes) instead of --admin;"
+                         " the window must hold two scrapes")
     st.set_defaults(run=cmd_status)
 
     sh = sub.add_parser("shadow", parents=[admin_opt], help="top mismatching fields of a route, with an example each")
@@ -610,7 +627,7 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.run(args, settings))
     except SettingsError as exc:
         _warn(f"bad setting: {exc}")
-    except (CtlError, ReportError, AdminUnreachable, TokenNotSent) as exc:
+    except (CtlError, ReportError, AdminUnreachable, PrometheusUnreachable, TokenNotSent) as exc:
         _warn(str(exc))
     except KeyboardInterrupt:
         return 130

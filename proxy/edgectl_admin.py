@@ -175,7 +175,7 @@ def _route_row(name: str, spec: Mapping[str, Any] | None, st: RouteStats, has_sh
         name,
         _percent_text(spec["new_percent"]) if spec else "-",
         _percent_text(shadow.get("percent")) if spec else "-",
-        ("yes" if spec.get("writes") else "no") if spec else "-",
+        ("yes" if spec["writes"] else "no") if spec and "writes" in spec else "-",  # Prometheus doesn't know it
         *(_count(st.requests.get(b, 0.0)) for b in BACKENDS),
         f"{100 * st.server_errors / st.total:.2f}%" if st.total else "-",
         _count(st.upstream_errors),
@@ -222,7 +222,8 @@ def _rates_table(live: Mapping[str, Any], routes: Mapping[str, Any]) -> list[str
                 (_rate((entry.get("shadow") or {}).get("mismatch_rate")) if i == 0 else ""),
                 str(entry.get("verdict", "?")) if i == 1 else "",
             ])
-    return [f"live, last {live.get('window_seconds', '?')} s (asked {live.get('asked_window_seconds', '?')} s):",
+    source = f", from {live['source']}" if live.get("source") else ""
+    return [f"live, last {live.get('window_seconds', '?')} s (asked {live.get('asked_window_seconds', '?')} s){source}:",
             *_table(header, rows)]
 
 
@@ -241,6 +242,7 @@ def _consumer_lines(described: Mapping[str, Any]) -> list[str]:
 
 def status_json(described: Mapping[str, Any], metrics: MetricsSummary, live: Mapping[str, Any] | None) -> dict[str, Any]:
     return {
+        "source": described.get("source", "admin"),
         "hash": described.get("hash"),
         "routes": described.get("routes"),
         "consumers": described.get("consumers"),
@@ -253,8 +255,11 @@ def status_json(described: Mapping[str, Any], metrics: MetricsSummary, live: Map
     }
 
 
-def render_status(described: Mapping[str, Any], metrics: MetricsSummary, live: Mapping[str, Any] | None = None) -> str:
-    """The routing table in force next to live traffic, errors and shadow mismatches per route."""
+def _table_lines(described: Mapping[str, Any]) -> list[str]:
+    """Which routing table is in force: the edge's /_edge/routes, or where the numbers came from instead."""
+    if described.get("source"):
+        # Prometheus has the set shares (edge_route_new_percent), not the file, its hash or the reloads.
+        return [f"source        {described['source']}  (routing file, hash, reloads, consumers: edgectl status --admin URL)"]
     last = described.get("last_reload") or {}
     reload_text = "ok" if last.get("ok") else "REJECTED"
     if last.get("ok"):
@@ -266,6 +271,12 @@ def render_status(described: Mapping[str, Any], metrics: MetricsSummary, live: M
     ]
     if last.get("error"):
         lines.append(f"reload error  {last['error']}  (the edge keeps the table above)")
+    return lines
+
+
+def render_status(described: Mapping[str, Any], metrics: MetricsSummary, live: Mapping[str, Any] | None = None) -> str:
+    """The routing table in force next to live traffic, errors and shadow mismatches per route."""
+    lines = _table_lines(described)
     routes: Mapping[str, Any] = described.get("routes") or {}
     header = ["route", "new%", "shadow%", "writes", "req legacy", "req new", "5xx rate", "upstream errors"]
     if metrics.has_shadow:
@@ -281,7 +292,8 @@ def render_status(described: Mapping[str, Any], metrics: MetricsSummary, live: M
         for outcome, count in st.shadow.items():
             totals.shadow[outcome] += count
     rows.append(["TOTAL", "", "", "", *_route_row("", None, totals, metrics.has_shadow)[4:]])
-    out = [*lines, "", "since the edge started:", *_table(header, rows)]
+    since = "since each edge started, summed over the edges scraped:" if described.get("source") else "since the edge started:"
+    out = [*lines, "", since, *_table(header, rows)]
     if live is not None:
         out += ["", *_rates_table(live, routes)]
     else:

@@ -112,8 +112,16 @@ def _quantile(buckets: Mapping[float, float], q: float) -> float | None:
     return lower_bound
 
 
-def _side() -> dict[str, Any]:
-    return {"requests": 0.0, "4xx": 0.0, "5xx": 0.0, "price_changed": 0.0, "buckets": defaultdict(float)}
+@dataclass(slots=True)
+class SideCounts:
+    """One side of one route over a window: counts (any unit, only their ratios and /seconds are shown)."""
+
+    requests: float = 0.0
+    client_errors: float = 0.0  # 4xx, the 409 price_changed answers included
+    server_errors: float = 0.0
+    price_changed: float = 0.0
+    p50_seconds: float | None = None
+    p99_seconds: float | None = None
 
 
 # What "worse than legacy" means (docs/decisions.md, Issue 12: live rates).
@@ -144,11 +152,42 @@ def verdict(route: Mapping[str, Any]) -> str:
     return "ok"
 
 
+def route_entry(
+    set_percent: float | None, sides: Mapping[str, SideCounts], shadow: Mapping[str, float], seconds: float,
+) -> dict[str, Any]:
+    """One route of the live answer, with its verdict: the shape both `edgectl status` sources produce."""
+    entry: dict[str, Any] = {"set_new_percent": set_percent}
+    total = 0.0
+    for backend in ("legacy", "new"):
+        side = sides.get(backend) or SideCounts()
+        n = side.requests
+        total += n
+        entry[backend] = {
+            "requests": n,
+            "req_per_s": n / seconds if seconds else 0.0,
+            "4xx_rate": (side.client_errors - side.price_changed) / n if n else None,
+            "price_changed_rate": side.price_changed / n if n else None,
+            "5xx_rate": side.server_errors / n if n else None,
+            "p50_seconds": side.p50_seconds,
+            "p99_seconds": side.p99_seconds,
+        }
+    entry["observed_new_percent"] = 100 * entry["new"]["requests"] / total if total else None
+    compared = sum(shadow.get(o, 0.0) for o in COMPARED)
+    entry["shadow"] = {
+        "outcomes": dict(shadow),
+        "compared": compared,
+        "mismatch_rate": shadow.get("mismatch", 0.0) / compared if compared else None,
+    }
+    entry["verdict"] = verdict(entry)
+    return entry
+
+
 def rates(now: Snapshot, then: Snapshot | None, set_percent: Mapping[str, float]) -> dict[str, Any]:
     """Per route and side: requests and rates over the window between the two snapshots."""
     base = then.samples if then is not None else {}
     seconds = max(now.at - then.at, 0.0) if then is not None else 0.0
-    sides: dict[str, dict[str, dict[str, Any]]] = defaultdict(lambda: {"legacy": _side(), "new": _side()})
+    sides: dict[str, dict[str, SideCounts]] = defaultdict(lambda: {"legacy": SideCounts(), "new": SideCounts()})
+    buckets: dict[tuple[str, str], dict[float, float]] = defaultdict(lambda: defaultdict(float))
     shadow: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
     for key, value in now.samples.items():
         name, labels_t = key
@@ -167,38 +206,21 @@ def rates(now: Snapshot, then: Snapshot | None, set_percent: Mapping[str, float]
             continue
         side = sides[route][backend]
         if name == _REQUESTS:
-            side["requests"] += delta
+            side.requests += delta
             cls = labels.get("status_class")
-            if cls in ("4xx", "5xx"):
-                side[cls] += delta
+            if cls == "4xx":
+                side.client_errors += delta
+            elif cls == "5xx":
+                side.server_errors += delta
         elif name == _PRICE_CHANGED:
-            side["price_changed"] += delta
+            side.price_changed += delta
         elif name == _BUCKET:
-            side["buckets"][float(labels["le"])] += delta
-    out: dict[str, Any] = {}
-    for route in sorted({*sides, *shadow, *set_percent}):
-        entry: dict[str, Any] = {"set_new_percent": set_percent.get(route)}
-        total = 0.0
-        for backend, side in sides[route].items():
-            n = side["requests"]
-            total += n
-            entry[backend] = {
-                "requests": n,
-                "req_per_s": n / seconds if seconds else 0.0,
-                "4xx_rate": (side["4xx"] - side["price_changed"]) / n if n else None,
-                "price_changed_rate": side["price_changed"] / n if n else None,
-                "5xx_rate": side["5xx"] / n if n else None,
-                "p50_seconds": _quantile(side["buckets"], 0.5),
-                "p99_seconds": _quantile(side["buckets"], 0.99),
-            }
-        entry["observed_new_percent"] = 100 * entry["new"]["requests"] / total if total else None
-        outcomes = shadow[route]
-        compared = sum(outcomes.get(o, 0.0) for o in COMPARED)
-        entry["shadow"] = {
-            "outcomes": dict(outcomes),
-            "compared": compared,
-            "mismatch_rate": outcomes.get("mismatch", 0.0) / compared if compared else None,
-        }
-        entry["verdict"] = verdict(entry)
-        out[route] = entry
-    return {"window_seconds": round(seconds, 3), "routes": out}
+            buckets[route, backend][float(labels["le"])] += delta
+    for (route, backend), counts in buckets.items():
+        sides[route][backend].p50_seconds = _quantile(counts, 0.5)
+        sides[route][backend].p99_seconds = _quantile(counts, 0.99)
+    routes = {
+        route: route_entry(set_percent.get(route), sides[route], shadow[route], seconds)
+        for route in sorted({*sides, *shadow, *set_percent})
+    }
+    return {"window_seconds": round(seconds, 3), "routes": routes}
