@@ -40,6 +40,7 @@ from tests.support.monitoring import (
     GRAFANA,
     PROMETHEUS,
     alert_rules,
+    alert_signal,
     concrete,
     load_dashboard,
     metric_names,
@@ -160,6 +161,42 @@ def test_prometheus_scrapes_edge_and_consumers() -> None:
 )
 def test_metric_name_extraction(expr: str, expected: set[str]) -> None:
     assert metric_names(expr) == expected
+
+
+@pytest.mark.parametrize(
+    ("expr", "signal"),
+    [
+        ("rate(x[5m]) > 0.05", "rate(x[5m]) > bool 0.05"),
+        ("a > bool 1", "a > bool 1"),  # already a 0/1 answer
+        ("(\n  a / b\n) > 0.02", "(\n  a / b\n) > bool 0.02"),
+        ('a{l=">", m=~"<|=="} >= 3', 'a{l=">", m=~"<|=="} >= bool 3'),  # operators in matchers are not cuts
+        ("(a > 1 and b > 0) and on (job, instance) c == 1",
+         "(a > bool 1 and b > bool 0) and on (job, instance) c == bool 1"),
+        ("x > 0 or sum by (t) (y > 0 unless y offset 10m)", "x > bool 0 or sum by (t) (y > 0 unless y offset 10m)"),
+        ("a > 1 unless b", "a > bool 1"),  # unless only excludes
+        ("a > 2 * (b or 0 * c) / c and a > 0.01", "a > bool 2 * (b or 0 * c) / c and a > bool 0.01"),
+        ("a > ignoring (x) group_left (y) b", "a > bool ignoring (x) group_left (y) b"),
+        ("histogram_quantile(0.99, sum by (le) (rate(h_bucket[5m]))) > 0.5",
+         "histogram_quantile(0.99, sum by (le) (rate(h_bucket[5m]))) > bool 0.5"),
+        ("max(x)", "max(x)"),
+    ],
+)
+def test_alert_signal_strips_the_outermost_comparisons(expr: str, signal: str) -> None:
+    assert alert_signal(expr) == signal
+
+
+def test_every_alert_signal_is_valid_promql_without_a_threshold(tmp_path: Path) -> None:
+    """The signals tests/e2e/test_dashboards_live.py asks the real Prometheus for: valid, and never filtering
+    on the alert's threshold at the top (a bool comparison, or no comparison at all)."""
+    rules = [{"record": f"alert:signal:{i}", "expr": alert_signal(r["expr"]), "labels": {"alert": r["alert"]}}
+             for i, r in enumerate(alert_rules())]
+    for rule, alert in zip(rules, alert_rules()):
+        assert rule["expr"] != alert["expr"].strip(), f"{alert['alert']}: nothing stripped"
+        assert "bool" in rule["expr"], alert["alert"]
+    path = tmp_path / "alert_signals.yml"
+    path.write_text(yaml.safe_dump({"groups": [{"name": "signals", "rules": rules}]}), encoding="utf-8")
+    result = run([promtool(), "check", "rules", str(path)])
+    assert result.returncode == 0, f"alert signals rejected:\n{result.stdout}\n{result.stderr}"
 
 
 def test_contract_check_catches_strangers() -> None:

@@ -131,3 +131,107 @@ def alert_rules(groups: tuple[str, ...] | None = None) -> list[dict[str, Any]]:
     doc = yaml.safe_load((PROMETHEUS / "alerts.yml").read_text(encoding="utf-8"))
     return [rule for group in doc["groups"] if groups is None or group["name"] in groups
             for rule in group["rules"] if "alert" in rule]
+
+
+# ------------------------------------------------------------------------------- alert signals
+
+_SET_OP = re.compile(r"\b(or|and|unless)\b")
+_COMPARISON = re.compile(r"==|!=|>=|<=|>|<")
+# What may follow a binary operator before its right operand: bool, on/ignoring(…), group_left/right(…).
+_OP_MODIFIERS = re.compile(
+    r"\s*(?:bool\b)?\s*(?:(?:on|ignoring)\s*\([^()]*\))?\s*(?:(?:group_left|group_right)\b\s*(?:\([^()]*\))?)?"
+)
+
+
+def _top_level(expr: str) -> list[bool]:
+    """Per character: outside any (), [], {} and string literal."""
+    flags, depth, quote, i = [], 0, "", 0
+    while i < len(expr):
+        c = expr[i]
+        if quote:
+            flags.append(False)
+            if c == "\\" and quote != "`":
+                flags.append(False)
+                i += 2
+                continue
+            if c == quote:
+                quote = ""
+        elif c in "\"'`":
+            quote = c
+            flags.append(False)
+        elif c in "([{":
+            flags.append(False)
+            depth += 1
+        elif c in ")]}":
+            depth -= 1
+            flags.append(False)
+        else:
+            flags.append(depth == 0)
+        i += 1
+    return flags
+
+
+def _cuts(expr: str, pattern: re.Pattern[str]) -> list[tuple[int, int, int]]:
+    """Each top-level operator of `pattern` in `expr`: (start, end of the operator, end of its modifiers)."""
+    top = _top_level(expr)
+    cuts = []
+    for m in pattern.finditer(expr):
+        if all(top[m.start():m.end()]):
+            mods = _OP_MODIFIERS.match(expr, m.end())
+            cuts.append((m.start(), m.end(), mods.end() if mods else m.end()))
+    return cuts
+
+
+def _operands(expr: str, pattern: re.Pattern[str]) -> list[tuple[str, str]]:
+    """`expr` cut at its top-level operators of `pattern`: [("", first operand), ("and on (x)", operand), …]."""
+    parts, start, op = [], 0, ""
+    for s, _, e in _cuts(expr, pattern):
+        parts.append((op, expr[start:s].strip()))
+        op, start = " ".join(expr[s:e].split()), e
+    parts.append((op, expr[start:].strip()))
+    return parts
+
+
+def _wrapped(expr: str) -> bool:
+    """The whole expression is one parenthesised group: `( … )`."""
+    if not (expr.startswith("(") and expr.endswith(")")):
+        return False
+    depth = 0
+    for i, c in enumerate(expr):
+        depth += c == "("
+        depth -= c == ")"
+        if depth == 0:
+            return i == len(expr) - 1
+    return False
+
+
+def alert_signal(expr: str) -> str:
+    """The data an alert's expression looks at, without its thresholds: what must return series while the
+    system runs, whether the alert fires or not (an empty result of the alert itself only says "not firing").
+
+    The outermost comparisons become `bool` comparisons (`rate(x[5m]) > 0.05` → `rate(x[5m]) > bool 0.05`),
+    which answer 0 or 1 for every series instead of filtering, so the signal is empty only when the data is
+    missing (also for vector-to-vector comparisons: no pair matched). Through the set operators, PromQL's
+    lowest-precedence ones: `A or B` → signal(A) or signal(B) (either side's data will do, as either can fire);
+    `A and B` → signal(A) and signal(B) (with its on/ignoring; the alert needs both); `A unless B` →
+    signal(A) (B only excludes). Parenthesised wholes are opened; comparisons inside functions and
+    aggregations (`sum(x > 0)`) are the expression's own business and stay.
+    """
+    e = expr.strip()
+    if _wrapped(e):
+        return f"({alert_signal(e[1:-1])})"
+    ors = _operands(e, re.compile(r"\bor\b"))  # `or` binds loosest, `and`/`unless` next, comparisons after
+    if len(ors) > 1:
+        return " ".join(f"{op} {alert_signal(x)}" if op else alert_signal(x) for op, x in ors)
+    ands = _operands(e, re.compile(r"\b(?:and|unless)\b"))
+    if len(ands) > 1:
+        return " ".join(f"{op} {alert_signal(x)}" if op else alert_signal(x)
+                        for op, x in ands if not op.startswith("unless"))
+    cuts = _cuts(e, _COMPARISON)
+    if not cuts:
+        return e
+    start, symbol_end, mods_end = cuts[-1]  # comparisons associate left: the last one is outermost
+    mods = " ".join(e[symbol_end:mods_end].split())
+    if mods.startswith("bool"):
+        return e  # already 0/1 per series
+    return " ".join(part for part in (e[:start].strip(), e[start:symbol_end], "bool", mods, e[mods_end:].strip()) if part)
