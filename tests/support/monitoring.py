@@ -25,6 +25,10 @@ DASHBOARDS = {
     "consumers": GRAFANA / "dashboards" / "consumers.json",
     "payments": GRAFANA / "dashboards" / "payments.json",
 }
+# The PSP clients' metrics (issue 12's payments contract: psp_requests_total{provider,operation,outcome},
+# the psp_request_seconds histogram, psp_retries_total{provider,operation}, payments_total{provider,result}):
+# the payments board's, with the refund retrier's refund*.
+PAYMENTS_METRICS = ("psp_requests_total", "psp_request_seconds_bucket", "psp_retries_total", "payments_total")
 # alerts.yml groups about the shopping-consumers process (its consumers, its outbox relay, its refund retrier).
 CONSUMERS_ALERT_GROUPS = ("consumers", "outbox", "refunds")
 
