@@ -292,12 +292,13 @@ def migration() -> dict[str, Any]:
 # ------------------------------------------------------------------------------------ edge: shadow
 
 def fields_table(expr_metric: str, size: str | None) -> str:
-    """Top 10 fields over the time range, or one "(none)" row at 0 per shadowed route: never an empty table."""
+    """Top 10 fields over the time range, and one "(none)" row at 0 for each shadowed route without any: never an
+    empty table, and no "(none)" beside a route's real fields."""
     sel = route_sel(f'size="{size}"') if size else route_sel()
     found = f"topk(10, sum by (route, field) ({rate(expr_metric + sel, '$__range')}))"
     none = (f'label_replace(0 * sum by (route) ({rate("edge_shadow_requests_total" + route_sel(), "$__range")}), '
             '"field", "(none)", "", "")')
-    return f"{found}\nor\n{none}"
+    return f"{found}\nor\n(\n  {none}\nunless on (route)\n  {found}\n)"
 
 
 def shadow() -> dict[str, Any]:
