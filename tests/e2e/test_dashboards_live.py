@@ -208,6 +208,11 @@ def test_every_panel_variable_and_alert_signal_returns_data(live: Live) -> None:
     assert all(any(w.startswith(f"{name} panel ") for w in queries) for name in DASHBOARDS)
     checked = {w: q for w, q in queries.items() if w not in NO_DATA_EXPECTED and not _payments(q)}
     live.all_have_data(checked)
+    # Every rule evaluates cleanly on this data (a signal with data but a rule erroring would still be blind).
+    groups = _http("GET", f"{live.prometheus}/api/v1/rules")["data"]["groups"]
+    rules = [r for g in groups for r in g["rules"]]
+    assert {r["name"] for r in rules} == {r["alert"] for r in alert_rules()}
+    assert [(r["name"], r.get("lastError")) for r in rules if r["health"] != "ok"] == []
     # The faults made what they were meant to: legacy and new 5xx, skipped shadows, comparisons beyond rounding.
     assert live.query('sum(edge_requests_total{route="passthrough", backend="legacy", status_class="5xx"}) >= 10')
     assert live.query('sum(edge_requests_total{route="adyen_pay", backend="new", status_class="5xx"}) > 0')
