@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: run observe test lint typecheck test-unit fuzz venv mariadb bench-edge bench-price bench-shadow bench-order bench-events bench-pay demo-traffic clean
+.PHONY: run observe dashboards test lint typecheck test-unit fuzz venv mariadb bench-edge bench-price bench-shadow bench-order bench-events bench-pay demo-traffic clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -27,7 +27,11 @@ observe: $(STAMP)
 	bash scripts/ensure-promtool.sh
 	$(BIN)/python scripts/stack.py --observe $(RUN_ARGS)
 
-PY_DIRS := common adapters shop handlers proxy shadow emulators consumers scripts bench tests
+# grafana/dashboards/*.json from grafana/build.py (grafana-foundation-sdk): edit the Python, then run this and commit both.
+dashboards: $(STAMP)
+	$(BIN)/python grafana/build.py
+
+PY_DIRS := common adapters shop handlers proxy shadow emulators consumers scripts bench tests grafana
 
 test: $(STAMP) mariadb lint typecheck
 	bash scripts/ensure-promtool.sh

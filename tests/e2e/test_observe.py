@@ -78,7 +78,7 @@ def test_observe_runs_prometheus_on_the_stack_with_the_alert_rules(tmp_path: Pat
         # The reload alert's gauge is there and says the file in force was accepted; nothing fires on it.
         assert _eventually(lambda: query("edge_routing_last_reload_ok"), 30, "reload gauge")[0]["value"][1] == "1"
 
-        exprs = panel_exprs(load_dashboard("edge"))
+        exprs = {**panel_exprs(load_dashboard("edge")), **panel_exprs(load_dashboard("shadow"))}
         five_xx = next(e for k, e in exprs.items() if k.startswith("5xx share"))
         skipped = next(e for k, e in exprs.items() if k.startswith("Shadow mismatch") and "skipped" in e)
         noise = next(e for k, e in exprs.items() if k.startswith("Shadow noise"))
