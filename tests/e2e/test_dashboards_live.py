@@ -19,10 +19,6 @@ $__rate_interval → 1m):
   value;
 - every alert's signal (`alert_signal`: the expression with its outermost threshold comparisons made `bool`,
   since an empty alert result only means "not firing") returns a series.
-
-The payments board reads the PSP clients' metrics (PAYMENTS_METRICS), which main is adding beside this
-board: while the running edge and consumers export none of them, the payments queries are an expected
-failure (xfail, with the reason), and strict as soon as either process exports one.
 """
 
 from __future__ import annotations
@@ -229,9 +225,6 @@ def test_the_payments_board_returns_data(live: Live) -> None:
     _eventually(lambda: all(Scrape.of(edge).total("edge_requests_total", route=r, backend="new") > 0
                             for r in ("adyen_pay", "paypal_finished")), WITHIN, "the new side paid with both PSPs")
     exported = live.exported() & set(PAYMENTS_METRICS)
-    if not exported:
-        pytest.xfail(f"neither the edge nor the consumers export {', '.join(PAYMENTS_METRICS)} yet: the PSP clients' "
-                     "metrics are main's change (issue 12); this test is strict once one of them is exported")
     assert exported == set(PAYMENTS_METRICS), f"exported: {sorted(exported)}"
     live.all_have_data(queries)
     # The PSP emulator's 503s were counted as what they are: unavailable attempts, retried, answered as errors.

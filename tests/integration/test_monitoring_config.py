@@ -29,10 +29,12 @@ import yaml
 
 from prometheus_client import CollectorRegistry
 
+from adapters.psp_metrics import PspMetrics
 from consumers.expiry import ExpiryMetrics
 from consumers.metrics import ConsumerMetrics, OutboxAge
 from consumers.outbox_relay import RelayMetrics
 from consumers.refund_retry import RefundRetryMetrics
+from handlers.payment_metrics import PaymentMetrics
 from proxy.metrics import EdgeMetrics
 from tests.support.monitoring import (
     CONSUMERS_ALERT_GROUPS,
@@ -82,10 +84,6 @@ EDGE_OWN_METRICS = (
     "edge_routing_last_reload_ok", "edge_price_changed_total", "edge_shadow_duration_seconds_bucket",
     "edge_bad_requests_total", "edge_body_too_large_total",
 )
-# Names of PAYMENTS_METRICS that no metric class of this branch registers yet: the PSP clients' metrics are
-# being added beside this board (main, issue 12). Empty this once they are in: the test below says when.
-AWAITED_METRICS = frozenset(PAYMENTS_METRICS)
-
 EXPECTED_ALERTS = frozenset({
     "EdgeHighErrorRate",
     "EdgeNewSideWorseThanLegacy",
@@ -321,6 +319,8 @@ def _registered() -> set[str]:
     RelayMetrics(registry)
     ExpiryMetrics(registry)
     RefundRetryMetrics(registry)
+    PspMetrics(registry)
+    PaymentMetrics(registry)
     # By family, not sample: a labelled metric has no sample before its first child exists.
     suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_count", "_sum"), "gauge": ("",)}
     return {family.name + suffix for family in registry.collect() for suffix in suffixes[family.type]}
@@ -329,16 +329,13 @@ def _registered() -> set[str]:
 def test_every_selected_metric_is_registered_by_the_code() -> None:
     """The table and the prefixes say where a name may be used; this says it exists: every series name a
     dashboard panel or an alert selects is one the code exports (histograms as their _bucket series), so a
-    metric renamed in the code breaks here, not in an empty panel. The payments metrics awaited from main are
-    the one listed exception, and only while no class registers them."""
+    metric renamed in the code breaks here, not in an empty panel."""
     registered = _registered()
     assert "edge_requests_total" in registered and "edge_request_duration_seconds_bucket" in registered
     selected = {f"dashboard {name}: {where}": e for name in DASHBOARDS for where, e in panel_exprs(load_dashboard(name)).items()}
     selected.update({f"alert {r['alert']}": r["expr"] for r in alert_rules()})
-    missing = {where: bad for where, e in selected.items() if (bad := metric_names(e) - registered - AWAITED_METRICS)}
+    missing = {where: bad for where, e in selected.items() if (bad := metric_names(e) - registered)}
     assert missing == {}, f"selected, but no metric class registers them: {missing}"
-    # The exception is only for names still missing: once main's PSP metrics are in, this asks to empty it.
-    assert not (AWAITED_METRICS & registered), f"registered now, drop from AWAITED_METRICS: {AWAITED_METRICS & registered}"
 
 
 def test_dashboard_queries_are_valid_promql(tmp_path: Path) -> None:
