@@ -10,11 +10,11 @@ page (inline CSS, no scripts, no external assets):
   report's window, ``max |Δ|``, and a link to the examples differing at that field
   (``&field=...``); then the examples, :data:`EXAMPLES_PER_PAGE` a page (``&page=N``, prev /
   next links). Each example opens with the list of differing paths (legacy value, new value,
-  ``|Δ|``, rounding / beyond), then the request (method, path, allow-listed headers, the body
-  pretty-printed; the store already dropped secrets, :func:`shadow.store.summarise_request`),
-  then the two bodies side by side under ``legacy`` and ``new`` with the lines at the
-  differing paths in ``<mark>`` and only a few lines of context around them, so the
-  differences are on screen without scrolling inside the example.
+  ``|Δ|``, rounding / beyond), then the two bodies side by side under ``legacy`` and ``new``
+  (the primary one badged) with the lines at the differing paths in ``<mark>`` and only a few
+  lines of context around them, so the differences are on screen without scrolling inside the
+  example; then the request (method, path, allow-listed headers, the body pretty-printed; the
+  store already dropped secrets, :func:`shadow.store.summarise_request`).
 
 The page stays under :data:`PAGE_LIMIT` bytes whatever the examples hold: every shown text is
 cut to a byte budget, and a page that still comes out larger is rendered again with smaller
@@ -69,7 +69,7 @@ pre{background:#f7f7f7;border:1px solid #e3e3e3;padding:.4em;margin:.2em 0;white
 pre mark,mark.diff{background:#ffe08a;display:inline-block;width:100%}
 .gap{color:#888;font-style:italic}
 .example{border:1px solid #bbb;border-radius:4px;padding:.6em;margin:1em 0}
-.pair{display:grid;grid-template-columns:1fr 1fr;gap:.8em}.top{display:grid;grid-template-columns:auto 1fr;gap:.8em;align-items:start}
+.pair{display:grid;grid-template-columns:1fr 1fr;gap:.8em}
 table.fields th{font-size:.85em}
 .side h4{font-size:1.05em}.primary{background:#1b4f9c;color:#fff;border-radius:3px;padding:0 .4em;font-size:.85em}
 .pager a,.pager span{margin-right:1em}.muted{color:#777}
@@ -307,6 +307,13 @@ def _value_cell(value: Any, budget: int) -> str:
     return f"<td><code>{_fit(value, budget)}</code></td>"
 
 
+def _request_line(req: Any, budget: int) -> str:
+    if not isinstance(req, Mapping):
+        return ""
+    line = f"{req.get('method', '?')} {req.get('path', '')}"
+    return f" · <code>{_fit(line, budget)}</code>"
+
+
 def _request(req: Any, budget: int) -> str:
     if not isinstance(req, Mapping):
         return f"<pre class=request>{_fit(req if req is not None else '', budget)}</pre>"
@@ -348,7 +355,8 @@ def _example(n: int, ex: Mapping[str, Any], fields: Sequence[str], route: str, w
 
     out = [f"<section class=example id=\"ex-{n}\">",
            f"<h3>example {n} · request <code>{_fit(ex.get('request_id', '?'), cell)}</code> · {_e(ex.get('kind', 'shadow'))}"
-           f" · primary: <strong class=primary-side>{_e(primary_side)}</strong> · {_e(ex.get('at', ''))}</h3>"]
+           f" · primary: <strong class=primary-side>{_e(primary_side)}</strong> · {_e(ex.get('at', ''))}"
+           f"{_request_line(ex.get('request'), cell)}</h3>"]
     if fields:
         links = ", ".join(f"<a href=\"{_href(route=route, field=f, window=window)}#examples\"><code>{_fit(f, cell)}</code></a>"
                           for f in fields[:MAX_DIFF_ROWS])
@@ -366,14 +374,16 @@ def _example(n: int, ex: Mapping[str, Any], fields: Sequence[str], route: str, w
     if not rows:
         out.append("<tr><td colspan=5 class=muted>no diff recorded</td></tr>")
     out.append("</table>")
-    out.append(f"<div class=req><h4>request</h4>{_request(ex.get('request'), int(REQUEST_BYTES * scale))}</div></div>")
+    out.append("</div>")
     panes = []
     for label, side_key, body in ((left_label, left_key, left_body), (right_label, right_key, right_body)):
         badge = " <span class=primary>primary</span>" if (not noise and side_key == primary_side) or (noise and side_key == left_key) else " <span class=muted>shadow</span>"
         pane, _ = _pane(body.get("body", ""), marks, int(PANE_BYTES * scale))
         panes.append(f"<div class=\"side {_e(side_key)}\"><h4><span class=side-label>{_e(label)}</span>{badge}"
                      f" · status {_e(body.get('status', '?'))}</h4>{pane}</div>")
-    out.append(f"<div class=pair>{''.join(panes)}</div></section>")
+    out.append(f"<div class=pair>{''.join(panes)}</div>")
+    # The request last: the differences and the two bodies are what the first screen is for.
+    out.append(f"<div class=req><h4>request</h4>{_request(ex.get('request'), int(REQUEST_BYTES * scale))}</div></section>")
     return "".join(out)
 
 
