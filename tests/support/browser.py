@@ -27,7 +27,9 @@ WIDTH, HEIGHT = 1280, 1000  # the first screen a person sees on a laptop
 
 def chromium() -> str:
     """Chromium's path; called inside each test (not a fixture) so a missing one is a FAILED test."""
-    path = os.environ.get("CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+    # CHROMIUM=path picks another build (a Chrome, say); it must exist like the one on PATH.
+    wanted = os.environ.get("CHROMIUM")
+    path = shutil.which(wanted) if wanted else (shutil.which("chromium") or shutil.which("chromium-browser"))
     if path is None:
         pytest.fail(
             "chromium is not on PATH, so the shadow diff page cannot be checked in a real browser. "
