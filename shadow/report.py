@@ -1,4 +1,4 @@
-"""The shadow report behind ``GET /_edge/shadow``: JSON, and a small HTML page.
+"""The shadow report behind ``GET /_edge/shadow``: the JSON (the HTML page is shadow/page.py).
 
 :func:`render_json` joins the per-route request counters kept by the edge
 (``{route: {outcome: n}}``, outcomes ``match``, ``rounding``, ``mismatch`` (beyond rounding),

@@ -187,3 +187,19 @@ async def test_many_large_examples_are_paged_each_page_under_100_kb_and_escaped(
     assert f"page {pages} of {pages}" in last.text
     assert (await stack.admin.get("/_edge/shadow", params={"format": "html", "route": "calc_price", "page": "x"})).status == 400
     json.dumps(report)
+
+
+async def test_no_secret_of_a_shadowed_request_reaches_the_page(make_stack) -> None:
+    stack = await make_stack(SHADOWED)
+    await stack.fault(path=CALC, random_field="quote_time")  # every answer differs: the request is kept as an example
+    secret_body = {**PLAIN_BODY, "password": "sekrit-pw", "card": {"number": "4111111111111111"}, "auth_token": "sekrit-tk"}
+    resp = await stack.edge.post(CALC + "?access_token=sekrit-q&lang=en", json=secret_body, headers={
+        "Authorization": "Bearer sekrit-bearer", "Cookie": "session=sekrit-cookie", "X-Api-Key": "sekrit-key",
+        "X-User-Id": "7"})
+    assert resp.status == 200
+    await stack.settle()
+    p = await page(stack, "?format=html&route=calc_price")
+    [example] = p.sections
+    assert "sekrit" not in p.text and "4111" not in p.text
+    assert '"password": "[redacted]"' in example.text and "access_token=[redacted]&lang=en" in example.text
+    assert '"region": "US"' in example.text  # the rest of the request is there, pretty-printed
