@@ -226,7 +226,7 @@ def _pane(body: Any, marks: Sequence[Parts], budget: int) -> tuple[str, int]:
             ok = False
     if not ok:
         lines = [(None, line) for line in str(body if body is not None else "").split("\n")]
-    marked = [i for i, (p, _) in enumerate(lines) if p is not None and _under(p, marks)]
+    marked = {i for i, (p, _) in enumerate(lines) if p is not None and _under(p, marks)}
     keep: set[int] = set()
     for i in marked:
         keep.update(range(max(0, i - CONTEXT_LINES), min(len(lines), i + CONTEXT_LINES + 1)))
