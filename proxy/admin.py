@@ -16,7 +16,8 @@ from handlers.errors import answer
 from proxy.metrics import EdgeMetrics, exported_registry
 from proxy.rates import MAX_WINDOW_SECONDS as MAX_RATES_WINDOW, RateRing, rates
 from proxy.shadowing import Shadower
-from shadow.report import render_html, render_json
+from shadow.page import render_html
+from shadow.report import render_json
 from shadow.sizes import DEFAULT_WINDOW_SECONDS, MAX_WINDOW_SECONDS as MAX_SHADOW_WINDOW
 from proxy.reloader import RoutingState
 from common.settings import Settings
@@ -91,19 +92,30 @@ def create_admin_app(
             window = -1.0
         if not 0 < window <= MAX_SHADOW_WINDOW:  # also refuses nan
             return answer(codes.BAD_REQUEST, {"field": "window", "reason": f"seconds, 0 < window <= {MAX_SHADOW_WINDOW:g}"})
-        report = render_json(
-            current.stats, current.store, current.outcomes, route=route,
-            meta={"worker": current.worker.counters(), "inflight": current.inflight},
-            sizes=current.sizes, window=window,
-        )
         wants_html = request.query.get("format") == "html" or (
             request.query.get("format") != "json" and "text/html" in request.headers.get("Accept", "")
         )
-        if wants_html:
-            # render_html escapes what it is given; backslashreplace still keeps a page whatever slips past.
-            page = render_html(report, route).encode("utf-8", "backslashreplace")
-            return web.Response(body=page, content_type="text/html", charset="utf-8")
-        return web.json_response(report)
+        if not wants_html:
+            return web.json_response(render_json(
+                current.stats, current.store, current.outcomes, route=route,
+                meta={"worker": current.worker.counters(), "inflight": current.inflight},
+                sizes=current.sizes, window=window,
+            ))
+        try:
+            page_number = int(request.query.get("page", "1"))
+        except ValueError:
+            page_number = 0
+        if page_number < 1:
+            return answer(codes.BAD_REQUEST, {"field": "page", "reason": "a whole number >= 1"})
+        # The page pages through every stored example, not only the JSON's first few per field.
+        report = render_json(
+            current.stats, current.store, current.outcomes, route=route, sizes=current.sizes, window=window,
+            max_examples=max(current.store.per_field, 1),
+        )
+        # render_html escapes what it is given; backslashreplace still keeps a page whatever slips past.
+        page = render_html(report, route, field=request.query.get("field") or None, page=page_number,
+                           window=window).encode("utf-8", "backslashreplace")
+        return web.Response(body=page, content_type="text/html", charset="utf-8")
 
     async def get_rates(request: web.Request) -> web.Response:
         try:

@@ -28,6 +28,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -406,13 +407,20 @@ def test_generated_requests_never_get_a_500_and_rejected_ones_write_nothing(
 def test_after_the_fuzzing_no_log_holds_a_traceback_and_the_shadow_report_renders(stack: Stack) -> None:
     # Runs after the generated requests (same module-scoped stack): the shadow store is full of their examples.
     time.sleep(0.6)  # the edge flushes its log buffer every 0.5 s
-    for page in ("/_edge/shadow?format=json", "/_edge/shadow?format=html"):
+    def get(page: str) -> bytes:
         conn = http.client.HTTPConnection("127.0.0.1", stack.admin_port, timeout=10)
         conn.request("GET", page)
         resp = conn.getresponse()
-        assert resp.status == 200, (page, resp.read()[:500])
-        resp.read()
+        body = resp.read()
         conn.close()
+        assert resp.status == 200, (page, body[:500])
+        return body
+
+    routes = json.loads(get("/_edge/shadow?format=json"))["routes"]
+    get("/_edge/shadow?format=html")
+    # Each route's page too (the index only lists them): the examples the fuzzing left are rendered there.
+    for route in routes:
+        get("/_edge/shadow?" + urllib.parse.urlencode({"format": "html", "route": route}))
     for log in (stack.edge_log, stack.legacy_log):
         text_ = log.read_text(errors="replace")
         assert "Traceback" not in text_, text_[text_.find("Traceback") - 500:][:3000]

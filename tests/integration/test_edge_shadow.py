@@ -4,89 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
-from pathlib import Path
-from typing import Any
 
-import pytest
-from aiohttp.test_utils import TestClient, TestServer
-from prometheus_client import CollectorRegistry
-from sqlalchemy import insert
-
-from emulators.legacy import create_admin_app as create_legacy_admin_app
-from emulators.legacy import create_app as create_legacy_app
-from proxy.app import ADMIN_APP, ROUTING, SHADOWER, create_app
-from shop import schema as t
-from shop.db import make_engine
-from tests.support.edge import calc_price_route, edge_settings, routing_doc, write_routing
-from tests.support.shopdb import seed_database
+from proxy.app import ROUTING
+from tests.support.edge import calc_price_route, routing_doc, write_routing
+from tests.support.shadow_stack import CALC, PLAIN_BODY, TIE_BODY
 from tests.support.upstream import CALLS, create_echo_app
 
-CALC = "/shopping/cal_price/v4_4"
-TIE_SKU = 9001  # 26.75 in category 10 (10 % off): 2.675 rounds to 2.68 in Decimal, 2.67 in float
-PLAIN_BODY = {"items": [{"sku_id": 2, "qty": 2}], "region": "US", "currency": "USD"}
-TIE_BODY = {"items": [{"sku_id": TIE_SKU, "qty": 1}], "region": "US", "currency": "USD"}
-
-
-async def add_tie_sku(url: str) -> None:
-    engine = make_engine(url)
-    async with engine.begin() as conn:
-        await conn.execute(insert(t.skus).values(id=TIE_SKU, name="Tie", category_id=10, price="26.75", stock=100, active=True))
-    await engine.dispose()
-
-
-class Stack:
-    def __init__(self, edge: TestClient, admin: TestClient, legacy_admin: TestClient, registry: CollectorRegistry) -> None:
-        self.edge, self.admin, self.legacy_admin, self.registry = edge, admin, legacy_admin, registry
-
-    @property
-    def shadower(self):
-        return self.edge.server.app[SHADOWER]
-
-    async def settle(self, timeout: float = 10.0) -> None:
-        """Until every shadow call has finished and the diff queue is empty."""
-        deadline = time.monotonic() + timeout
-        while self.shadower.inflight or self.shadower.worker.queue_depth or self.shadower.worker.done < self.shadower.worker.submitted:
-            assert time.monotonic() < deadline, "shadow work did not settle"
-            await asyncio.sleep(0.02)
-
-    def outcome(self, route: str, outcome: str) -> float:
-        return self.registry.get_sample_value("edge_shadow_requests_total", {"route": route, "outcome": outcome}) or 0.0
-
-    async def report(self, route: str = "calc_price") -> dict[str, Any]:
-        resp = await self.admin.get("/_edge/shadow", params={"route": route})
-        assert resp.status == 200
-        return (await resp.json())["routes"].get(route, {})
-
-    async def fault(self, **rule: Any) -> None:
-        resp = await self.legacy_admin.post("/_emulator/faults", json=rule)
-        assert resp.status == 200, await resp.text()
-
-
-@pytest.fixture
-async def make_stack(aiohttp_server: Callable[..., Awaitable[TestServer]], aiohttp_client, tmp_path: Path):
-    opened: list[TestClient] = []
-
-    async def make(route: dict[str, Any], *, legacy_app=None, **settings: Any) -> Stack:
-        db = await seed_database(f"sqlite+aiosqlite:///{tmp_path / 'shop.db'}")
-        await add_tie_sku(db)
-        legacy_server = await aiohttp_server(legacy_app or create_legacy_app(db))
-        legacy_url = str(legacy_server.make_url("")).rstrip("/")
-        routing = write_routing(tmp_path / "routing.yaml", routing_doc(legacy_url, calc_price=route))
-        registry = CollectorRegistry()
-        app = create_app(edge_settings(routing, legacy_url, db_url=db, **settings), registry=registry)
-        edge = await aiohttp_client(app)
-        admin = TestClient(TestServer(app[ADMIN_APP]))
-        # Old shopping's knobs (/_emulator/*) are on its own loopback listener, not the port the edge forwards to.
-        legacy_admin = TestClient(TestServer(create_legacy_admin_app(legacy_server.app)))
-        for c in (admin, legacy_admin):
-            await c.start_server()
-            opened.append(c)
-        return Stack(edge, admin, legacy_admin, registry)
-
-    yield make
-    for c in opened:
-        await c.close()
+pytest_plugins = ["tests.support.shadow_fixtures"]
 
 
 async def test_float_rounding_differences_show_on_exactly_the_money_fields(make_stack) -> None:
@@ -129,8 +53,8 @@ async def test_when_new_is_primary_its_values_are_still_under_new(make_stack) ->
     assert example["primary_side"] == "new"
     values = example["diff"]["values_changed"]["root['data']['summary']['total']"]
     assert values["new"] == served and values["legacy"] != served
-    page = await (await stack.admin.get("/_edge/shadow", params={"format": "html"})).text()
-    assert "primary: new" in page
+    page = await (await stack.admin.get("/_edge/shadow", params={"format": "html", "route": "calc_price"})).text()
+    assert "primary: <strong class=primary-side>new</strong>" in page
 
 
 async def test_a_difference_beyond_rounding_is_a_mismatch_and_rounding_stays_apart(make_stack) -> None:
@@ -269,7 +193,10 @@ async def test_shadow_page_json_and_html(make_stack) -> None:
     html = await stack.admin.get("/_edge/shadow", headers={"Accept": "text/html"})
     text = await html.text()
     assert html.status == 200 and html.content_type == "text/html"
-    assert "calc_price" in text and "data.summary.total" in text and "req-tie-1" in text
+    assert 'href="?format=html&amp;route=calc_price"' in text  # the index links to the route's page
+    html = await stack.admin.get("/_edge/shadow", params={"route": "calc_price"}, headers={"Accept": "text/html"})
+    text = await html.text()
+    assert "data.summary.total" in text and "req-tie-1" in text
     data = await (await stack.admin.get("/_edge/shadow")).json()
     assert data["routes"]["calc_price"]["requests"]["rounding"] == 1
     assert data["routes"]["calc_price"]["requests"]["mismatch"] == 0

@@ -63,7 +63,10 @@ async def test_shadow_page_answers_after_a_request_and_an_answer_with_lone_surro
     resp = await edge.post(CALC, data=HOSTILE, headers={"Content-Type": "application/json", "X-User-Id": "1"})
     assert resp.status == 200
     await settle(edge)
-    page = await admin.get("/_edge/shadow", params={"format": "html"})
+    index = await admin.get("/_edge/shadow", params={"format": "html"})
+    assert index.status == 200
+    (await index.read()).decode("utf-8")
+    page = await admin.get("/_edge/shadow", params={"format": "html", "route": "calc_price"})
     assert page.status == 200
     text = (await page.read()).decode("utf-8")  # strict: a surrogate would not decode
     assert "\\ud800" in text and "\\udfff" in text

@@ -1,4 +1,4 @@
-"""shadow/report.py: the /_edge/shadow JSON and HTML, escaping, route filter."""
+"""shadow/report.py and shadow/page.py: the /_edge/shadow JSON and HTML, escaping, route filter."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import json
 import re
 
 from shadow.noise import DiffStats
-from shadow.report import render_html, render_json
+from shadow.page import EXAMPLES_PER_PAGE, render_html
+from shadow.report import render_json
 from shadow.store import ExampleStore, make_example
 
 EVIL = '<script>alert("x")</script>'
@@ -60,21 +61,24 @@ def test_route_filter() -> None:
 
 def test_html_escapes_everything_and_is_self_contained() -> None:
     stats, store, counters = build()
-    page = render_html(render_json(stats, store, counters))
-    assert "<script" not in page.lower()
+    report = render_json(stats, store, counters, max_examples=10)
+    for page in (render_html(report), render_html(report, "calc_price"), render_html(report, "coupons")):
+        assert "<script" not in page.lower()
+        assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", page)  # no external assets
+        assert page.startswith("<!doctype html>") and page.endswith("</html>")
+    page = render_html(report, "calc_price")
     assert "&lt;script&gt;" in page
-    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", page)  # no external assets
-    assert page.startswith("<!doctype html>") and page.endswith("</html>")
-    assert "(noise)" in page and "data.summary.total" in page
-    assert page.count("<details>") == 10  # 5 examples for each of the two calc_price fields
+    assert ">noise<" in page and "data.summary.total" in page
+    assert page.count("<section class=example") == EXAMPLES_PER_PAGE  # 7 stored, the first page's
     assert "&quot;total&quot;: &quot;96.07&quot;" in page  # primary body pretty-printed
+    assert "&lt;script&gt;" in render_html(report, "coupons")  # the field name
 
 
 def test_html_survives_an_empty_or_odd_report() -> None:
     assert "No shadowed routes" in render_html({})
     odd = {"routes": {EVIL: {"requests": {EVIL: 1}, "fields": [{"field": EVIL, "examples": [{"primary": {"body": EVIL}}]}]}}}
-    page = render_html(odd)
-    assert "<script" not in page.lower()
+    for page in (render_html(odd), render_html(odd, EVIL)):
+        assert "<script" not in page.lower()
 
 
 LONE = "\ud800"
@@ -99,14 +103,15 @@ def test_html_page_with_a_lone_surrogate_encodes_as_utf8_and_shows_it_escaped() 
     stats, store, counters = hostile_parts()
     page = render_html(render_json(stats, store, counters), route=f"x{LONE}")
     page.encode("utf-8")
-    everything = render_html(render_json(stats, store, counters))
+    everything = render_html(render_json(stats, store, counters), "calc_price")
     everything.encode("utf-8")
+    render_html(render_json(stats, store, counters)).encode("utf-8")
     assert "\\ud800" in everything and "</script>" not in everything and "<b>" not in everything
 
 
 def test_html_page_shows_control_characters_escaped_not_raw() -> None:
     stats, store, counters = hostile_parts()
-    page = render_html(render_json(stats, store, counters))
+    page = render_html(render_json(stats, store, counters), "calc_price")
     assert not re.search(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]", page)
     assert "\\u0007" in page and "\\u0000" in page
 
@@ -116,9 +121,9 @@ def test_html_page_escapes_whatever_report_it_is_handed() -> None:
            "routes": {LONE: {"requests": {LONE: LONE}, "rates": {LONE: LONE}, "fields": [
                {"field": LONE, "verdict": LONE, "examples": [{"request": {LONE: [LONE]}, "diff": {LONE: b"\xff"},
                                                              "primary": {"body": LONE, "side": CONTROL}}]}]}}}
-    page = render_html(odd, route=None)
-    page.encode("utf-8")
-    assert "</script>" not in page and not re.search(r"[\x00-\x08]", page)
+    for page in (render_html(odd, route=None), render_html(odd, route=LONE)):
+        page.encode("utf-8")
+        assert "</script>" not in page and not re.search(r"[\x00-\x08]", page)
 
 
 def test_json_report_with_a_lone_surrogate_serialises_strictly() -> None:
