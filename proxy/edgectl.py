@@ -141,19 +141,28 @@ def cmd_validate(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _routing_path(args: argparse.Namespace, settings: Settings) -> Path:
-    """--file, else the configured file when it is here, else the file the running edge says it reads."""
+    """--file, else the file the running edge says it reads (when it answers), else the configured one.
+
+    A configured file here that is not the edge's is refused rather than edited: run from a checkout
+    against an edge started on another file, edgectl used to change the checkout's copy, which no
+    edge reads, and only then warn."""
     if args.file:
         return Path(args.file)
     configured = Path(settings.routing_file)
-    if configured.exists():
-        return configured
+    admin = getattr(args, "admin", DEFAULT_ADMIN_URL)
     try:
-        described = AdminClient(getattr(args, "admin", DEFAULT_ADMIN_URL), None).get("/_edge/routes")
+        described = AdminClient(admin, None).get("/_edge/routes")
     except AdminUnreachable:
         return configured
     body = described.json() if described.status == 200 else None
     found = body.get("routing_file") if isinstance(body, dict) else None
-    return Path(found) if isinstance(found, str) and found else configured
+    if not isinstance(found, str) or not found:
+        return configured
+    served = Path(found)
+    if configured.exists() and not (served.exists() and served.samefile(configured)):
+        raise CtlError(f"the edge at {admin} reads {served}, not {configured.resolve()}: "
+                       f"pass --file {served} to change what it serves (or --file {configured} to edit that copy)")
+    return served
 
 
 def _audit_path(path: Path, settings: Settings) -> Path:

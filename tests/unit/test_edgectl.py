@@ -918,3 +918,34 @@ async def test_consumer_takes_admin_to_find_the_file_the_running_edge_reads(  # 
     assert code == 0, err
     assert "purchased: new" in grouped.read_text().replace("  ", " ")
     assert not (elsewhere / "routing.yaml").exists()
+
+
+async def test_without_file_edgectl_refuses_a_local_file_the_running_edge_does_not_read(  # type: ignore[no-untyped-def]
+    aiohttp_server, ctl: Ctl, grouped: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Found trying it as ops: run from the repo (its routing.yaml) against a stack started with
+    # --routing elsewhere, `edgectl set checkout 20 --admin …` edited the repo's file, then warned.
+    async def routes(request: web.Request) -> web.Response:
+        return web.json_response({"file": "routing.yaml", "routing_file": str(grouped.resolve())})
+
+    app = web.Application()
+    app.router.add_get("/_edge/routes", routes)
+    server = await aiohttp_server(app)
+    here = tmp_path / "repo"
+    here.mkdir()
+    (here / "routing.yaml").write_bytes(grouped.read_bytes())
+    before = (here / "routing.yaml").read_bytes()
+    monkeypatch.chdir(here)
+    for argv in (("set", "checkout", "10", "--no-reload"), ("consumer", "purchased", "new"), ("rollback", "--all")):
+        code, out, err = await _ctl_async(ctl, *argv, "--admin", str(server.make_url("")))
+        assert code == 1 and str(grouped.resolve()) in err and "--file" in err, (argv, err)
+    assert (here / "routing.yaml").read_bytes() == before and not (here / "routing.yaml.audit.jsonl").exists()
+    assert parse_routing(grouped.read_text(), new_routes=NEW_ROUTES.keys()).routes["adyen_pay"].new_percent == 0
+    # Naming the file is the way to edit that one anyway (an edge elsewhere, or none).
+    code, _, err = await _ctl_async(ctl, "set", "checkout", "10", "--no-reload", "--file", "routing.yaml",
+                                    "--admin", str(server.make_url("")))
+    assert code == 0, err
+    # The edge's own file, reached through a local path, is the same file: no refusal.
+    monkeypatch.chdir(grouped.parent)
+    code, _, err = await _ctl_async(ctl, "set", "checkout", "20", "--no-reload", "--admin", str(server.make_url("")))
+    assert code == 0, err
