@@ -7,9 +7,9 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Numeric, Table, UniqueConstraint, event, inspect, text
+from sqlalchemy import Numeric, Select, Table, TextClause, UniqueConstraint, event, inspect, text
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.engine import URL, Connection, Inspector, make_url
+from sqlalchemy.engine import URL, Connection, Engine, Inspector, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from shop.schema import ExactKey, exact_key_collation, exact_key_ddl, metadata
@@ -30,8 +30,8 @@ def _json_dumps(value: Any) -> str:
 
 
 def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
-    # No implicit BEGIN from the driver (it also commits savepoints on its own): make_engine's
-    # "begin" listener starts every transaction.
+    # No implicit BEGIN from the driver (it also commits savepoints on its own):
+    # _begin_by_first_statement starts every transaction.
     dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
     try:
@@ -41,6 +41,58 @@ def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
         cursor.execute("PRAGMA synchronous=NORMAL")
     finally:
         cursor.close()
+
+
+_BEGIN_PENDING = "sqlite_begin_pending"
+_WRITE_SQL = ("INSERT", "UPDATE", "DELETE", "REPLACE")
+
+
+def _takes_write_lock(statement: Any) -> bool:
+    """A write, or a locking read: SQLAlchemy drops FOR UPDATE on SQLite, which has no row locks."""
+    if isinstance(statement, str | TextClause):
+        return str(statement).lstrip().upper().startswith(_WRITE_SQL)
+    if getattr(statement, "is_dml", False):
+        return True
+    return isinstance(statement, Select) and statement._for_update_arg is not None
+
+
+def _begin_by_first_statement(engine: Engine) -> None:
+    """Each transaction's BEGIN IMMEDIATE is sent with its first write or locking read.
+
+    That statement (`SELECT … FOR UPDATE` is how every service function starts judging an order)
+    takes the database's write lock, waiting busy_timeout for it, so the row it read "locked" cannot
+    change under it, as on MariaDB. Plain reads before it run on their own, each seeing the last
+    commit, as READ COMMITTED on MariaDB and as Python's sqlite3 did by default (a BEGIN before the
+    first write only); a transaction that only reads takes no lock. Two alternatives failed on the
+    demo stack: BEGIN IMMEDIATE for every transaction of a write engine queued every read behind the
+    writers (p99 1–4 s on every route), and a deferred BEGIN before the first read made the later write
+    fail at once with "database is locked" when another writer had committed since (SQLite cannot
+    upgrade a stale snapshot; the busy timeout does not apply), 500s on the pay routes.
+    """
+
+    @event.listens_for(engine, "begin")
+    def _pending(conn: Connection) -> None:
+        conn.info[_BEGIN_PENDING] = True
+
+    # before_cursor_execute, not before_execute: an autobegun transaction's "begin" comes between the two.
+    @event.listens_for(engine, "before_cursor_execute")
+    def _begin(conn: Connection, _cursor: Any, sql: str, _params: Any, context: Any, _many: bool) -> None:
+        if not conn.info.get(_BEGIN_PENDING):
+            return
+        compiled = getattr(context, "compiled", None)
+        if not _takes_write_lock(compiled.statement if compiled is not None else sql):
+            return
+        del conn.info[_BEGIN_PENDING]
+        cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        try:
+            cursor.execute("BEGIN IMMEDIATE")
+        finally:
+            cursor.close()
+
+    @event.listens_for(engine, "commit")
+    @event.listens_for(engine, "rollback")
+    def _done(conn: Connection) -> None:
+        conn.info.pop(_BEGIN_PENDING, None)  # a transaction that only read sent no BEGIN: nothing to end
 
 
 def _prepare_sqlite(url: URL) -> None:
@@ -89,13 +141,7 @@ def make_engine(url: str, *, read_only: bool = False, **kw: Any) -> AsyncEngine:
         engine.sync_engine.dialect.do_rollback = lambda dbapi_connection: None  # type: ignore[method-assign]
     if backend == "sqlite":
         event.listen(engine.sync_engine, "connect", _sqlite_on_connect)
-        # The driver's own implicit BEGIN is off (isolation_level None in _sqlite_on_connect), so we
-        # say how each transaction begins. SQLite has no row locks and SQLAlchemy drops FOR UPDATE:
-        # a write transaction takes the database's write lock at BEGIN instead, so the order row a
-        # service function reads "locked" cannot change under it, as on MariaDB (a second writer
-        # waits busy_timeout for it). Read-only engines keep a deferred BEGIN: readers never wait.
-        begin = "BEGIN" if read_only else "BEGIN IMMEDIATE"
-        event.listen(engine.sync_engine, "begin", lambda conn: conn.exec_driver_sql(begin))
+        _begin_by_first_statement(engine.sync_engine)
     return engine
 
 
