@@ -47,6 +47,17 @@ def promql_duration(seconds: float) -> str:
     return f"{millis // 1000}s" if millis % 1000 == 0 else f"{millis}ms"
 
 
+def current(metric: str) -> str:
+    """`metric`'s series that were in their target's latest scrape.
+
+    A plain selector also returns, for 5 minutes (the lookback), the last sample of a series its target
+    no longer exports, when Prometheus wrote no staleness marker for it: after Prometheus itself
+    restarted on the same data (`make observe` again), an edge restarted meanwhile showed the previous
+    run's 5xx in the since-start table. A series is current when its last sample is from the target's
+    last scrape (`timestamp(up)`, the same instant for every series of one scrape)."""
+    return f"{metric} and (timestamp({metric}) >= on(job, instance) group_left() (timestamp(up) - 0.5))"
+
+
 @dataclass(frozen=True, slots=True)
 class Queries:
     """The PromQL behind one status report; ``window`` is a PromQL duration."""
@@ -69,11 +80,11 @@ class Queries:
         return f"sum by (route, outcome) (increase({SHADOW}[{self.window}]))"
 
     # Several edges may disagree for a moment while a change rolls out; the highest share is the one to watch.
-    new_percent = f"max by (route) ({NEW_PERCENT})"
+    new_percent = f"max by (route) ({current(NEW_PERCENT)})"
     # Since-start counters: summed over the edges Prometheus scrapes, each since its own start.
-    requests_total = f"sum by (route, backend, status_class) ({REQUESTS})"
-    upstream_errors_total = f"sum by (route) ({UPSTREAM_ERRORS})"
-    shadow_total = f"sum by (route, outcome) ({SHADOW})"
+    requests_total = f"sum by (route, backend, status_class) ({current(REQUESTS)})"
+    upstream_errors_total = f"sum by (route) ({current(UPSTREAM_ERRORS)})"
+    shadow_total = f"sum by (route, outcome) ({current(SHADOW)})"
     # Targets exporting the edge's counters: their scrape interval bounds the shortest honest window.
     edge_jobs = f"count by (job) ({REQUESTS})"
 

@@ -175,3 +175,75 @@ def test_prometheus_errors_are_one_line(live: Live, capsys: pytest.CaptureFixtur
     assert main(["status", "--prometheus", f"http://127.0.0.1:{free_port()}"]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "is unreachable" in err and "Traceback" not in err, err
+
+
+def _prometheus(binary: str, tmp: Any, target_port: int, port: int) -> subprocess.Popen[bytes]:
+    config = {
+        "global": {"scrape_interval": "1s", "evaluation_interval": "1s", "scrape_timeout": "900ms"},
+        "scrape_configs": [{"job_name": "edge", "static_configs": [{"targets": [f"127.0.0.1:{target_port}"]}]}],
+    }
+    (tmp / "prometheus.yml").write_text(yaml.safe_dump(config), encoding="utf-8")
+    return subprocess.Popen(
+        [binary, f"--config.file={tmp / 'prometheus.yml'}", f"--storage.tsdb.path={tmp / 'tsdb'}",
+         f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
+    )
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def test_since_start_counts_only_what_the_edges_export_now_after_prometheus_restarted(tmp_path: Any) -> None:
+    """Found in the demo trial: `make observe` again (Prometheus restarted on its data) with a restarted edge,
+    and the since-start table still showed the previous run's 5xx, series the new edge no longer exports."""
+    binary = shutil.which("prometheus")
+    if binary is None:
+        pytest.fail("prometheus is not on PATH: `bash scripts/ensure-promtool.sh` installs it (make test does)", pytrace=False)
+    target_port, port = free_port(), free_port()
+    client = PrometheusClient(f"http://127.0.0.1:{port}")
+
+    def since_start_until(check: Any) -> Any:
+        deadline, last = time.monotonic() + 60, None
+        while time.monotonic() < deadline:
+            try:
+                _, last, _ = read_status(client, WINDOW)
+            except PrometheusUnreachable:
+                last = None
+            if last is not None and check(last):
+                return last
+            time.sleep(0.5)
+        raise AssertionError(f"not within 60 s: {last!r}")
+
+    before = CollectorRegistry()
+    EdgeMetrics(before).observe("adyen_pay", "new", "POST", 502, 0.1)
+    server, _ = start_http_server(target_port, addr="127.0.0.1", registry=before)
+    proc = _prometheus(binary, tmp_path, target_port, port)
+    try:
+        since_start_until(lambda s: "adyen_pay" in s.routes and s.routes["adyen_pay"].server_errors == 1)
+    finally:
+        _stop(proc)
+        server.shutdown()
+        server.server_close()
+    after = CollectorRegistry()  # the restarted edge: one 2xx so far, no 5xx series at all
+    EdgeMetrics(after).observe("adyen_pay", "new", "POST", 200, 0.1)
+    server, _ = start_http_server(target_port, addr="127.0.0.1", registry=after)
+    restarted = time.time()
+    proc = _prometheus(binary, tmp_path, target_port, port)
+
+    def scraped_since_restart(_: Any) -> bool:  # before its first scrape, `up` too is the last run's sample
+        return any(value > restarted for _, value in client.vector("timestamp(up)", time.time()))
+
+    try:
+        summary = since_start_until(scraped_since_restart)
+        assert summary.routes["adyen_pay"].server_errors == 0
+        assert summary.routes["adyen_pay"].requests["new"] == 1
+    finally:
+        _stop(proc)
+        server.shutdown()
+        server.server_close()
