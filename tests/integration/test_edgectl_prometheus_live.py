@@ -43,6 +43,29 @@ def _pattern(metrics: EdgeMetrics) -> None:
         metrics.observe("coupons", backend, "POST", 200, 0.02)
 
 
+def _prometheus(binary: str, tmp: Any, target_port: int, port: int) -> subprocess.Popen[bytes]:
+    """Prometheus scraping the one target every second, its data (and its log) in `tmp`."""
+    config = {
+        "global": {"scrape_interval": "1s", "evaluation_interval": "1s", "scrape_timeout": "900ms"},
+        "scrape_configs": [{"job_name": "edge", "static_configs": [{"targets": [f"127.0.0.1:{target_port}"]}]}],
+    }
+    (tmp / "prometheus.yml").write_text(yaml.safe_dump(config), encoding="utf-8")
+    return subprocess.Popen(
+        [binary, f"--config.file={tmp / 'prometheus.yml'}", f"--storage.tsdb.path={tmp / 'tsdb'}",
+         f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
+        stdout=(tmp / "prometheus.log").open("ab"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+    )
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 @dataclass
 class Live:
     prometheus: str
@@ -61,17 +84,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
     target_port = free_port()
     server, _ = start_http_server(target_port, addr="127.0.0.1", registry=registry)
     port = free_port()
-    config = {
-        "global": {"scrape_interval": "1s", "evaluation_interval": "1s", "scrape_timeout": "900ms"},
-        "scrape_configs": [{"job_name": "edge", "static_configs": [{"targets": [f"127.0.0.1:{target_port}"]}]}],
-    }
-    (tmp / "prometheus.yml").write_text(yaml.safe_dump(config), encoding="utf-8")
-    log = (tmp / "prometheus.log").open("ab")
-    proc = subprocess.Popen(
-        [binary, f"--config.file={tmp / 'prometheus.yml'}", f"--storage.tsdb.path={tmp / 'tsdb'}",
-         f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
-        stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-    )
+    proc = _prometheus(binary, tmp, target_port, port)
     stop = threading.Event()
 
     def feed() -> None:
@@ -85,14 +98,8 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
     finally:
         stop.set()
         feeder.join(timeout=5)
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        _stop(proc)
         server.shutdown()
-        log.close()
 
 
 def _filled(live: Live) -> dict[str, Any]:
@@ -175,28 +182,6 @@ def test_prometheus_errors_are_one_line(live: Live, capsys: pytest.CaptureFixtur
     assert main(["status", "--prometheus", f"http://127.0.0.1:{free_port()}"]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "is unreachable" in err and "Traceback" not in err, err
-
-
-def _prometheus(binary: str, tmp: Any, target_port: int, port: int) -> subprocess.Popen[bytes]:
-    config = {
-        "global": {"scrape_interval": "1s", "evaluation_interval": "1s", "scrape_timeout": "900ms"},
-        "scrape_configs": [{"job_name": "edge", "static_configs": [{"targets": [f"127.0.0.1:{target_port}"]}]}],
-    }
-    (tmp / "prometheus.yml").write_text(yaml.safe_dump(config), encoding="utf-8")
-    return subprocess.Popen(
-        [binary, f"--config.file={tmp / 'prometheus.yml'}", f"--storage.tsdb.path={tmp / 'tsdb'}",
-         f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
-    )
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 def test_since_start_counts_only_what_the_edges_export_now_after_prometheus_restarted(tmp_path: Any) -> None:

@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import time
+from typing import Any
 from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
@@ -883,15 +884,20 @@ def test_history_shows_who_when_from_and_to(grouped: Path, ctl: Ctl, monkeypatch
     assert code == 0 and len(out.splitlines()) == 1 and "purchased: legacy → new" in out
 
 
-async def test_without_file_edgectl_edits_the_file_the_running_edge_reads(  # type: ignore[no-untyped-def]
-    aiohttp_server, ctl: Ctl, grouped: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-) -> None:
+async def _edge_reading(aiohttp_server: Any, path: Path) -> Any:
+    """An admin API that says, as the running edge's does, which routing file it reads."""
     async def routes(request: web.Request) -> web.Response:
-        return web.json_response({"file": "routing.yaml", "routing_file": str(grouped.resolve())})
+        return web.json_response({"file": "routing.yaml", "routing_file": str(path.resolve())})
 
     app = web.Application()
     app.router.add_get("/_edge/routes", routes)
-    server = await aiohttp_server(app)
+    return await aiohttp_server(app)
+
+
+async def test_without_file_edgectl_edits_the_file_the_running_edge_reads(  # type: ignore[no-untyped-def]
+    aiohttp_server, ctl: Ctl, grouped: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    server = await _edge_reading(aiohttp_server, grouped)
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)  # no routing.yaml here
@@ -905,12 +911,7 @@ async def test_consumer_takes_admin_to_find_the_file_the_running_edge_reads(  # 
     aiohttp_server, ctl: Ctl, grouped: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # Found trying it as ops: `edgectl consumer … --admin URL` was a usage error while set/rollback took it.
-    async def routes(request: web.Request) -> web.Response:
-        return web.json_response({"file": "routing.yaml", "routing_file": str(grouped.resolve())})
-
-    app = web.Application()
-    app.router.add_get("/_edge/routes", routes)
-    server = await aiohttp_server(app)
+    server = await _edge_reading(aiohttp_server, grouped)
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
@@ -925,12 +926,7 @@ async def test_without_file_edgectl_refuses_a_local_file_the_running_edge_does_n
 ) -> None:
     # Found trying it as ops: run from the repo (its routing.yaml) against a stack started with
     # --routing elsewhere, `edgectl set checkout 20 --admin …` edited the repo's file, then warned.
-    async def routes(request: web.Request) -> web.Response:
-        return web.json_response({"file": "routing.yaml", "routing_file": str(grouped.resolve())})
-
-    app = web.Application()
-    app.router.add_get("/_edge/routes", routes)
-    server = await aiohttp_server(app)
+    server = await _edge_reading(aiohttp_server, grouped)
     here = tmp_path / "repo"
     here.mkdir()
     (here / "routing.yaml").write_bytes(grouped.read_bytes())
