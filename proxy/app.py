@@ -14,13 +14,14 @@ import re
 import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from decimal import Decimal
 
 import structlog
 from aiohttp import hdrs, web
 from prometheus_client import CollectorRegistry
 
 from handlers.app import NEW_ROUTE_NAME, PREFIX, create_new_side
-from handlers.context import db_ready, setup_new_side
+from handlers.context import SHOP, db_ready, setup_new_side
 from common import envelope as codes
 from handlers.errors import answer, answer_new, error_middleware
 from handlers.routes import NEW_ROUTES, NewHandler, NewRoute
@@ -37,6 +38,7 @@ from proxy.reloader import RoutingState
 from proxy.routing import PASSTHROUGH
 from proxy.routing_file import RoutingLoader
 from proxy.shadowing import Shadower
+from shadow.rounding import rounding_units
 from shop.caller import CALLER_HEADER, InvalidCallerId, canonical_caller_id
 from common.settings import Settings
 from shop.tokens import bearer_matches
@@ -258,10 +260,30 @@ async def serve_direct(request: web.Request, new_route: NewRoute) -> web.StreamR
     return await _serve_new(request, new_route.name, new_route.handler, request.match_info, timeout_ms)
 
 
+def _rounding_units(app: web.Application) -> Callable[[], Awaitable[Mapping[str, Decimal]]]:
+    """The shadow's rounding unit per currency from the shop's forex table (cached reference data):
+    one USD cent in each currency, as old shopping rounds in cents before converting."""
+    last: list[tuple[object, Mapping[str, Decimal]]] = []
+
+    async def units() -> Mapping[str, Decimal]:
+        shop = app[SHOP]
+        try:
+            forex = (await shop.reference.get(shop.clock())).forex
+        except Exception as exc:  # the database away: size by minor units until it is back
+            log.warning("shadow_rounding_units_unavailable", error=exc.__class__.__name__)
+            return {}
+        if not last or last[0] is not forex:  # a new table only when the cache reloaded
+            last[:] = [(forex, rounding_units({code: fx.rate for code, fx in forex.items()}))]
+        return last[0][1]
+
+    return units
+
+
 async def _upstream_session(app: web.Application) -> AsyncIterator[None]:
     session = make_session(app[SETTINGS].upstream_pool_size)
     app[FORWARDER] = Forwarder(session, app[METRICS], route_max_inflight=app[SETTINGS].route_inflight_limit)
-    shadower = app[SHADOWER] = Shadower(app[SETTINGS], app[METRICS], app[FORWARDER], app[NEW_SIDE])
+    shadower = app[SHADOWER] = Shadower(app[SETTINGS], app[METRICS], app[FORWARDER], app[NEW_SIDE],
+                                        units=_rounding_units(app))
     shadower.start()
     yield
     await shadower.stop()

@@ -349,7 +349,7 @@ def render_shadow(data: Any, route: str, top: int = 10, example_chars: int = 400
         lines.append("no differing fields")
         return "\n".join(lines)
     lines.append(f"differing fields (top {min(top, len(fields))} of {len(fields)}; noise = differs between two calls to the same side):")
-    lines.append("sizes: rounding = within one minor unit of the currency (expected), beyond = a real difference")
+    lines.append("sizes: rounding = within one USD cent in the body's currency, at least one minor unit (expected), beyond = a real difference")
     pad = f"  {'':>10}  {'':>8}  {'':>6}  {'':>10}  {'':>6}  {'':8}"
     lines.append(f"  {'mismatches':>10}  {'rounding':>8}  {'beyond':>6}  {'max |Δ|':>10}  {'noise':>6}  {'verdict':8}  field")
     for f in fields[:top]:

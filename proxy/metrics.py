@@ -69,7 +69,7 @@ class EdgeMetrics:
         )
         self.shadow_mismatch_fields = Counter(
             "edge_shadow_mismatch_fields_total",
-            "Fields that differed between primary and shadow, by size (rounding: within one minor unit; beyond)",
+            "Fields that differed between primary and shadow, by size (rounding: within one USD cent in the currency; beyond)",
             ("route", "field", "size"), registry=registry,
         )
         self.shadow_noise_fields = Counter(

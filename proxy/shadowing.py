@@ -11,8 +11,9 @@ the comparison (and deepdiff, when the cheap equality fails) runs there, never o
 Noise (Diffy): for ``noise_percent`` of shadowed requests the primary side is called a second
 time; fields that differ between two answers of the same side are noise. A request counts as
 ``mismatch`` when at least one differing field that is not (yet) judged noise differs beyond
-rounding (or the status differs), ``rounding`` when every such field differs only within one
-minor unit of the currency (shadow.rounding), otherwise ``match``.
+rounding (or the status differs), ``rounding`` when every such field differs only within the
+currency's rounding unit (one USD cent converted, at least one minor unit: shadow.rounding),
+otherwise ``match``.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import time
 import zlib
 from collections import Counter
 from decimal import Decimal
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import aiohttp
@@ -86,8 +87,12 @@ class Shadower:
     def __init__(
         self, settings: Settings, metrics: EdgeMetrics, forwarder: Forwarder, new_routes: Mapping[str, NewRoute],
         rng: random.Random | None = None,
+        units: Callable[[], Awaitable[Mapping[str, Decimal]]] | None = None,
     ) -> None:
         self._settings = settings
+        # Per currency, the largest difference sized as rounding (shadow.rounding.rounding_units of
+        # the forex table); None: every currency's minor unit.
+        self._units = units
         # Built in the worker process (the app's startup), so forked workers don't share one sequence.
         self.rng = rng if rng is not None else sampling_rng()
         self._metrics = metrics
@@ -199,12 +204,14 @@ class Shadower:
             self._count(route.name, "error")
             return
         summary = summarise_request(request.method, request.path, request.query_string, request.headers, body)
+        units = await self._units() if self._units is not None else {}
 
         def job(kind: str, other_status: int, other_body: bytes) -> DiffJob:
             return DiffJob(
                 route=route.name, request_id=request_id, request_summary=summary, primary_side=primary_side,
                 primary_status=primary_status, primary_body=primary_body, shadow_status=other_status,
                 shadow_body=other_body, rules=route.shadow.rules, kind=kind,  # type: ignore[union-attr]
+                units=units,
             )
 
         if len(results) > 1 and not isinstance(results[1], BaseException):

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from collections.abc import Mapping
 from decimal import Decimal, localcontext
 from typing import Any
 
@@ -74,8 +75,9 @@ class Comparison:
     when the comparison itself failed (e.g. a body nested too deep); then ``equal`` is
     False and ``fields`` is empty. ``deepdiff_used``: whether deepdiff ran.
     ``sizes``: per field, ``"rounding"`` when every difference in it is numeric and within
-    one minor unit of the body's currency, else ``"beyond"`` (:mod:`shadow.rounding`).
+    the rounding unit of the body's currency, else ``"beyond"`` (:mod:`shadow.rounding`).
     ``max_deltas``: per field with numeric differences, the largest ``|a - b|``.
+    ``unit``: the rounding unit used for ``sizes`` (so the diff page sizes its rows alike).
     """
 
     equal: bool
@@ -85,6 +87,7 @@ class Comparison:
     deepdiff_used: bool = False
     sizes: dict[str, str] = field(default_factory=dict)
     max_deltas: dict[str, Decimal] = field(default_factory=dict)
+    unit: Decimal | None = None  # the rounding unit the sizes were judged with, when deepdiff ran
 
     def beyond(self) -> bool:
         """Whether at least one difference is beyond rounding (or the comparison failed)."""
@@ -146,14 +149,16 @@ def compare(
     *,
     max_diff_bytes: int = DEFAULT_MAX_DIFF_BYTES,
     sides: tuple[str, str] = ("old", "new"),
+    units: Mapping[str, Decimal] | None = None,
 ) -> Comparison:
     """Compare two answers; never raises (a failure is ``Comparison(error=...)``).
 
     ``sides`` names the primary's and the shadow's values in ``diff`` (the edge passes the
     sides, ``("new", "legacy")`` when the new side was primary, so a value is always
-    labelled by who produced it, never by who was serving)."""
+    labelled by who produced it, never by who was serving). ``units``: per currency, the largest
+    difference sized as rounding (:func:`shadow.rounding.rounding_units`), else its minor unit."""
     try:
-        return _compare(primary_status, primary_body, shadow_status, shadow_body, rules, max_diff_bytes, sides)
+        return _compare(primary_status, primary_body, shadow_status, shadow_body, rules, max_diff_bytes, sides, units)
     except RecursionError:
         return Comparison(equal=False, error="body nested too deeply to compare")
     except Exception as exc:  # a bug or a deepdiff failure must not kill the worker
@@ -161,7 +166,8 @@ def compare(
 
 
 def _compare(primary_status: int, primary_body: bytes, shadow_status: int, shadow_body: bytes,
-             rules: CompareRules, max_diff_bytes: int, sides: tuple[str, str]) -> Comparison:
+             rules: CompareRules, max_diff_bytes: int, sides: tuple[str, str],
+             units: Mapping[str, Decimal] | None) -> Comparison:
     p, s = sides
     if primary_status != shadow_status:
         return Comparison(equal=False, fields=("status",), sizes={"status": BEYOND},
@@ -191,7 +197,7 @@ def _compare(primary_status: int, primary_body: bytes, shadow_status: int, shado
     global DEEPDIFF_CALLS
     DEEPDIFF_CALLS += 1
     tree = DeepDiff(a, b, view="tree", threshold_to_diff_deeper=0)
-    unit = unit_for(a, b)
+    unit = unit_for(a, b, units)
     sizes: dict[str, str] = {}
     deltas: dict[str, Decimal] = {}
     with localcontext() as ctx:
@@ -210,7 +216,7 @@ def _compare(primary_status: int, primary_body: bytes, shadow_status: int, shado
     if not sizes:  # normalised trees differ but deepdiff saw nothing (should not happen)
         sizes["$"] = BEYOND
     return Comparison(equal=False, fields=tuple(sorted(sizes)), diff=summarise_diff(tree, sides=sides),
-                      deepdiff_used=True, sizes=sizes, max_deltas=deltas)
+                      deepdiff_used=True, sizes=sizes, max_deltas=deltas, unit=unit)
 
 
 def summarise_diff(tree: Any, max_entries: int = MAX_DIFF_ENTRIES,

@@ -201,6 +201,14 @@ def _pretty(value: Any, path: Parts = (), depth: int = 0, lead: str = "") -> lis
     return [(path, pad + lead + json.dumps(value, ensure_ascii=False))]
 
 
+def _stored_unit(ex: Mapping[str, Any]) -> Decimal | None:
+    stored = ex.get("rounding_unit")
+    try:
+        return Decimal(stored) if isinstance(stored, str) else None
+    except InvalidOperation:
+        return None
+
+
 def _parse(text: Any) -> tuple[bool, Any]:
     if not isinstance(text, str):
         return False, None
@@ -348,7 +356,8 @@ def _example(n: int, ex: Mapping[str, Any], fields: Sequence[str], route: str, w
         left_label, right_label = "legacy", "new"
     ok_l, doc_l = _parse(left_body.get("body"))
     ok_r, doc_r = _parse(right_body.get("body"))
-    unit = unit_for(doc_l if ok_l else None, doc_r if ok_r else None)
+    # The unit the comparison judged with (it knew the forex table); an older example: the minor unit.
+    unit = _stored_unit(ex) or unit_for(doc_l if ok_l else None, doc_r if ok_r else None)
     rows, omitted = _diff_rows(ex.get("diff"), left_key, right_key, unit)
     marks = [r["parts"] for r in rows if r["parts"] is not None]
     cell = max(int(CELL_BYTES * scale), 24)

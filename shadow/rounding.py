@@ -15,6 +15,11 @@ minor unit is ``10 ** -exponent`` with the ISO 4217 exponent (JPY 0 → 1, USD 2
 KWD 3 → 0.001; a code not in :data:`EXPONENTS` is taken as 2, the ISO default). With no
 currency in either body the unit is :data:`FALLBACK_UNIT` (0.01, see docs/decisions.md).
 
+Old shopping rounds in USD cents and then converts (domain.md, Pricing), so in another
+currency one expected cent is ``0.01 × rate`` of it, up to two yen at ≈150 JPY/USD: the edge
+passes :func:`rounding_units` of the forex table, the larger of the minor unit and one USD cent
+converted and rounded up; :func:`unit_for` uses it for the currencies it names.
+
 Sizing is by magnitude only, not by field meaning: in a JPY body an integer quantity that
 differs by 1 is also ``rounding``. Both sizes are counted and shown, none is hidden.
 
@@ -24,10 +29,12 @@ Pure: standard library only.
 from __future__ import annotations
 
 from collections import deque
-from decimal import Decimal
+from collections.abc import Mapping
+from decimal import ROUND_CEILING, Decimal
 from typing import Any
 
-__all__ = ["BEYOND", "FALLBACK_UNIT", "ROUNDING", "SIZES", "classify", "find_currency", "minor_unit", "unit_for"]
+__all__ = ["BEYOND", "FALLBACK_UNIT", "ROUNDING", "SIZES", "classify", "find_currency", "minor_unit", "rounding_units",
+           "unit_for"]
 
 ROUNDING = "rounding"
 BEYOND = "beyond"
@@ -70,11 +77,28 @@ def find_currency(doc: Any) -> str | None:
     return None
 
 
-def unit_for(primary: Any, shadow: Any) -> Decimal:
-    """The minor unit for a pair of parsed bodies: the primary's currency, else the
-    shadow's (when they disagree, ``currency`` itself differs, beyond rounding)."""
+_USD_CENT = Decimal("0.01")
+
+
+def rounding_units(usd_rates: Mapping[str, Decimal]) -> dict[str, Decimal]:
+    """Per currency, the largest difference that is still rounding: one USD cent in that currency
+    (``0.01 × rate``, rounded up to the minor unit), at least one minor unit. JPY at 150 → 2."""
+    units: dict[str, Decimal] = {}
+    for currency, rate in usd_rates.items():
+        minor = minor_unit(currency)
+        units[currency.upper()] = max(minor, (_USD_CENT * rate).quantize(minor, ROUND_CEILING))
+    return units
+
+
+def unit_for(primary: Any, shadow: Any, units: Mapping[str, Decimal] | None = None) -> Decimal:
+    """The rounding unit for a pair of parsed bodies: of the primary's currency, else the
+    shadow's (when they disagree, ``currency`` itself differs, beyond rounding); `units`
+    (:func:`rounding_units`) where it names the currency, else its minor unit."""
     currency = find_currency(primary) or find_currency(shadow)
-    return minor_unit(currency) if currency else FALLBACK_UNIT
+    if not currency:
+        return FALLBACK_UNIT
+    found = units.get(currency) if units else None
+    return found if found is not None else minor_unit(currency)
 
 
 def classify(a: Any, b: Any, unit: Decimal) -> tuple[str, Decimal | None]:

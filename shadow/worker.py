@@ -30,8 +30,9 @@ import asyncio
 import concurrent.futures
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 
 from shadow.compare import Comparison, compare
@@ -63,6 +64,8 @@ class DiffJob:
     shadow_body: bytes
     rules: CompareRules = field(default_factory=CompareRules)
     kind: str = "shadow"
+    # Per currency, the largest difference that is rounding (shadow.rounding.rounding_units of the forex table).
+    units: Mapping[str, Decimal] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -81,7 +84,7 @@ def job_sides(job: DiffJob) -> tuple[str, str]:
 def compare_job(job: DiffJob) -> Comparison:
     """The default ``compare_fn``: :func:`shadow.compare.compare` on the job's answers."""
     return compare(job.primary_status, job.primary_body, job.shadow_status, job.shadow_body, job.rules,
-                   sides=job_sides(job))
+                   sides=job_sides(job), units=job.units)
 
 
 def example_for(job: DiffJob, comparison: Comparison, max_body_chars: int = 16_384) -> dict[str, Any]:
@@ -99,6 +102,8 @@ def example_for(job: DiffJob, comparison: Comparison, max_body_chars: int = 16_3
         example["sizes"] = dict(comparison.sizes)
     if comparison.max_deltas:
         example["max_abs_delta"] = {f: str(d) for f, d in comparison.max_deltas.items()}
+    if comparison.unit is not None:
+        example["rounding_unit"] = str(comparison.unit)
     return example
 
 

@@ -200,3 +200,20 @@ async def test_shadow_page_json_and_html(make_stack) -> None:
     data = await (await stack.admin.get("/_edge/shadow")).json()
     assert data["routes"]["calc_price"]["requests"]["rounding"] == 1
     assert data["routes"]["calc_price"]["requests"]["mismatch"] == 0
+
+
+async def test_a_usd_cent_converted_to_yen_is_rounding_not_a_mismatch(make_stack) -> None:
+    """Found in the demo at 20 %: calc_price read "worse than legacy" on 1–2-yen differences. Old shopping
+    rounds in USD cents and then converts, so one expected cent is 0.01 × 151.2 (the seeded JPY rate),
+    up to 2 yen: the edge sizes by the forex table, not by JPY's 1-yen minor unit."""
+    stack = await make_stack(calc_price_route(0, shadow={"percent": 100, "noise_percent": 0}))
+    body = {"items": [{"sku_id": 7, "qty": 1}], "region": "JP", "currency": "JPY", "coupon_code": "WELCOME10"}
+    resp = await stack.edge.post(CALC, json=body, headers={"X-User-Id": "1"})
+    assert resp.status == 200 and resp.headers["X-Edge-Backend"] == "legacy"
+    await stack.settle()
+    fields = {f["field"]: f for f in (await stack.report())["fields"]}
+    assert fields, "the sides agree on this cart: pick another that differs by 2 yen"
+    assert {f["max_abs_delta"] for f in fields.values()} == {"2"}
+    assert all(f["sizes"] == {"rounding": 1, "beyond": 0} for f in fields.values())
+    assert stack.outcome("calc_price", "rounding") == 1 and stack.outcome("calc_price", "mismatch") == 0
+    assert next(iter(fields.values()))["examples"][0]["rounding_unit"] == "2"

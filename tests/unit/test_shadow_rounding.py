@@ -8,7 +8,7 @@ from decimal import Decimal
 import pytest
 
 from shadow.compare import compare
-from shadow.rounding import FALLBACK_UNIT, classify, find_currency, minor_unit, unit_for
+from shadow.rounding import FALLBACK_UNIT, classify, find_currency, minor_unit, rounding_units, unit_for
 from shadow.sizes import SizeStats
 
 
@@ -92,3 +92,25 @@ def test_the_shadow_minor_units_are_the_iso_table_the_psp_amounts_use() -> None:
     from shadow.rounding import EXPONENTS
 
     assert EXPONENTS == dict(ISO_DECIMALS)
+
+
+def test_rounding_units_are_one_usd_cent_in_each_currency_at_least_its_minor_unit() -> None:
+    units = rounding_units({"JPY": Decimal("151.2"), "EUR": Decimal("0.92"), "KWD": Decimal("0.3075"),
+                            "USD": Decimal("1"), "GBP": Decimal("0.79")})
+    # 1.512 yen rounds up to 2; 0.0092 EUR to the cent; 0.003075 KWD up to 0.004.
+    assert units == {"JPY": Decimal(2), "EUR": Decimal("0.01"), "KWD": Decimal("0.004"), "USD": Decimal("0.01"),
+                     "GBP": Decimal("0.01")}
+    jpy = {"data": {"currency": "JPY"}}
+    assert unit_for(jpy, jpy, units) == Decimal(2)
+    assert unit_for(jpy, jpy) == Decimal(1)  # no table: the minor unit, as before
+    assert unit_for({"currency": "CHF"}, {}, units) == Decimal("0.01")  # not in the table: its minor unit
+    assert classify(Decimal("2079"), Decimal("2077"), unit_for(jpy, jpy, units)) == ("rounding", Decimal(2))
+    assert classify(Decimal("2079"), Decimal("2076"), unit_for(jpy, jpy, units)) == ("beyond", Decimal(3))
+
+
+def test_compare_sizes_by_the_units_it_is_given() -> None:
+    a = json.dumps({"data": {"currency": "JPY", "total": "2079"}}).encode()
+    b = json.dumps({"data": {"currency": "JPY", "total": "2077"}}).encode()
+    assert compare(200, a, 200, b).sizes == {"data.total": "beyond"}
+    given = compare(200, a, 200, b, units={"JPY": Decimal(2)})
+    assert given.sizes == {"data.total": "rounding"} and given.unit == Decimal(2)
