@@ -452,7 +452,7 @@ def _route_page(report: Mapping[str, Any], route: str, field: str | None, page: 
         for f in fields[:rows]:
             name = str(f.get("field", ""))
             verdict = str(f.get("verdict", ""))
-            css = verdict if verdict in ("mismatch", "noise", "ok") else ""
+            css = verdict if verdict in ("mismatch", "noise", "ok", "rounding") else ""
             sizes, win = _map(f.get("sizes")), _map(f.get("window"))
             current = " class=current" if name == field else ""
             n_examples = len(_list(f.get("examples")))

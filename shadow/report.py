@@ -84,6 +84,14 @@ def _jsonable(value: Any, depth: int = 0) -> Any:
     return _jsonable(repr(value)[:HTML_BODY_CHARS])
 
 
+def _verdict(noise_verdict: str, by_size: dict[str, int]) -> str:
+    """The noise rule's verdict, with a real field whose every difference was within rounding
+    called ``rounding``: expected, shown, but not the red "mismatch" an engineer must chase."""
+    if noise_verdict == "mismatch" and by_size.get("beyond", 0) == 0 and by_size.get("rounding", 0) > 0:
+        return "rounding"
+    return noise_verdict
+
+
 def _rate(n: int, total: int) -> float:
     return round(n / total, 6) if total else 0.0
 
@@ -121,7 +129,7 @@ def render_json(
             fields.append({
                 "field": field, "mismatches": s.mismatches, "noise": s.noise,
                 "mismatch_rate": round(s.mismatch_rate, 6), "noise_rate": round(s.noise_rate, 6),
-                "verdict": stats.verdict(name, field),
+                "verdict": _verdict(stats.verdict(name, field), by_size),
                 "sizes": by_size,
                 "max_abs_delta": str(delta) if delta is not None else None,
                 "beyond_rate": _rate(by_size["beyond"], compared_all),
