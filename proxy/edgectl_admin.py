@@ -132,6 +132,21 @@ class MetricsSummary:
     has_shadow: bool  # edge_shadow_requests_total is exported (edges before shadow support don't)
 
 
+def count_sample(stats: dict[str, RouteStats], name: str, labels: Mapping[str, str], value: float) -> None:
+    """One sample of the edge's counters into the since-start table (other names and route-less samples: nothing)."""
+    route = labels.get("route")
+    if route is None:
+        return
+    if name == "edge_requests_total":
+        stats[route].requests[labels.get("backend", "?")] += value
+        if labels.get("status_class") == "5xx":
+            stats[route].server_errors += value
+    elif name == "edge_upstream_errors_total":
+        stats[route].upstream_errors += value
+    elif name == "edge_shadow_requests_total":
+        stats[route].shadow[labels.get("outcome", "?")] += value
+
+
 def summarise_metrics(text: str) -> MetricsSummary:
     stats: dict[str, RouteStats] = defaultdict(RouteStats)
     has_shadow = False
@@ -139,17 +154,7 @@ def summarise_metrics(text: str) -> MetricsSummary:
         for family in text_string_to_metric_families(text):
             has_shadow |= family.name == "edge_shadow_requests"
             for s in family.samples:
-                route = s.labels.get("route")
-                if route is None:
-                    continue
-                if s.name == "edge_requests_total":
-                    stats[route].requests[s.labels.get("backend", "?")] += s.value
-                    if s.labels.get("status_class") == "5xx":
-                        stats[route].server_errors += s.value
-                elif s.name == "edge_upstream_errors_total":
-                    stats[route].upstream_errors += s.value
-                elif s.name == "edge_shadow_requests_total":
-                    stats[route].shadow[s.labels.get("outcome", "?")] += s.value
+                count_sample(stats, s.name, s.labels, s.value)
     except ValueError as exc:
         raise ReportError(f"GET /metrics is not Prometheus text: {exc}") from None
     return MetricsSummary(dict(stats), has_shadow)

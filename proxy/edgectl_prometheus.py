@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
 
-from proxy.edgectl_admin import BACKENDS, MetricsSummary, ReportError, RouteStats
+from proxy.edgectl_admin import BACKENDS, MetricsSummary, ReportError, RouteStats, count_sample
 from proxy.rates import SideCounts, route_entry
 
 REQUESTS = "edge_requests_total"
@@ -237,13 +237,8 @@ def live_rates(
     sides: dict[str, dict[str, SideCounts]] = defaultdict(lambda: {b: SideCounts() for b in BACKENDS})
     for labels, value in requests:
         side = _side(sides, labels)
-        if side is None or not math.isfinite(value):
-            continue
-        side.requests += value
-        if labels.get("status_class") == "4xx":
-            side.client_errors += value
-        elif labels.get("status_class") == "5xx":
-            side.server_errors += value
+        if side is not None and math.isfinite(value):
+            side.add_requests(labels.get("status_class"), value)
     for labels, value in price_changed:
         side = _side(sides, labels)
         if side is not None and math.isfinite(value):
@@ -274,15 +269,7 @@ def _side(sides: dict[str, dict[str, SideCounts]], labels: Mapping[str, str]) ->
 def since_start(requests: Vector, upstream_errors: Vector, shadow: Vector) -> MetricsSummary:
     """The since-start table's counts, as summarise_metrics reads them from one edge's /metrics."""
     stats: dict[str, RouteStats] = defaultdict(RouteStats)
-    for labels, value in requests:
-        if "route" in labels:
-            stats[labels["route"]].requests[labels.get("backend", "?")] += value
-            if labels.get("status_class") == "5xx":
-                stats[labels["route"]].server_errors += value
-    for labels, value in upstream_errors:
-        if "route" in labels:
-            stats[labels["route"]].upstream_errors += value
-    for labels, value in shadow:
-        if "route" in labels:
-            stats[labels["route"]].shadow[labels.get("outcome", "?")] += value
+    for name, vector in ((REQUESTS, requests), (UPSTREAM_ERRORS, upstream_errors), (SHADOW, shadow)):
+        for labels, value in vector:
+            count_sample(stats, name, labels, value)
     return MetricsSummary(dict(stats), has_shadow=bool(shadow))

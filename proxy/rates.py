@@ -123,6 +123,14 @@ class SideCounts:
     p50_seconds: float | None = None
     p99_seconds: float | None = None
 
+    def add_requests(self, status_class: str | None, n: float) -> None:
+        """`n` answers of `status_class` (edge_requests_total's label: 2xx, 4xx, 5xx…)."""
+        self.requests += n
+        if status_class == "4xx":
+            self.client_errors += n
+        elif status_class == "5xx":
+            self.server_errors += n
+
 
 # What "worse than legacy" means (docs/decisions.md, Issue 12: live rates).
 ERROR_MARGIN = 0.01  # the new side's 5xx rate may exceed legacy's by 1 percentage point
@@ -206,12 +214,7 @@ def rates(now: Snapshot, then: Snapshot | None, set_percent: Mapping[str, float]
             continue
         side = sides[route][backend]
         if name == _REQUESTS:
-            side.requests += delta
-            cls = labels.get("status_class")
-            if cls == "4xx":
-                side.client_errors += delta
-            elif cls == "5xx":
-                side.server_errors += delta
+            side.add_requests(labels.get("status_class"), delta)
         elif name == _PRICE_CHANGED:
             side.price_changed += delta
         elif name == _BUCKET:
