@@ -23,22 +23,10 @@ if works; then
   exit 0
 fi
 
-if [ "$(id -u)" -ne 0 ]; then
-  if command -v sudo >/dev/null 2>&1; then SUDO=(sudo); else
-    echo "chromium: not installed and not root (no sudo); run as root or: apt-get install chromium" >&2
-    exit 1
-  fi
-else
-  SUDO=()
-fi
-if ! command -v apt-get >/dev/null 2>&1; then
-  echo "chromium: not installed and no apt-get here; install Chromium (or Chrome as 'chromium' on PATH) by hand" >&2
-  exit 1
-fi
-
-echo "chromium: not found; installing Debian package chromium" >&2
-"${SUDO[@]}" apt-get update -qq
-"${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null
+# shellcheck source=scripts/apt.sh
+source "$(dirname "$0")/apt.sh"
+apt_ready chromium chromium "install Chromium (or Chrome as 'chromium' on PATH) by hand"
+apt_install chromium chromium
 
 if ! works; then
   echo "chromium: still cannot render a page headless after installing chromium" >&2

@@ -11,18 +11,9 @@ if works; then
   exit 0
 fi
 
-if [ "$(id -u)" -ne 0 ]; then
-  if command -v sudo >/dev/null 2>&1; then SUDO=(sudo); else
-    echo "promtool: not installed and not root (no sudo); run as root or: apt-get install prometheus" >&2
-    exit 1
-  fi
-else
-  SUDO=()
-fi
-if ! command -v apt-get >/dev/null 2>&1; then
-  echo "promtool: not installed and no apt-get here; install Prometheus' promtool by hand" >&2
-  exit 1
-fi
+# shellcheck source=scripts/apt.sh
+source "$(dirname "$0")/apt.sh"
+apt_ready promtool prometheus "install Prometheus' promtool by hand"
 
 # Was a Prometheus server already running (ops' own)? Then we leave it alone.
 running() { pgrep -x prometheus >/dev/null 2>&1; }
@@ -44,9 +35,7 @@ if [ ! -e "$policy" ]; then
   added_policy=1
 fi
 
-echo "promtool: not found; installing Debian package prometheus" >&2
-"${SUDO[@]}" apt-get update -qq
-"${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+apt_install promtool prometheus
 
 cleanup
 added_policy=0
