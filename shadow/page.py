@@ -38,7 +38,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 from shadow.fields import parse_path
-from shadow.report import COMPARED, _printable
+from shadow.report import COMPARED, printable
 from shadow.rounding import BEYOND, ROUNDING, classify, unit_for
 from shadow.sizes import DEFAULT_WINDOW_SECONDS
 
@@ -79,12 +79,12 @@ table.fields th{font-size:.85em}
 # --- small helpers -------------------------------------------------------------------------------
 
 def _e(value: Any) -> str:
-    return html.escape(_printable(str(value)), quote=True)
+    return html.escape(printable(str(value)), quote=True)
 
 
 def _fit(value: Any, budget: int) -> str:
     """``value`` escaped, cut so that its UTF-8 size stays within ``budget`` bytes."""
-    text = _printable(str(value))
+    text = printable(str(value))
     out = html.escape(text, quote=True)
     if len(out.encode("utf-8")) <= budget:
         return out

@@ -28,7 +28,7 @@ anything a Python ``str`` can: lone surrogates (which no UTF-8 encoder accepts; 
 example made the page answer 500 until it left the store) and control characters. Both
 renderers show them as their ``\\uXXXX`` escape: :func:`render_json` returns a report
 any strict JSON encoder serialises (surrogates escaped, other types as text), and
-:func:`_printable` gives the HTML page the same escapes for control characters.
+:func:`printable` gives the HTML page the same escapes for control characters.
 """
 
 from __future__ import annotations
@@ -44,13 +44,14 @@ from shadow.rounding import SIZES
 from shadow.sizes import DEFAULT_WINDOW_SECONDS, SizeStats
 from shadow.store import ExampleStore
 
-__all__ = ["COMPARED", "OUTCOMES", "render_json"]
+__all__ = ["COMPARED", "OUTCOMES", "printable", "render_json"]
 
 # Outcomes of a shadowed request; the first three are comparisons made (both sides answered).
 COMPARED = ("match", "rounding", "mismatch")
 OUTCOMES = (*COMPARED, "error", "skipped")
 MAX_EXAMPLES = 5
-HTML_BODY_CHARS = 4000
+# A value of a type JSON lacks is shown as its repr, cut to this many characters.
+REPR_CHARS = 4000
 # Deeper than any report's own structure; a deeper value from a body is shown as text.
 _MAX_DEPTH = 32
 
@@ -63,7 +64,7 @@ def _as_escape(match: re.Match[str]) -> str:
     return f"\\u{ord(match.group()):04x}"
 
 
-def _printable(text: str) -> str:
+def printable(text: str) -> str:
     """``text`` with control characters and lone surrogates written as ``\\uXXXX``."""
     return _UNPRINTABLE.sub(_as_escape, text)
 
@@ -81,7 +82,7 @@ def _jsonable(value: Any, depth: int = 0) -> Any:
             return {_jsonable(str(k)): _jsonable(v, depth + 1) for k, v in value.items()}
         if isinstance(value, (list, tuple, set, frozenset)):
             return [_jsonable(v, depth + 1) for v in value]
-    return _jsonable(repr(value)[:HTML_BODY_CHARS])
+    return _jsonable(repr(value)[:REPR_CHARS])
 
 
 def _verdict(noise_verdict: str, by_size: dict[str, int]) -> str:
