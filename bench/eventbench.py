@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
@@ -42,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 import pymysql
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from common import local_broker
 
@@ -51,6 +52,9 @@ BIN = Path(sys.executable).parent
 OUT = ROOT / "bench" / "out" / "events"
 TOPICS = ("payment_notified_cm", "payment_failed_cm", "purchased", "refund_notified", "group_update")
 CONSUMER = "shopping-new:payment_notified"
+PROBE = "broker_probe"  # the broker-alone run's topic: nothing of ours reads it
+# The consumers' default SHOP_CONSUMER_FETCH_WAIT_MS, for the broker-alone run's plain consumer.
+FETCH_WAIT_MS = 20
 MARK_BEGIN = "<!-- bench-events:begin -->"
 MARK_END = "<!-- bench-events:end -->"
 
@@ -90,6 +94,7 @@ class Bench:
         self.broker_port = free_port()
         self.bootstrap = f"127.0.0.1:{self.broker_port}"
         self.broker: subprocess.Popen[bytes] | None = None
+        self.broker_used = False  # anything produced since the broker started
         self.consumer: subprocess.Popen[bytes] | None = None
         self.admin_port = 0
         self.group = f"bench-{int(time.time())}"
@@ -144,7 +149,20 @@ class Bench:
             raise SystemExit(str(exc)) from None
 
     async def create_topics(self) -> None:
-        await local_broker.create_topics(self.bootstrap, {t: self.args.partitions for t in (*TOPICS, "noti")})
+        await local_broker.create_topics(self.bootstrap, {t: self.args.partitions for t in (*TOPICS, "noti", PROBE)})
+
+    async def fresh_broker(self) -> None:
+        """A new, empty broker and topics. Tansu's memory storage lists every stored batch of a partition on
+        each fetch that has data to return (bench/RESULTS.md), so a paced run after the backlogs would
+        measure their hundreds of thousands of leftover batches, not the consumer."""
+        if not self.broker_used:
+            return
+        if self.broker is not None and self.broker.poll() is None:
+            self.broker.terminate()
+            self.broker.wait(timeout=10)
+        self.broker_used = False
+        self.start_broker()
+        await self.create_topics()
 
     def _wait_port(self, port: int, name: str) -> None:
         try:
@@ -200,13 +218,14 @@ class Bench:
                 "occurred_at": datetime.now(UTC).replace(tzinfo=None).isoformat() + "Z"}
 
     async def produce(self, orders: list[str], *, duplicate_share: float = 0.0, rate: float | None = None,
-                      produced: dict[str, float] | None = None) -> int:
+                      produced: dict[str, float] | None = None, topic: str = "payment_notified_cm") -> int:
         """Send one captured payment per order (and a second copy for `duplicate_share` of them).
 
         Paced runs record each event's send time (time.time()) in `produced`, for the latency.
         """
         producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, acks="all", linger_ms=5)
         await producer.start()
+        self.broker_used = True
         sent = 0
         try:
             started = time.monotonic()
@@ -223,7 +242,7 @@ class Bench:
                     value = json.dumps(self.event(order_id, f"pn-{order_id}")).encode()
                     if produced is not None:
                         produced.setdefault(order_id, time.time())
-                    pending.append(await producer.send("payment_notified_cm", key=order_id.encode(), value=value))
+                    pending.append(await producer.send(topic, key=order_id.encode(), value=value))
                     sent += 1
                 if len(pending) >= 2000:
                     await asyncio.gather(*pending)
@@ -353,23 +372,25 @@ class Bench:
                     out[outcome] = value
         return out
 
-    def processing_histogram(self, topic: str) -> tuple[float | None, float | None]:
-        """(mean ms, the bucket bound under which 99 % fall) of the consumer's consumer_processing_seconds."""
+    def histogram(self, name: str, topic: str, *matchers: str) -> tuple[float | None, float | None]:
+        """(mean ms, the bucket bound under which 99 % fall) of the running consumer's histogram `name` for
+        `topic` (and the label `matchers`, e.g. 'stage="fetched"')."""
         text = self.scrape()
         if not text:
             return None, None
         buckets: list[tuple[float, float]] = []
         total = count = 0.0
+        wanted = (f'topic="{topic}"', *matchers)
         for line in text.splitlines():
-            if not line.startswith("consumer_processing_seconds") or f'topic="{topic}"' not in line:
+            if not line.startswith(name) or not all(m in line for m in wanted):
                 continue
-            name, value = line.rsplit(" ", 1)
-            if name.startswith("consumer_processing_seconds_bucket"):
-                le = name.split('le="', 1)[1].split('"', 1)[0]
+            series, value = line.rsplit(" ", 1)
+            if series.startswith(f"{name}_bucket"):
+                le = series.split('le="', 1)[1].split('"', 1)[0]
                 buckets.append((float("inf") if le == "+Inf" else float(le), float(value)))
-            elif name.startswith("consumer_processing_seconds_sum"):
+            elif series.startswith(f"{name}_sum"):
                 total = float(value)
-            elif name.startswith("consumer_processing_seconds_count"):
+            elif series.startswith(f"{name}_count"):
                 count = float(value)
         if not count:
             return None, None
@@ -393,7 +414,9 @@ class Bench:
         end = self.cpu_mark()
         poller.stop()
         self.wait_settled(orders, 60)
-        in_tx = self.processing_histogram("payment_notified_cm")
+        in_tx = self.histogram("consumer_processing_seconds", "payment_notified_cm")
+        fetched = self.histogram("consumer_event_age_seconds", "payment_notified_cm", 'stage="fetched"')
+        applied = self.histogram("consumer_event_age_seconds", "payment_notified_cm", 'stage="applied"')
         self.stop_consumer()
         lat = sorted((poller.seen[o] - produced[o]) * 1000 for o in orders if o in poller.seen and o in produced)
         self.results["steady"] = {
@@ -404,11 +427,68 @@ class Bench:
             "poll_ms": poller.period * 1000,
             # The consumer's own consumer_processing_seconds: batch start → commit, per event.
             "in_consumer_mean_ms": in_tx[0], "in_consumer_p99_le_ms": in_tx[1],
+            # consumer_event_age_seconds: Kafka timestamp → fetched by the consumer (producer, broker) and → applied.
+            "age_fetched_mean_ms": fetched[0], "age_fetched_p99_le_ms": fetched[1],
+            "age_applied_mean_ms": applied[0], "age_applied_p99_le_ms": applied[1],
+            "p99_ms_by_10s": windowed_p99([(produced[o], (poller.seen[o] - produced[o]) * 1000)
+                                           for o in orders if o in poller.seen and o in produced]),
             "consumer_cpu_share": round((end[1] - mark[1]) / (end[0] - mark[0]), 2),
             "load_before": load_before, "load_after": load_average(),
             "verify": self.verify(orders),
         }
         say("steady", self.results["steady"])
+
+
+    async def broker_alone(self, rate: float, seconds: float) -> None:
+        """The control for the steady run: the same producer, rate, partitions and fetch wait, read by a plain
+        aiokafka consumer that does nothing with the events. Its latency (producer timestamp → handed to
+        the reader) is the broker's and the clients' share of the steady run's, and how it grows over a
+        run is Tansu's, since nothing else is there to grow."""
+        n = int(rate * seconds)
+        orders = [f"probe-{i:08d}" for i in range(n)]
+        reader = AIOKafkaConsumer(PROBE, bootstrap_servers=self.bootstrap, group_id=f"probe-{os.getpid()}",
+                                  auto_offset_reset="latest", enable_auto_commit=False, fetch_max_wait_ms=FETCH_WAIT_MS)
+        await reader.start()
+        samples: list[tuple[float, float]] = []
+
+        async def read() -> None:
+            while len(samples) < n:
+                batches = await reader.getmany(timeout_ms=200)
+                now = time.time()
+                samples.extend((r.timestamp / 1000, now * 1000 - r.timestamp) for recs in batches.values() for r in recs)
+
+        try:
+            await asyncio.sleep(3)  # assigned, at the end of the (empty) partitions
+            say(f"broker alone: {n} events at {rate:.0f}/s to {PROBE}, read by a plain consumer")
+            load_before = load_average()
+            reading = asyncio.create_task(read())
+            await self.produce(orders, rate=rate, topic=PROBE)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(reading, 60)
+            reading.cancel()
+        finally:
+            await reader.stop()
+        lat = sorted(latency for _, latency in samples)
+        self.results["broker"] = {
+            "rate": rate, "events": n, "measured": len(lat),
+            "p50_ms": round(lat[len(lat) // 2], 1) if lat else None,
+            "p99_ms": round(lat[int(len(lat) * 0.99)], 1) if lat else None,
+            "max_ms": round(lat[-1], 1) if lat else None,
+            "p99_ms_by_10s": windowed_p99(samples),
+            "load_before": load_before, "load_after": load_average(),
+        }
+        say("broker alone", self.results["broker"])
+
+
+def windowed_p99(samples: list[tuple[float, float]], window: float = 10.0) -> list[float]:
+    """p99 of (when, latency ms) per `window` seconds from the first: how the latency moves over a run."""
+    if not samples:
+        return []
+    start = min(when for when, _ in samples)
+    windows: dict[int, list[float]] = {}
+    for when, latency in samples:
+        windows.setdefault(int((when - start) // window), []).append(latency)
+    return [round(sorted(v)[int(len(v) * 0.99)], 1) for _, v in sorted(windows.items())]
 
 
 class CommitPoller(threading.Thread):
@@ -468,6 +548,9 @@ def facts() -> dict[str, str]:
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor())
     commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
+                           capture_output=True, text=True).stdout.strip()
+    commit = f"{commit}* (uncommitted changes)" if commit and dirty else commit
     return {"cpu": cpu, "cores": str(os.cpu_count()), "python": platform.python_version(),
             "when": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), "commit": commit or "?"}
 
@@ -491,6 +574,7 @@ def report(results: dict[str, Any], facts_: dict[str, str], path: Path, argv: li
                 f"{r['load_before']} → {r['load_after']} | {exact(r['verify'])} |")
 
     steady = results.get("steady") or {}
+    broker = results.get("broker") or {}
     lines = [
         MARK_BEGIN,
         "## Events through shopping-consumers (make bench-events)",
@@ -519,6 +603,17 @@ def report(results: dict[str, Any], facts_: dict[str, str], path: Path, argv: li
         f"{steady.get('load_before', '?')} → {steady.get('load_after', '?')}; exact: "
         f"{exact(steady['verify']) if steady.get('verify') else '?'}.",
         "",
+        f"Where the steady run's time goes (consumer_event_age_seconds of payment_notified_cm, mean / p99 bucket): "
+        f"Kafka timestamp → fetched by the consumer {steady.get('age_fetched_mean_ms', '?')} / ≤ {steady.get('age_fetched_p99_le_ms', '?')} ms, "
+        f"→ applied {steady.get('age_applied_mean_ms', '?')} / ≤ {steady.get('age_applied_p99_le_ms', '?')} ms. "
+        f"p99 produce → committed per 10 s of the run: {', '.join(str(v) for v in steady.get('p99_ms_by_10s', [])) or '?'} ms.",
+        "",
+        (f"Control, the broker alone (same producer, rate, {results.get('partitions', '?')} partitions and fetch wait; a plain "
+         f"consumer that does nothing, topic `{PROBE}`, on a fresh broker): {broker.get('events', '?')} events, producer "
+         f"timestamp → handed to the reader p50 {broker.get('p50_ms', '?')} ms, p99 {broker.get('p99_ms', '?')} ms, max "
+         f"{broker.get('max_ms', '?')} ms; p99 per 10 s: {', '.join(str(v) for v in broker.get('p99_ms_by_10s', [])) or '?'} ms; "
+         f"load {broker.get('load_before', '?')} → {broker.get('load_after', '?')}.") if broker else "Control (the broker alone): not run.",
+        "",
         "Targets: ≥ 2000 payment_notified_cm applied/s from a 100,000-event backlog; p99 ≤ 100 ms at 500/s. "
         "Each applied payment also makes a `purchased` event (relayed from the outbox and consumed by the same "
         "process) and a `noti`: the payments rate is with that work running beside it; \"pipeline\" is until it is done too. "
@@ -532,7 +627,7 @@ def report(results: dict[str, Any], facts_: dict[str, str], path: Path, argv: li
     if MARK_BEGIN in text:
         before, rest = text.split(MARK_BEGIN, 1)
         after = rest.split(MARK_END, 1)[1].lstrip("\n")
-        text = before + block + after
+        text = before + block + ("\n" + after if after else "")
     else:
         text = text.rstrip("\n") + "\n\n" + block
     path.write_text(text, encoding="utf-8")
@@ -550,12 +645,13 @@ async def main() -> None:
     parser.add_argument("--profile-seconds", type=int, default=20)
     parser.add_argument("--consumer-env", action="append", default=[], metavar="NAME=VALUE",
                         help="an extra setting for the consumers process (SHOP_CONSUMER_BATCH_MAX=1, say)")
-    parser.add_argument("--only", choices=("backlog", "duplicates", "kill", "steady", "all"), default="all")
+    parser.add_argument("--only", choices=("backlog", "duplicates", "kill", "steady", "broker", "all"), default="all")
     parser.add_argument("--results-md", type=Path, default=ROOT / "bench" / "RESULTS.md")
     args = parser.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
     bench = Bench(args)
-    runs = ("backlog", "duplicates", "kill", "steady") if args.only == "all" else (args.only,)
+    bench.results["partitions"] = args.partitions
+    runs = ("backlog", "duplicates", "kill", "broker", "steady") if args.only == "all" else (args.only,)
     try:
         bench.prepare_db()
         bench.start_broker()
@@ -566,7 +662,11 @@ async def main() -> None:
             await bench.backlog("duplicates", max(1000, args.orders // 5), duplicates=0.1)
         if "kill" in runs:
             await bench.backlog("kill", max(1000, args.orders // 5), kill=True)
+        if "broker" in runs:
+            await bench.fresh_broker()
+            await bench.broker_alone(args.rate, args.steady_seconds)
         if "steady" in runs:
+            await bench.fresh_broker()
             await bench.steady(args.rate, args.steady_seconds)
     finally:
         bench.shutdown()

@@ -18,6 +18,9 @@ log = structlog.get_logger("consumers.metrics")
 
 OUTCOMES = ("processed", "duplicate", "retried", "dead_lettered", "skipped_not_owner", "forwarded_legacy")
 _BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+# An event's age spans a steady stream (tens of ms) and a backlog drained after an outage (an hour).
+_AGE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0)
+AGE_STAGES = ("fetched", "applied")
 
 
 class ConsumerMetrics:
@@ -34,10 +37,20 @@ class ConsumerMetrics:
             "consumer_processing_seconds", "Time to apply one event, DB commit included", ("topic",),
             buckets=_BUCKETS, registry=registry,
         )
+        # Lag says how many events wait, not how long: the age of an event (now − its Kafka timestamp)
+        # when this process fetched it and when its outcome was final (effect committed, delivered to
+        # old shopping, or dead-lettered). `applied` − `fetched` is this process's share of the delay;
+        # `fetched` alone is the producer's, the broker's and the network's.
+        self.age = Histogram(
+            "consumer_event_age_seconds", "Age of an event (since its Kafka timestamp) when fetched and when applied",
+            ("topic", "stage"), buckets=_AGE_BUCKETS, registry=registry,
+        )
         # Zero-valued children from the start: the first dead letter is an increase alerts can see, and
         # the first events' processing times are a rate the dashboard can see.
         for topic in topics:
             self.processing.labels(topic)
+            for stage in AGE_STAGES:
+                self.age.labels(topic, stage)
             for outcome in OUTCOMES:
                 self.events.labels(topic, outcome)
 

@@ -281,6 +281,7 @@ class ConsumerRunner:
             while not self._stopping.is_set():
                 batches = await self._consumer.getmany(timeout_ms=100, max_records=self._options.fetch_max_records)
                 for tp, records in batches.items():
+                    self._observe_age(records, "fetched")
                     part = self._partition(tp)
                     part.queue.extend(records)
                     part.wakeup.set()
@@ -326,6 +327,13 @@ class ConsumerRunner:
             if part.tp in offsets:
                 part.committed = offsets[part.tp]
 
+    def _observe_age(self, records: Iterable[ConsumerRecord[bytes, bytes]], stage: str) -> None:
+        """consumer_event_age_seconds: now − each record's Kafka timestamp (a producer's clock ahead of ours: 0)."""
+        now_ms = time.time() * 1000
+        for record in records:
+            if record.timestamp is not None and record.timestamp > 0:
+                self._metrics.age.labels(record.topic, stage).observe(max(0.0, now_ms - record.timestamp) / 1000)
+
     def _update_lag(self) -> None:
         for part in self._partitions.values():
             high = self._consumer.highwater(part.tp)
@@ -363,6 +371,7 @@ class ConsumerRunner:
                 await self._apply_run(part, handler, pending)
                 pending = []
                 await self._dead_letter(record, str(exc))
+                self._observe_age((record,), "applied")
                 part.done = record.offset + 1
         await self._apply_run(part, handler, pending)
 
@@ -416,12 +425,14 @@ class ConsumerRunner:
                 histogram.observe(elapsed)
             for outcome, count in collections.Counter(outcomes).items():
                 self._metrics.events.labels(topic, outcome).inc(count)
+            self._observe_age((record for record, _ in run[:len(outcomes)]), "applied")
             part.done = run[len(outcomes) - 1][0].offset + 1
             run, attempt = run[len(outcomes):], 0
 
     async def _apply_one(self, part: _Partition, record: ConsumerRecord[bytes, bytes]) -> None:
         async with self._slots:
             await self._apply_with_retries(part, record)
+        self._observe_age((record,), "applied")
         part.done = record.offset + 1
 
     def _group(self, topic: str, handler: BatchHandler) -> _GroupCommit:

@@ -436,7 +436,16 @@ def consumers() -> dict[str, Any]:
         "s",
         [(p(0.5, "topic", f"consumer_processing_seconds_bucket{topic_sel()}"), "p50 {{topic}}"),
          (p(0.99, "topic", f"consumer_processing_seconds_bucket{topic_sel()}"), "p99 {{topic}}")],
-        w=24,
+        w=12,
+    ))
+    b.add(graph(
+        "Event age p99 when fetched / when applied, by topic",
+        "histogram_quantile over consumer_event_age_seconds: now − the event's Kafka timestamp. 'fetched' is the "
+        "producer's, broker's and network's share of the delay, 'applied' adds this process's (queue, DB commit "
+        "or delivery to old shopping). Lag counts the events waiting; this says how late they are.",
+        "s",
+        [(p(0.99, "topic, stage", f"consumer_event_age_seconds_bucket{topic_sel()}"), "p99 {{topic}} {{stage}}")],
+        w=12,
     ))
 
     b.row("Outbox relay")

@@ -478,3 +478,39 @@ async def test_group_commit_hands_a_failed_round_and_a_big_lone_batch_back_untou
     big = _GroupCommit(handler, asyncio.Semaphore(8), batch_max=20)
     assert await big.apply(batch_of(0, *[f"e{n}" for n in range(5)])) == ()  # its partition applies it itself
     assert handler.calls == []
+
+
+def _age_buckets(run: Running, stage: str) -> dict[float, float]:
+    """consumer_event_age_seconds{topic=run.topic, stage} as cumulative bucket counts by upper bound."""
+    out: dict[float, float] = {}
+    for metric in run.metrics.age.collect():
+        for sample in metric.samples:
+            if sample.name.endswith("_bucket") and sample.labels["topic"] == run.topic and sample.labels["stage"] == stage:
+                out[float(sample.labels["le"])] = sample.value
+    return out
+
+
+async def test_the_age_of_each_event_is_observed_when_fetched_and_when_applied_or_dead_lettered(
+    broker: Broker, engine: AsyncEngine,
+) -> None:
+    """Events produced a minute ago (their Kafka timestamp) count as a minute old at both stages, whether
+    applied in a batch or dead-lettered; one from a producer whose clock runs ahead counts as 0, not negative."""
+    topic, group = unique_topic("payment_notified_cm"), unique_topic("g")
+    await broker.create_topics(topic, partitions=1)
+    producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap, acks="all")
+    await producer.start()
+    now_ms = int(datetime.now().timestamp() * 1000)
+    try:
+        for n, (key, value) in enumerate([event(1, "o-1"), event(2, "o-2"), ("o-3", b"{not json")]):
+            await producer.send_and_wait(topic, key=key.encode(), value=value, timestamp_ms=now_ms - 60_000 + n)
+        key, value = event(4, "o-4")
+        await producer.send_and_wait(topic, key=key.encode(), value=value, timestamp_ms=now_ms + 3_600_000)
+    finally:
+        await producer.stop()
+    async with Running(broker, topic, Batching(engine), group) as run:
+        await wait_until(lambda: run.count("processed") == 3 and run.count("dead_lettered") == 1)
+    for stage in ("fetched", "applied"):
+        buckets = _age_buckets(run, stage)
+        assert buckets[float("inf")] == 4, stage
+        assert buckets[0.005] == 1, f"{stage}: the event from the future counts as 0 s old"
+        assert buckets[30.0] == 1 and buckets[300.0] == 4, f"{stage}: the three others are a minute old: {buckets}"

@@ -77,7 +77,7 @@ CONTRACT_METRICS = CONTRACT_COUNTERS_AND_GAUGES | {
 }
 
 # The shopping-consumers process's own metrics, outside the spec's table (checked live, see above).
-CONSUMERS_OWN_PREFIXES = ("outbox_", "expiry_", "refund")
+CONSUMERS_OWN_PREFIXES = ("outbox_", "expiry_", "refund", "consumer_event_age_seconds")
 # The edge's additions to the table (issue 12): the latest reload's result, which the counters can't give;
 # 409 price_changed, the shadow calls' duration, requests refused before routing (proxy/metrics.py).
 EDGE_OWN_METRICS = (
