@@ -36,7 +36,7 @@ PY_DIRS := common adapters shop handlers proxy shadow emulators consumers script
 test: $(STAMP) mariadb lint typecheck
 	bash scripts/ensure-promtool.sh
 	bash scripts/ensure-chromium.sh
-	$(BIN)/python -m pytest -q -p no:cacheprovider
+	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=25
 
 # Unused imports and names, undefined names, shadowed fixtures: cheap, and caught before the tests run.
 lint: $(STAMP)
