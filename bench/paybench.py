@@ -9,8 +9,8 @@ the money exact.
 Everything runs on this machine, started and stopped here (each server in its own session, stopped
 on exit, Ctrl-C or failure): the database `bench_pay` on the local MariaDB (recreated, demo seed),
 the PSP emulator (`python -m emulators.psp`, webhooks recorded, not sent: the bridge is measured on
-its own) and the edge (`shopping-edge`, one process, access log on) on the repo's routing.yaml with
-the pay routes and the bridge at new_percent 100. Old shopping is not started: at 100 % nothing
+its own) and the edge (`shopping-edge`, one process, access log on) on the repo's routing.yaml dialled
+by edgectl: the checkout group (the pay routes with it) and the bridge at 100 % new. Old shopping is not started: at 100 % nothing
 routed here goes there.
 
 1. **Orders** are inserted directly (pending_payment, owned by demo users 1..200 in turn, totals in
@@ -46,6 +46,7 @@ import json
 import os
 import random
 import signal
+import shutil
 import subprocess
 import sys
 import time
@@ -67,7 +68,6 @@ sys.path.insert(1, str(ROOT))
 
 import pricebench as pb  # noqa: E402  (wrk, Cpu, facts, py-spy summary)
 import pymysql  # noqa: E402
-import yaml  # noqa: E402
 
 from adapters.amounts import adyen_minor  # noqa: E402
 
@@ -86,6 +86,8 @@ CARD = {"type": "scheme", "number": "4111111111111111", "expiryMonth": "03", "ex
 PAY_BODY = json.dumps({"paymentMethod": CARD, "returnUrl": "https://shop.example/checkout/return",
                        "browserInfo": {"userAgent": "bench", "acceptHeader": "*/*"}}, separators=(",", ":"))
 PAY_ROUTES = ("paypal_pay", "paypal_finished", "adyen_pay", "payment_callback")
+# `edgectl set` targets that put PAY_ROUTES at 100 % new: the pay routes' group, and the webhook bridge.
+DIALS = (("checkout", "100"), ("payment_callback", "100"))
 # name → (CPUs of the emulator, CPUs of the edge, edge processes); None: not pinned.
 SCENARIOS: dict[str, tuple[str | None, str | None, int]] = {
     "shared": (None, None, 1), "pinned": ("1", "0", 1), "shared-2w": (None, None, 2)}
@@ -94,6 +96,21 @@ TARGETS = {"payments_per_s": 300.0, "p99_ms": 150.0, "items_per_s": 1000.0}
 SECTION = "## Payments: adyen_pay through the edge and the webhook bridge (make bench-pay)"
 
 say = pb.say
+
+
+def write_pay_routing(path: Path) -> None:
+    """The repo's routing.yaml with DIALS applied by edgectl, as ops would dial them: a route group moves
+    whole (the checkout group's routes price and charge one caller on one side), which a bench setting
+    the pay routes alone broke when groups came (the edge refused the file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(ROOT / "routing.yaml", path)
+    for target, percent in DIALS:
+        done = subprocess.run(
+            [str(BIN / "edgectl"), "set", target, percent, "--file", str(path), "--no-reload", "--who", "bench-pay"],
+            capture_output=True, text=True, check=False, stdin=subprocess.DEVNULL,
+        )
+        if done.returncode != 0:
+            raise SystemExit(f"bench: edgectl set {target} {percent} on {path}: {done.stderr.strip()}")
 
 
 def uptime() -> str:
@@ -241,11 +258,7 @@ class Bench:
                 "ADYEN_MERCHANT_ACCOUNT": MERCHANT, "PYTHONDONTWRITEBYTECODE": "1"}
 
     def write_routing(self) -> None:
-        doc = yaml.safe_load((ROOT / "routing.yaml").read_text())
-        for name in PAY_ROUTES:
-            doc["routes"][name]["new_percent"] = 100
-        OUT.mkdir(parents=True, exist_ok=True)
-        self.routing.write_text(yaml.safe_dump(doc, sort_keys=False))
+        write_pay_routing(self.routing)
 
     @property
     def edge_url(self) -> str:
@@ -627,7 +640,7 @@ def report(state: dict[str, Any], path: Path) -> str:
         f"knob `POST /_psp/faults {{\"path\": \"/v71/payments\", \"delay_ms\": {a['latency_ms']}}}`: every Adyen "
         "/payments answer waits that long before the emulator acts.",
         "- **edge**: `shopping-edge` (one process, uvloop, access log on; `--workers 2` in shared-2w) on "
-        "the repo's routing.yaml with paypal_pay, paypal_finished, adyen_pay and payment_callback at `new_percent: 100`; "
+        "the repo's routing.yaml dialled with `edgectl set checkout 100` (its group: the pay routes with the rest of checkout) and `edgectl set payment_callback 100`; "
         "PSP clients on the emulator (the person-waiting retry policy). No old shopping, no consumers, no relay.",
         "- **adyen_pay**: `POST /shopping/orders/{id}/pay/any/adyen` with a card the emulator authorises, headers "
         "`X-User-Id` (the owner) and `X-Platform: app`. Per request: the attempt's payments row under the order's row "
@@ -690,7 +703,11 @@ def main() -> None:
     p.add_argument("--profile-seconds", type=int, default=15)
     p.add_argument("--results-md", type=Path, default=ROOT / "bench" / "RESULTS.md")
     p.add_argument("--report-only", action="store_true", help="rewrite the section from bench/out/pay/results.json")
+    p.add_argument("--write-routing", type=Path, metavar="FILE", help="only write the bench's routing.yaml to FILE")
     a = p.parse_args()
+    if a.write_routing:
+        write_pay_routing(a.write_routing)
+        return
     if a.report_only:
         print(report(json.loads((OUT / "results.json").read_text()), a.results_md))
         return
