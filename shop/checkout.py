@@ -37,6 +37,7 @@ from shop import schema as t
 from shop.bootstrap import Shop
 from shop.errors import BadRequest, Conflict, LoginRequired, ShopError, Unprocessable
 from shop.json_input import has_lone_surrogate
+from shop.order_states import HISTORY_INSERT
 from shop.money import money_str
 from shop.price_view import price_view
 from shop.pricing import PriceResult
@@ -252,7 +253,6 @@ async def place_order(shop: Shop, req: OrderRequest, user_id: int | None) -> Pla
 # Executed with parameter dicts: the statements (and their compiled forms) are reused, not rebuilt per order.
 _ORDER_INSERT = insert(t.orders)
 _ITEMS_INSERT = insert(t.order_items)
-_HISTORY_INSERT = insert(t.order_status_history)
 
 
 async def _write_order(uow: UnitOfWork, q: Quote, req: OrderRequest, user_id: int, address: Any, order_id: str) -> None:
@@ -293,7 +293,7 @@ async def _write_order(uow: UnitOfWork, q: Quote, req: OrderRequest, user_id: in
         }
         for line in result.lines
     ])
-    await conn.execute(_HISTORY_INSERT, dict(
+    await conn.execute(HISTORY_INSERT, dict(
         order_id=order_id, from_status=None, to_status="pending_payment", reason="placed", actor=uow.actor, created_at=now,
     ))
     await uow.publish("noti", order_id, {

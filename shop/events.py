@@ -461,7 +461,6 @@ _ORDERS_LOCKED = (
     select(_O.id, _O.user_id, _O.status, _O.total, _O.currency)
     .where(_O.id.in_(bindparam("ids", expanding=True))).order_by(_O.id).with_for_update()
 )
-_HISTORY_INSERT = insert(t.order_status_history)
 _PAYMENT_INSERT = insert(t.payments)
 _P = t.payments.c
 _PAYMENTS_BY_REF = select(_P.id, _P.provider, _P.psp_reference).where(
@@ -517,7 +516,7 @@ class _Orders:
                 # The rows are locked, so only a writer that ignores locks gets here; judge one by one.
                 raise st.Conflict("status_contended", {"orders": len(ids), "moved": result.rowcount})
         if self.history:
-            await uow.conn.execute(_HISTORY_INSERT, self.history)
+            await uow.conn.execute(st.HISTORY_INSERT, self.history)
 
 
 async def _lock_orders(uow: UnitOfWork, order_ids: Iterable[str]) -> _Orders:
