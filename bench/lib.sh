@@ -32,12 +32,11 @@ need_tools() {
         command -v "$cmd" >/dev/null || [[ -x /usr/sbin/$cmd ]] || need+=("${spec#*:}")
     done
     if ((${#need[@]})); then
-        local sudo=()
-        [[ $(id -u) == 0 ]] || sudo=(sudo)
-        say "installing ${need[*]} from Debian"
-        "${sudo[@]}" apt-get update -qq
+        # shellcheck source=../scripts/apt.sh
+        source "$ROOT/scripts/apt.sh"
+        apt_ready "${need[*]}" "${need[*]}" "install them by hand"
         # The nginx package may try to start the system nginx; no bench uses or touches it.
-        "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+        apt_install "bench tools" "${need[@]}"
     fi
 }
 

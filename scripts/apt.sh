@@ -1,4 +1,4 @@
-# Sourced by scripts/ensure-*.sh: install one missing Debian package, as root or through sudo.
+# Sourced by scripts/ensure-*.sh and bench/lib.sh: install missing Debian packages, as root or through sudo.
 
 # apt_ready TOOL PACKAGE HINT: set SUDO (empty as root) or exit 1 saying why nothing can be installed here.
 apt_ready() {
@@ -16,9 +16,11 @@ apt_ready() {
   fi
 }
 
-# apt_install TOOL PACKAGE: non-interactive, without recommends (no extra daemons).
+# apt_install TOOL PACKAGE...: non-interactive, without recommends (no extra daemons); one update for them all.
 apt_install() {
-  echo "$1: not found; installing Debian package $2" >&2
+  local tool=$1
+  shift
+  echo "$tool: not found; installing Debian package(s) $*" >&2
   "${SUDO[@]}" apt-get update -qq
-  "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$2" >/dev/null
+  "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
 }
