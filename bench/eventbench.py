@@ -46,6 +46,7 @@ import pymysql
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from common import local_broker
+from common.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -53,8 +54,6 @@ OUT = ROOT / "bench" / "out" / "events"
 TOPICS = ("payment_notified_cm", "payment_failed_cm", "purchased", "refund_notified", "group_update")
 CONSUMER = "shopping-new:payment_notified"
 PROBE = "broker_probe"  # the broker-alone run's topic: nothing of ours reads it
-# The consumers' default SHOP_CONSUMER_FETCH_WAIT_MS, for the broker-alone run's plain consumer.
-FETCH_WAIT_MS = 20
 MARK_BEGIN = "<!-- bench-events:begin -->"
 MARK_END = "<!-- bench-events:end -->"
 
@@ -418,26 +417,20 @@ class Bench:
         fetched = self.histogram("consumer_event_age_seconds", "payment_notified_cm", 'stage="fetched"')
         applied = self.histogram("consumer_event_age_seconds", "payment_notified_cm", 'stage="applied"')
         self.stop_consumer()
-        lat = sorted((poller.seen[o] - produced[o]) * 1000 for o in orders if o in poller.seen and o in produced)
+        samples = [(produced[o], (poller.seen[o] - produced[o]) * 1000) for o in orders if o in poller.seen and o in produced]
         self.results["steady"] = {
-            "rate": rate, "achieved_rate": round(n / sent_in), "events": n, "complete": ok, "measured": len(lat),
-            "p50_ms": round(lat[len(lat) // 2], 1) if lat else None,
-            "p99_ms": round(lat[int(len(lat) * 0.99)], 1) if lat else None,
-            "max_ms": round(lat[-1], 1) if lat else None,
+            "rate": rate, "achieved_rate": round(n / sent_in), "events": n, "complete": ok, **latencies(samples),
             "poll_ms": poller.period * 1000,
             # The consumer's own consumer_processing_seconds: batch start → commit, per event.
             "in_consumer_mean_ms": in_tx[0], "in_consumer_p99_le_ms": in_tx[1],
             # consumer_event_age_seconds: Kafka timestamp → fetched by the consumer (producer, broker) and → applied.
             "age_fetched_mean_ms": fetched[0], "age_fetched_p99_le_ms": fetched[1],
             "age_applied_mean_ms": applied[0], "age_applied_p99_le_ms": applied[1],
-            "p99_ms_by_10s": windowed_p99([(produced[o], (poller.seen[o] - produced[o]) * 1000)
-                                           for o in orders if o in poller.seen and o in produced]),
             "consumer_cpu_share": round((end[1] - mark[1]) / (end[0] - mark[0]), 2),
             "load_before": load_before, "load_after": load_average(),
             "verify": self.verify(orders),
         }
         say("steady", self.results["steady"])
-
 
     async def broker_alone(self, rate: float, seconds: float) -> None:
         """The control for the steady run: the same producer, rate, partitions and fetch wait, read by a plain
@@ -447,7 +440,8 @@ class Bench:
         n = int(rate * seconds)
         orders = [f"probe-{i:08d}" for i in range(n)]
         reader = AIOKafkaConsumer(PROBE, bootstrap_servers=self.bootstrap, group_id=f"probe-{os.getpid()}",
-                                  auto_offset_reset="latest", enable_auto_commit=False, fetch_max_wait_ms=FETCH_WAIT_MS)
+                                  auto_offset_reset="latest", enable_auto_commit=False,
+                                  fetch_max_wait_ms=Settings().consumer_fetch_wait_ms)  # the consumers' default
         await reader.start()
         samples: list[tuple[float, float]] = []
 
@@ -468,27 +462,28 @@ class Bench:
             reading.cancel()
         finally:
             await reader.stop()
-        lat = sorted(latency for _, latency in samples)
         self.results["broker"] = {
-            "rate": rate, "events": n, "measured": len(lat),
-            "p50_ms": round(lat[len(lat) // 2], 1) if lat else None,
-            "p99_ms": round(lat[int(len(lat) * 0.99)], 1) if lat else None,
-            "max_ms": round(lat[-1], 1) if lat else None,
-            "p99_ms_by_10s": windowed_p99(samples),
+            "rate": rate, "events": n, **latencies(samples),
             "load_before": load_before, "load_after": load_average(),
         }
         say("broker alone", self.results["broker"])
 
 
-def windowed_p99(samples: list[tuple[float, float]], window: float = 10.0) -> list[float]:
-    """p99 of (when, latency ms) per `window` seconds from the first: how the latency moves over a run."""
+def latencies(samples: list[tuple[float, float]], window: float = 10.0) -> dict[str, Any]:
+    """(when, latency ms) samples as the paced runs report them: how many, p50, p99 and max, and the p99 of
+    each `window` seconds from the first (how the latency moves over a run)."""
     if not samples:
-        return []
+        return {"measured": 0, "p50_ms": None, "p99_ms": None, "max_ms": None, "p99_ms_by_10s": []}
+    lat = sorted(latency for _, latency in samples)
     start = min(when for when, _ in samples)
     windows: dict[int, list[float]] = {}
     for when, latency in samples:
         windows.setdefault(int((when - start) // window), []).append(latency)
-    return [round(sorted(v)[int(len(v) * 0.99)], 1) for _, v in sorted(windows.items())]
+    return {
+        "measured": len(lat), "p50_ms": round(lat[len(lat) // 2], 1), "p99_ms": round(lat[int(len(lat) * 0.99)], 1),
+        "max_ms": round(lat[-1], 1),
+        "p99_ms_by_10s": [round(sorted(v)[int(len(v) * 0.99)], 1) for _, v in sorted(windows.items())],
+    }
 
 
 class CommitPoller(threading.Thread):

@@ -281,7 +281,7 @@ class ConsumerRunner:
             while not self._stopping.is_set():
                 batches = await self._consumer.getmany(timeout_ms=100, max_records=self._options.fetch_max_records)
                 for tp, records in batches.items():
-                    self._observe_age(records, "fetched")
+                    self._observe_age(tp.topic, records, "fetched")
                     part = self._partition(tp)
                     part.queue.extend(records)
                     part.wakeup.set()
@@ -327,12 +327,13 @@ class ConsumerRunner:
             if part.tp in offsets:
                 part.committed = offsets[part.tp]
 
-    def _observe_age(self, records: Iterable[ConsumerRecord[bytes, bytes]], stage: str) -> None:
+    def _observe_age(self, topic: str, records: Iterable[ConsumerRecord[bytes, bytes]], stage: str) -> None:
         """consumer_event_age_seconds: now − each record's Kafka timestamp (a producer's clock ahead of ours: 0)."""
         now_ms = time.time() * 1000
+        age = self._metrics.age.labels(topic, stage)  # once per call: every caller's records share a topic
         for record in records:
             if record.timestamp is not None and record.timestamp > 0:
-                self._metrics.age.labels(record.topic, stage).observe(max(0.0, now_ms - record.timestamp) / 1000)
+                age.observe(max(0.0, now_ms - record.timestamp) / 1000)
 
     def _update_lag(self) -> None:
         for part in self._partitions.values():
@@ -371,7 +372,7 @@ class ConsumerRunner:
                 await self._apply_run(part, handler, pending)
                 pending = []
                 await self._dead_letter(record, str(exc))
-                self._observe_age((record,), "applied")
+                self._observe_age(record.topic, (record,), "applied")
                 part.done = record.offset + 1
         await self._apply_run(part, handler, pending)
 
@@ -425,14 +426,14 @@ class ConsumerRunner:
                 histogram.observe(elapsed)
             for outcome, count in collections.Counter(outcomes).items():
                 self._metrics.events.labels(topic, outcome).inc(count)
-            self._observe_age((record for record, _ in run[:len(outcomes)]), "applied")
+            self._observe_age(topic, (record for record, _ in run[:len(outcomes)]), "applied")
             part.done = run[len(outcomes) - 1][0].offset + 1
             run, attempt = run[len(outcomes):], 0
 
     async def _apply_one(self, part: _Partition, record: ConsumerRecord[bytes, bytes]) -> None:
         async with self._slots:
             await self._apply_with_retries(part, record)
-        self._observe_age((record,), "applied")
+        self._observe_age(record.topic, (record,), "applied")
         part.done = record.offset + 1
 
     def _group(self, topic: str, handler: BatchHandler) -> _GroupCommit:
