@@ -395,6 +395,13 @@ async def apply_refund_notified(uow: UnitOfWork, ev: RefundNotified, consumer: s
     if (refund.amount, refund.currency) != (ev.amount, ev.currency):
         raise Unapplicable(data={"order_id": ev.order_id, "refund_id": ev.refund_id, "reason": "amount_mismatch"})
     open_states = ("pending", "submitted", "retrying")
+    if refund.status == "submitted" and None not in (refund.psp_reference, ev.psp_reference) \
+            and ev.psp_reference != refund.psp_reference:
+        # A submitted refund's reference is its live attempt's; another one names an attempt the PSP
+        # already failed and the retrier replaced (Adyen's REFUND delivered after its REFUND_FAILED).
+        log.info("refund_notice_of_replaced_attempt", order_id=ev.order_id, refund_id=refund.id,
+                 psp_reference=ev.psp_reference, live_psp_reference=refund.psp_reference, status=ev.status)
+        return "duplicate"
     # Adyen may send REFUND (success) and later REFUND_FAILED for the same pspReference: the scheme
     # refused it after all. That failure is the later truth, whichever of the two arrives first.
     same_attempt = ev.psp_reference is not None and refund.psp_reference == ev.psp_reference

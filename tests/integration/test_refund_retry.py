@@ -6,7 +6,8 @@ the refund's one key; a refund that the PSP did but whose answer never came is f
 replay, refunded once; five failed submissions end in `failed` (not submitted again), counted in
 refunds_failed_total, with a `refund_failed` noti; a refund whose process died before the PSP call is
 picked up after the in-flight window with the same key; when Adyen reports the refund failed, the retry
-is a new refund with a new key (the old key would only replay "received"); two retriers racing for one
+is a new refund with a new key (the old key would only replay "received"), and a late REFUND of the failed
+attempt then changes nothing while the new attempt's own outcome still counts; two retriers racing for one
 refund make one PSP call; only the lease holder retries; the metrics exist at 0 from the start.
 """
 
@@ -68,6 +69,15 @@ async def refund(shop: Shop, psp: Psp, amount: str | None = None, request_id: st
 async def the_refund(engine: AsyncEngine) -> dict[str, Any]:
     [row] = await refunds_of(engine, ORDER)
     return row
+
+
+async def notify(shop: Shop, refund_id: int, status: str, psp_reference: str, reason: str | None) -> str:
+    """The consumer applying a refund_notified of 10.00 EUR (one event id per reference and outcome)."""
+    ev = parse_refund_notified({"event_id": f"adyen:{status}:{psp_reference}", "refund_id": str(refund_id),
+                                "order_id": ORDER, "status": status, "amount": "10.00", "currency": "EUR",
+                                "psp_reference": psp_reference, "reason": reason})
+    async with shop.tx("consumer") as uow:
+        return await apply_refund_notified(uow, ev, consumer_name(EVENT_TYPES["refund_notified"]))
 
 
 async def keys(psp: Psp, suffix: str = "/refund") -> list[tuple[str, int | None, bool]]:
@@ -182,41 +192,57 @@ async def test_attempts_used_up_by_a_process_that_died_fail_without_another_call
     assert await notis(fresh_engine, ORDER) == ["refund_failed"]
 
 
+async def resubmitted_after_adyen_failed(engine: AsyncEngine, psp: Psp, failures: int) -> tuple[Shop, dict[str, Any], dict[str, Any]]:
+    """A 10.00 refund Adyen received and then reported failed (REFUND_FAILED applied), submitted again by the
+    retrier 30 s later; the PSP fails the first `failures` submissions. The shop and the row before and after."""
+    await paid_order(engine, psp, ORDER, provider="adyen")
+    await psp.fault(path="/v71/payments/*/refunds", adyen_refund_failed=True, times=failures)
+    clock = Clock()
+    shop = shop_on(engine, clock)
+    assert await refund(shop, psp, "10.00") == "submitted"
+    first = await the_refund(engine)
+    assert await notify(shop, first["id"], "failed", first["psp_reference"], "refused") == "processed"
+    assert (await the_refund(engine))["status"] == "retrying"
+    [done] = await retry_due(shop_on(engine, clock.at(seconds=30)), gateway(psp), inflight=INFLIGHT)
+    assert done.settled.status == "submitted"
+    second = await the_refund(engine)
+    assert second["psp_reference"] != first["psp_reference"] and second["attempts"] == 2
+    return shop, first, second
+
+
 async def test_when_adyen_reports_the_refund_failed_the_retry_is_a_new_refund_with_a_new_key(
     fresh_engine: AsyncEngine, psp: Psp, webhook_sink: WebhookSink,
 ) -> None:
-    await paid_order(fresh_engine, psp, ORDER, provider="adyen")
-    await psp.fault(path="/v71/payments/*/refunds", adyen_refund_failed=True, times=1)
-    clock = Clock()
-    shop = shop_on(fresh_engine, clock)
-    assert await refund(shop, psp, "10.00") == "submitted"
-    first = await the_refund(fresh_engine)
-    [failed] = [i for i in await webhook_sink.wait_for(4) if i["eventCode"] == "REFUND_FAILED"]
-    assert failed["pspReference"] == first["psp_reference"]
-
-    async def notified(status: str, psp_reference: str, event_id: str) -> None:
-        ev = parse_refund_notified({"event_id": event_id, "refund_id": str(first["id"]), "order_id": ORDER,
-                                    "status": status, "amount": "10.00", "currency": "EUR",
-                                    "psp_reference": psp_reference, "reason": failed.get("reason")})
-        async with shop.tx("consumer") as uow:
-            assert await apply_refund_notified(uow, ev, consumer_name(EVENT_TYPES["refund_notified"])) == "processed"
-
-    await notified("failed", failed["pspReference"], "adyen:REFUND_FAILED:1")
-    assert (await the_refund(fresh_engine))["status"] == "retrying"
-    [done] = await retry_due(shop_on(fresh_engine, clock.at(seconds=30)), gateway(psp), inflight=INFLIGHT)
-    assert done.settled.status == "submitted"
-    second = await the_refund(fresh_engine)
-    assert second["psp_reference"] != first["psp_reference"] and second["attempts"] == 2
+    shop, first, second = await resubmitted_after_adyen_failed(fresh_engine, psp, failures=1)
+    items = await webhook_sink.wait_for(5)
+    assert [(i["eventCode"], i["pspReference"]) for i in items if i["eventCode"].startswith("REFUND")] == [
+        ("REFUND", first["psp_reference"]), ("REFUND_FAILED", first["psp_reference"]), ("REFUND", second["psp_reference"])]
+    assert items[-1]["success"] == "true"
     calls = await keys(psp, "/refunds")
     assert [k for k, _, _ in calls] == [idempotency_key(first["id"]), idempotency_key(first["id"], first["psp_reference"])]
     assert not any(replayed for _, _, replayed in calls)
     refunds = (await psp.state())["adyen"]["refunds"]
     assert {r: v["outcome"] for r, v in refunds.items()} == {first["psp_reference"]: "failed", second["psp_reference"]: "refunded"}
-    items = await webhook_sink.wait_for(5)
-    assert (items[-1]["eventCode"], items[-1]["pspReference"], items[-1]["success"]) == ("REFUND", second["psp_reference"], "true")
-    await notified("succeeded", second["psp_reference"], "adyen:REFUND:2")
+    assert await notify(shop, first["id"], "succeeded", second["psp_reference"], None) == "processed"
     assert (await the_refund(fresh_engine))["status"] == "succeeded"
     assert await order_status(fresh_engine, ORDER) == "partially_refunded"
+
+
+async def test_a_late_success_of_the_attempt_adyen_failed_changes_nothing_once_the_retry_is_submitted(
+    fresh_engine: AsyncEngine, psp: Psp,
+) -> None:
+    # Adyen sends REFUND and later REFUND_FAILED for one pspReference; delivered out of order, the REFUND can
+    # come after the retry resubmitted. It is the replaced attempt's: taken as the refund's success it
+    # would mark the refund done while the live attempt's own failure would then be ignored.
+    shop, first, second = await resubmitted_after_adyen_failed(fresh_engine, psp, failures=2)
+    assert await notify(shop, first["id"], "succeeded", first["psp_reference"], None) == "duplicate"
+    assert (await the_refund(fresh_engine)) == second
+    assert await order_status(fresh_engine, ORDER) == "paid"
+    # The live attempt's outcome still counts: here the PSP failed it too, so the refund is retried again.
+    assert await notify(shop, first["id"], "failed", second["psp_reference"], "refused") == "processed"
+    third = await the_refund(fresh_engine)
+    assert (third["status"], third["psp_reference"], third["attempts"]) == ("retrying", second["psp_reference"], 2)
+    assert await order_status(fresh_engine, ORDER) == "paid"
 
 
 async def test_two_retriers_racing_for_one_refund_make_one_psp_call(fresh_engine: AsyncEngine, psp: Psp) -> None:
