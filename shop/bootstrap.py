@@ -19,7 +19,7 @@ import structlog
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shop import schema as t
-from shop.db import is_deadlock, make_engine
+from shop.db import PING_AFTER_IDLE_SECONDS, is_deadlock, make_engine
 from shop.reference import ReferenceCache
 from common.settings import Settings
 from shop.uow import UnitOfWork
@@ -67,12 +67,14 @@ class Shop:
 @contextlib.asynccontextmanager
 async def shop_resources(settings: Settings, *, clock: Clock = t.utcnow, pre_ping: bool = True) -> AsyncIterator[Shop]:
     """The shop's resources. ``pre_ping=False`` drops the write pool's liveness round trip before
-    every transaction: for a process that retries a failed transaction itself (the consumers: a
-    connection lost to a DB restart is invalidated on its error and the retry gets a fresh one);
-    the edge keeps it, so a person's first request after a restart is not the one that fails."""
+    a transaction on a connection that idled in the pool (shop.db ``PING_AFTER_IDLE_SECONDS``): for a
+    process that retries a failed transaction itself (the consumers: a connection lost to a DB
+    restart is invalidated on its error and the retry gets a fresh one); the edge keeps it, so a
+    person's first request after a restart is not the one that fails."""
     # Writes hold a connection for a whole change, reads for a query or two: each process keeps
     # its MariaDB connections (max_connections is shared with old shopping) to what it needs.
-    engine = make_engine(settings.db_url, **settings.db_pool_options(), **({} if pre_ping else {"pool_pre_ping": False}))
+    engine = make_engine(settings.db_url, ping_after_idle=PING_AFTER_IDLE_SECONDS if pre_ping else None,
+                         **settings.db_pool_options())
     reader = make_engine(settings.db_url, read_only=True, **settings.db_pool_options())
     try:
         yield Shop(engine, reader, ReferenceCache(reader, settings.reference_ttl_seconds), clock)

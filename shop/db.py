@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -101,13 +102,81 @@ def _prepare_sqlite(url: URL) -> None:
         Path(database).parent.mkdir(parents=True, exist_ok=True)
 
 
-def make_engine(url: str, *, read_only: bool = False, **kw: Any) -> AsyncEngine:
+_ENDED = "shop_transaction_ended"  # connection info: committed, and no statement since
+_CHECKED_IN = "shop_checked_in_at"  # connection info: time.monotonic() when it went back to the pool
+PING_AFTER_IDLE_SECONDS = 1.0
+
+
+def _skip_reset_after_commit(engine: Engine) -> None:
+    """No ROLLBACK for a connection whose transaction just committed.
+
+    SQLAlchemy's pool rolls back every connection it gets back, and after ``engine.begin()``
+    committed that is one more round trip per transaction (two of a payment's twelve). The mark is
+    set only once COMMIT succeeded and cleared by any statement after it, so a connection that
+    failed, rolled back or went on reading is reset as before.
+    """
+    dialect = engine.dialect
+    commit, rollback = dialect.do_commit, dialect.do_rollback
+
+    def info(dbapi_connection: Any) -> dict[Any, Any]:
+        # A pooled connection carries info; the ad-hoc one of the dialect's first-connect setup has none.
+        try:
+            return dbapi_connection.info  # type: ignore[no-any-return]
+        except (AttributeError, NotImplementedError):
+            return {}
+
+    def do_commit(dbapi_connection: Any) -> None:
+        commit(dbapi_connection)
+        info(dbapi_connection)[_ENDED] = True
+
+    def do_rollback(dbapi_connection: Any) -> None:
+        if not info(dbapi_connection).pop(_ENDED, False):
+            rollback(dbapi_connection)
+
+    dialect.do_commit = do_commit  # type: ignore[method-assign]
+    dialect.do_rollback = do_rollback  # type: ignore[method-assign]
+
+    @event.listens_for(engine, "before_cursor_execute")
+    def _open(conn: Connection, _cursor: Any, _sql: str, _params: Any, _context: Any, _many: bool) -> None:
+        conn.info.pop(_ENDED, None)
+
+
+def _ping_after_idle(engine: Engine, idle_seconds: float) -> None:
+    """Ping a pooled connection at checkout only when it sat in the pool longer than ``idle_seconds``.
+
+    ``pool_pre_ping`` pings at every checkout: a round trip per transaction that, under load, checks
+    a connection used milliseconds ago. What it guards against (a server restart, wait_timeout)
+    leaves connections idle for longer than that; a dead one is invalidated here and the pool
+    connects again (SQLAlchemy's documented pessimistic disconnect handling).
+    """
+
+    @event.listens_for(engine, "connect")
+    @event.listens_for(engine, "checkin")
+    def _mark(_dbapi_connection: Any, record: Any) -> None:
+        record.info[_CHECKED_IN] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _ping(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        if time.monotonic() - record.info.get(_CHECKED_IN, 0.0) <= idle_seconds:
+            return
+        try:
+            engine.dialect.do_ping(dbapi_connection)
+        except Exception as exc:  # whatever the reason, a connection that cannot answer a ping is not used
+            raise sa_exc.DisconnectionError("the pooled connection did not answer a ping") from exc
+
+
+def make_engine(url: str, *, read_only: bool = False, ping_after_idle: float | None = PING_AFTER_IDLE_SECONDS,
+                **kw: Any) -> AsyncEngine:
     """An AsyncEngine for SQLite (aiosqlite) or MySQL/MariaDB (aiomysql/asyncmy); ``kw`` overrides the defaults.
 
     ``read_only`` engines serve the hot read paths (pricing): on MySQL their connections are in
     autocommit mode, so a request's reads cost no BEGIN/ROLLBACK round trips and no pre-ping;
     a connection lost to a server restart is invalidated on first use and callers retry once.
     Never write through one: there is no transaction to roll back.
+
+    Write engines on MySQL ping a pooled connection before use only after ``ping_after_idle``
+    seconds in the pool (``None``: never; the caller retries failed transactions itself), and send
+    no ROLLBACK for a connection whose transaction committed.
     """
     parsed = make_url(url)
     # hide_parameters: an error's text (logged) never carries the row's values: addresses, phones, PSP references.
@@ -119,8 +188,9 @@ def make_engine(url: str, *, read_only: bool = False, **kw: Any) -> AsyncEngine:
         if "charset" not in parsed.query:
             parsed = parsed.update_query_dict({"charset": "utf8mb4"})
         options.update(
-            # MySQL drops idle connections (wait_timeout); check and recycle before that bites a request.
-            pool_pre_ping=True,
+            # MySQL drops idle connections (wait_timeout): recycled before that, and pinged after
+            # idling (_ping_after_idle) rather than at every checkout.
+            pool_pre_ping=False,
             pool_recycle=1800,
             pool_size=10,
             max_overflow=20,
@@ -139,6 +209,10 @@ def make_engine(url: str, *, read_only: bool = False, **kw: Any) -> AsyncEngine:
         # Autocommit connections have no transaction to end, yet SQLAlchemy still sends ROLLBACK
         # when a connection closes (a third of a price request's round trips): skip it here.
         engine.sync_engine.dialect.do_rollback = lambda dbapi_connection: None  # type: ignore[method-assign]
+    elif backend in ("mysql", "mariadb"):
+        _skip_reset_after_commit(engine.sync_engine)
+        if ping_after_idle is not None and not options.get("pool_pre_ping"):
+            _ping_after_idle(engine.sync_engine, ping_after_idle)
     if backend == "sqlite":
         event.listen(engine.sync_engine, "connect", _sqlite_on_connect)
         _begin_by_first_statement(engine.sync_engine)

@@ -305,7 +305,7 @@ async def apply_payment_notified(uow: UnitOfWork, ev: PaymentNotified, consumer:
     if ev.status == "authorized" and order.status in _PAID_OR_LATER | {st.AUTHORIZED}:
         return "processed"  # the capture (or a replay) got here first: nothing moves back
     outcome = await uow.transition(ev.order_id, "authorized" if ev.status == "authorized" else "captured",
-                                   reason=f"{ev.provider}:{ev.psp_reference}")
+                                   reason=f"{ev.provider}:{ev.psp_reference}", expected=order.status)
     if outcome.changed and outcome.status == st.PAID:
         await uow.publish("purchased", ev.order_id, {
             "event_id": f"purchased:{ev.order_id}", "order_id": ev.order_id, "user_id": order.user_id,
@@ -344,7 +344,8 @@ async def apply_payment_failed(uow: UnitOfWork, ev: PaymentFailed, consumer: str
         # Another attempt already paid (or the order ended): a late failure changes nothing.
         log.info("payment_failed_ignored", order_id=ev.order_id, status=order.status)
         return "processed"
-    outcome = await uow.transition(ev.order_id, "payment_failed", reason=(ev.reason or ev.provider)[:255])
+    outcome = await uow.transition(ev.order_id, "payment_failed", reason=(ev.reason or ev.provider)[:255],
+                                   expected=order.status)
     if outcome.changed:
         await uow.publish("noti", ev.order_id, {
             "user_id": order.user_id, "template": "payment_failed", "order_id": ev.order_id,
@@ -361,7 +362,8 @@ async def apply_purchased(uow: UnitOfWork, ev: Purchased, consumer: str) -> str:
         raise NotYet(f"order {ev.order_id} is {order.status}, not paid yet")
     if order.status == st.CANCELLED:
         raise Unapplicable(data={"order_id": ev.order_id, "reason": "purchased_after_cancel"})
-    outcome = await uow.transition(ev.order_id, "purchased", reason="purchased") if order.status == st.PAID else None
+    outcome = await uow.transition(ev.order_id, "purchased", reason="purchased", expected=order.status) \
+        if order.status == st.PAID else None
     if outcome is None or not outcome.changed:
         return "processed"  # fulfilling or later already: whoever moved it did the rest
     await use_coupon(uow.conn, ev.order_id, now=uow.now)
@@ -445,7 +447,8 @@ async def apply_refund_notified(uow: UnitOfWork, ev: RefundNotified, consumer: s
         select(func.coalesce(func.sum(r.amount), 0)).where(r.order_id == ev.order_id, r.status == "succeeded")
     )).scalar_one()
     whole = Decimal(refunded) >= Decimal(captured or order.total)
-    await uow.transition(ev.order_id, "refunded" if whole else "partially_refunded", reason=f"refund {refund.id}")
+    await uow.transition(ev.order_id, "refunded" if whole else "partially_refunded", reason=f"refund {refund.id}",
+                         expected=order.status)
     await uow.publish("noti", ev.order_id, {
         "user_id": order.user_id, "template": "refund_succeeded", "order_id": ev.order_id,
         "vars": {"amount": str(ev.amount), "currency": ev.currency},

@@ -109,19 +109,28 @@ async def transition(
     actor: str,
     reason: str | None = None,
     now: datetime,
+    expected: str | None = None,
     max_attempts: int = 5,
 ) -> Outcome:
-    """Apply `event` to the order with a compare-and-set on the status it was seen in."""
+    """Apply `event` to the order with a compare-and-set on the status it was seen in.
+
+    `expected`: the status the caller already saw (earlier in this transaction, or in the one that
+    opened a payment attempt). The compare-and-set tries it first and the status is read only when
+    it no longer holds, so the usual transition costs two round trips, not three."""
     rule = TRANSITIONS[event]
     if actor not in ACTORS:
         raise ValueError(f"unknown actor {actor!r}")
     move = _MOVE[rule.target == PAID]
+    guess = expected if expected in rule.sources else None
     for _ in range(max_attempts):
-        seen = await current_status(conn, order_id)
-        if seen == rule.target:
-            return Outcome(False, seen, seen)
-        if seen not in rule.sources:
-            raise InvalidState(data={"status": seen, "event": event})
+        if guess is not None:
+            seen, guess = guess, None
+        else:
+            seen = await current_status(conn, order_id)
+            if seen == rule.target:
+                return Outcome(False, seen, seen)
+            if seen not in rule.sources:
+                raise InvalidState(data={"status": seen, "event": event})
         result = await conn.execute(move, {"oid": order_id, "seen": seen, "target": rule.target, "now": now})
         if result.rowcount == 1:
             await conn.execute(HISTORY_INSERT, {
@@ -129,5 +138,6 @@ async def transition(
                 "created_at": now,
             })
             return Outcome(True, seen, rule.target)
-        # Someone else (old shopping, another consumer) changed it between our read and write: judge again.
+        # Someone else (old shopping, another consumer) changed it between our read and write, or the
+        # caller's status is out of date: judge what it is now.
     raise Conflict("status_contended", {"order_id": order_id, "event": event})

@@ -55,7 +55,7 @@ import asyncio
 import re
 import secrets
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from decimal import Decimal
 from functools import lru_cache
@@ -255,6 +255,7 @@ class Attempt:
     amount: Decimal  # the order's total at its currency's exponent
     currency: str
     reused: bool  # the key was sent before: the PSP may hold an answer for it
+    order_status: str | None = None  # when the attempt was opened: the first guess of the answer's transition
 
 
 @dataclass(frozen=True, slots=True)
@@ -340,7 +341,8 @@ async def open_attempt(uow: UnitOfWork, provider: Provider, order_id: str, user_
     })).all()
     pending = next((r for r in unanswered if (r.idempotency_key or "").startswith(prefix)), None)
     if pending is not None:
-        return Attempt(pending.id, pending.idempotency_key, order.id, order.user_id, order.amount, order.currency, True)
+        return Attempt(pending.id, pending.idempotency_key, order.id, order.user_id, order.amount, order.currency, True,
+                       order.status)
     if any(r.created_at > uow.now - IN_FLIGHT for r in unanswered):
         # Another writer (old shopping, while the edge grays this route) is charging this order right now,
         # with a key of its own we cannot send: a second attempt would be a second charge.
@@ -353,7 +355,7 @@ async def open_attempt(uow: UnitOfWork, provider: Provider, order_id: str, user_
     inserted = result.inserted_primary_key
     assert inserted is not None
     pay_id = int(inserted[0])
-    return Attempt(pay_id, key, order.id, order.user_id, order.amount, order.currency, False)
+    return Attempt(pay_id, key, order.id, order.user_id, order.amount, order.currency, False, order.status)
 
 
 # --- step 3: applying answers ----------------------------------------------------------------------
@@ -393,7 +395,7 @@ async def _order_paid(uow: UnitOfWork, attempt: Attempt, provider: str, referenc
         log.error("payment_captured_for_unpayable_order", order_id=attempt.order_id, payment_id=attempt.pay_id,
                   provider=provider, status=seen)
         return seen
-    outcome = await uow.transition(attempt.order_id, "captured", reason=f"{provider}:{reference}")
+    outcome = await uow.transition(attempt.order_id, "captured", reason=f"{provider}:{reference}", expected=seen)
     if outcome.changed:
         # The same rows shop/events.py writes for a captured payment_notified: `purchased` is keyed so the
         # consumers apply it once whichever writer published it.
@@ -412,7 +414,7 @@ async def _order_failed(uow: UnitOfWork, attempt: Attempt, provider: str, reason
     seen = await st.current_status(uow.conn, attempt.order_id)
     if seen not in st.TRANSITIONS["payment_failed"].sources:
         return seen  # failed already, or another payment got through: a failure changes nothing
-    outcome = await uow.transition(attempt.order_id, "payment_failed", reason=f"{provider}:{reason}"[:255])
+    outcome = await uow.transition(attempt.order_id, "payment_failed", reason=f"{provider}:{reason}"[:255], expected=seen)
     if outcome.changed:
         await uow.publish("noti", attempt.order_id, {
             "user_id": attempt.user_id, "template": "payment_failed", "order_id": attempt.order_id,
@@ -527,9 +529,9 @@ async def _start_capture(uow: UnitOfWork, order_id: str, pay_id: int, user_id: i
         raise st.InvalidState(data={"status": order.status, "payment_status": row.status, "reason": "not_created"})
     if order.status not in FINISHABLE:
         raise st.InvalidState(data={"status": order.status})
-    await uow.transition(order.id, "paid_from_client", reason=f"paypal_finished:{row.id}")
+    await uow.transition(order.id, "paid_from_client", reason=f"paypal_finished:{row.id}", expected=order.status)
     attempt = Attempt(row.id, capture_key(row.idempotency_key, row.id), order.id, order.user_id, order.amount,
-                      order.currency, True)
+                      order.currency, True, st.PAYMENT_CONFIRMING)
     return _Capture(attempt, row.paypal_order_id)
 
 
@@ -636,14 +638,13 @@ async def record_adyen_answer(uow: UnitOfWork, attempt: Attempt, result: AdyenPa
     """Step 3 of adyen_pay: the answer on the payment row (and the order); the row's id, which is the pay_id."""
     ref = result.psp_reference
     pay_id = attempt.pay_id if ref is None else await _adopt_recorded(uow, attempt, "adyen", ref)
-    here = Attempt(pay_id, attempt.key, attempt.order_id, attempt.user_id, attempt.amount, attempt.currency,
-                   attempt.reused)
+    here = replace(attempt, pay_id=pay_id)
     named = {} if ref is None else {"psp_reference": ref}
     if result.authorised:
         await _set_payment(uow, pay_id, ("created",), status="authorized", **named)
         try:
             # Guarded by the status it reads itself (authorized already: no change), so no read of ours first.
-            await uow.transition(attempt.order_id, "authorized", reason=f"adyen:{ref}")
+            await uow.transition(attempt.order_id, "authorized", reason=f"adyen:{ref}", expected=attempt.order_status)
         except st.InvalidState as exc:
             seen = (exc.data or {}).get("status")
             if seen not in _PAID_OR_LATER:  # the CAPTURE webhook may have made it paid already

@@ -39,9 +39,12 @@ class UnitOfWork:
     now: datetime
     actor: str  # order_status_history.actor: legacy / new / consumer
 
-    async def transition(self, order_id: str, event: str, *, reason: str | None = None) -> order_states.Outcome:
-        """The order's guarded state change, its history row written in this transaction."""
-        return await order_states.transition(self.conn, order_id, event, actor=self.actor, reason=reason, now=self.now)
+    async def transition(self, order_id: str, event: str, *, reason: str | None = None,
+                         expected: str | None = None) -> order_states.Outcome:
+        """The order's guarded state change, its history row written in this transaction (`expected`:
+        the status the caller saw, tried first; order_states.transition)."""
+        return await order_states.transition(self.conn, order_id, event, actor=self.actor, reason=reason, now=self.now,
+                                             expected=expected)
 
     async def publish(self, topic: str, key: str | None, payload: Mapping[str, Any]) -> None:
         """An outbox row: published by the relay after this transaction commits, never before."""

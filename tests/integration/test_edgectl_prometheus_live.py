@@ -102,14 +102,26 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
         server.shutdown()
 
 
+def _whole_window(client: PrometheusClient) -> bool:
+    """Prometheus scraped the target every second for longer than a window: a rate over it is of the
+    whole window, not extrapolated from its last scrapes (a slow start halved a rate once)."""
+    span = WINDOW + 2
+    counts = client.vector(f'count_over_time(up{{job="edge"}}[{span:g}s])', client.now())
+    return bool(counts) and counts[0][1] >= span - 1
+
+
 def _filled(live: Live) -> dict[str, Any]:
     """The live answer once Prometheus holds a whole window of the pattern (polled: the box is loaded)."""
     client = PrometheusClient(live.prometheus)
     deadline = time.monotonic() + 90
     last: Any = None
     while time.monotonic() < deadline:
-        if time.monotonic() - live.started > WINDOW + 3:
+        if time.monotonic() - live.started > WINDOW:
             try:
+                if not _whole_window(client):
+                    last = "not a whole window scraped yet"
+                    time.sleep(0.5)
+                    continue
                 _, _, last = read_status(client, WINDOW)
             except PrometheusUnreachable:
                 last = "unreachable"  # still starting

@@ -6,6 +6,7 @@ import asyncio
 import itertools
 
 import pytest
+from sqlalchemy import event as sa_event
 from sqlalchemy import select
 
 from shop import schema as t
@@ -86,6 +87,48 @@ async def test_paid_sets_paid_at(engine) -> None:
         await transition(conn, "P1", "captured", actor="consumer", now=NOW)
     async with engine.connect() as conn:
         assert (await conn.execute(select(t.orders.c.paid_at).where(t.orders.c.id == "P1"))).scalar() is not None
+
+
+def statements(engine) -> list[str]:
+    """The SQL the engine sends from now on (its first word), to count a transition's round trips."""
+    sent: list[str] = []
+    sa_event.listen(engine.sync_engine, "before_cursor_execute",
+                 lambda _conn, _cursor, sql, *_rest: sent.append(sql.split()[0].upper()))
+    return sent
+
+
+async def test_the_status_the_caller_saw_is_tried_first_and_spares_the_read(engine) -> None:
+    async with engine.begin() as conn:
+        await insert_order(conn, "E1", status="pending_payment")
+    sent = statements(engine)
+    async with engine.begin() as conn:
+        outcome = await transition(conn, "E1", "authorized", actor="new", now=NOW, expected="pending_payment")
+    assert (outcome.changed, outcome.from_status, outcome.status) == (True, "pending_payment", "authorized")
+    assert sent == ["UPDATE", "INSERT"]
+    assert await history(engine, "E1") == [("pending_payment", "authorized", "new")]
+
+
+@pytest.mark.parametrize(("now_status", "expected", "result"), [
+    ("authorized", "pending_payment", ("paid", "authorized")),  # moved on since the caller looked: judged again
+    ("paid", "pending_payment", ("no-op", "paid")),  # already where the event leads
+    ("cancelled", "pending_payment", ("refused", "cancelled")),  # cancelled since: refused, nothing written
+    ("authorized", "cancelled", ("paid", "authorized")),  # a guess the event cannot leave is not tried
+])
+async def test_an_out_of_date_expected_status_is_judged_by_what_the_row_says(
+        engine, now_status: str, expected: str, result: tuple[str, str]) -> None:
+    order_id = f"S{next(ids)}"
+    async with engine.begin() as conn:
+        await insert_order(conn, order_id, status=now_status)
+    try:
+        async with engine.begin() as conn:
+            outcome = await transition(conn, order_id, "captured", actor="new", now=NOW, expected=expected)
+        got = ("paid" if outcome.changed else "no-op", outcome.from_status)
+    except InvalidState as exc:
+        got = ("refused", exc.data["status"])
+    assert got == result
+    moved = [(now_status, "paid", "new")] if result[0] == "paid" else []
+    assert await history(engine, order_id) == moved
+    assert await status_of(engine, order_id) == ("paid" if result[0] != "refused" else now_status)
 
 
 @pytest.fixture
