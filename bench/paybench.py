@@ -432,7 +432,8 @@ class Bench:
                 items.append(item)
         return items
 
-    def hook_run(self, items: list[dict[str, Any]], batch: int, roots: dict[str, int | None]) -> dict[str, Any]:
+    def hook_run(self, items: list[dict[str, Any]], batch: int, roots: dict[str, int | None],
+                 workers: int = 1) -> dict[str, Any]:
         path = OUT / f"requests-hook-{batch}.tsv"
         bodies = 0
         with path.open("w") as f:
@@ -442,15 +443,15 @@ class Bench:
                 f.write(f"/payment_callback/adyen\t-\t{json.dumps(body, separators=(',', ':'))}\n")
                 bodies += 1
         outbox0 = int(self.sql("SELECT COUNT(*) FROM outbox")[0][0])
-        say(f"bridge, {batch} item(s) per body: {bodies:,} signed bodies; wrk -t1 -c{self.a.hook_conns} "
-            f"-d{self.a.hook_seconds}s unpaced")
+        say(f"bridge, {batch} item(s) per body, {workers} edge worker(s): {bodies:,} signed bodies; "
+            f"wrk -t1 -c{self.a.hook_conns} -d{self.a.hook_seconds}s unpaced")
         with pb.Cpu(roots) as cw:
             r = pb.wrk(self.edge_url, conns=self.a.hook_conns, seconds=self.a.hook_seconds, rate=0,
-                       log_name=f"wrk-hook-{batch}", host=pb._host_of(self.edge_url), lua=LUA,
+                       log_name=f"wrk-hook-{batch}-{workers}w", host=pb._host_of(self.edge_url), lua=LUA,
                        env_extra={"BENCH_REQUESTS": str(path.resolve())})
         time.sleep(1.5)
         r["cpu"] = cw.as_dict()
-        r["batch"], r["bodies_offered"] = batch, bodies
+        r["batch"], r["workers"], r["bodies_offered"] = batch, workers, bodies
         r["repeated"] = r["requests"] > bodies  # items sent a second time (still authentic: stored again)
         r["ok"] = r["requests"] - r["non2xx"]
         r["items_per_s"] = round(r["ok"] * batch / r["duration_s"], 1)
@@ -460,7 +461,7 @@ class Bench:
             if "mariadb_cpu_s" in r["cpu"]:
                 r["mariadb_us_per_item"] = round(1e6 * r["cpu"]["mariadb_cpu_s"] / (r["requests"] * batch))
         lat = r["latency_ms"]
-        say(f"bridge/{batch}: {r['items_per_s']:,.0f} items/s ({r['ok'] / r['duration_s']:.0f} bodies/s), p50 "
+        say(f"bridge/{batch}/{workers}w: {r['items_per_s']:,.0f} items/s ({r['ok'] / r['duration_s']:.0f} bodies/s), p50 "
             f"{lat['p50']:.1f} ms, p99 {lat['p99']:.1f} ms, non-2xx {r['non2xx']}, outbox +{r['outbox_rows']:,}; "
             f"edge {r['cpu'].get('edge_cores')} cores, MariaDB {r['cpu'].get('mariadb_cores')}")
         return r
@@ -469,8 +470,14 @@ class Bench:
         items = self.notification_items()
         if not items:
             raise SystemExit("bench: no authorised payments to make webhooks of")
+        self.rng.shuffle(items)  # so a body's items are about different orders, as Adyen's batches are
+        for workers in self.a.hook_workers:
+            self.bridge_on(items, workers)
+        self.state["hook_items_available"] = len(items)
+
+    def bridge_on(self, items: list[dict[str, Any]], workers: int) -> None:
         # One body checked by hand: 200 [accepted] from the new side; a tampered one 401 and nothing stored.
-        edge_pid = self.start_edge(None)
+        edge_pid = self.start_edge(None, workers)
         roots = {"edge": edge_pid, "mariadb": self.db_pid}
         one = json.dumps({"live": "false", "notificationItems": [{"NotificationRequestItem": items[0]}]})
         status, doc, hdrs, _ = post(self.edge_url + "/payment_callback/adyen", one)
@@ -482,10 +489,9 @@ class Bench:
         status, doc, _, _ = post(self.edge_url + "/payment_callback/adyen", json.dumps(bad))
         if status != 401 or int(self.sql("SELECT COUNT(*) FROM outbox")[0][0]) != before:
             raise SystemExit(f"bench: a tampered notification gave {status} {doc} (want 401, nothing stored)")
-        self.rng.shuffle(items)  # so a body's items are about different orders, as Adyen's batches are
         for batch in self.a.batches:
-            self.state["hooks"][str(batch)] = self.hook_run(items, batch, roots)
-        self.state["hook_items_available"] = len(items)
+            self.state["hooks"][str(batch) if workers == 1 else f"{batch}/{workers}w"] = \
+                self.hook_run(items, batch, roots, workers)
         self.servers.stop("edge")
 
     # --- verify -----------------------------------------------------------------------------
@@ -541,7 +547,8 @@ class Bench:
         (outbox,) = self.sql("SELECT COUNT(*) FROM outbox WHERE topic LIKE 'payment_notified%%'")[0]
         hooks_ok = sum(h["ok"] * h["batch"] for h in self.state["hooks"].values())
         cut = sum(self.a.hook_conns * h["batch"] for h in self.state["hooks"].values())
-        if self.state["hooks"] and not hooks_ok + 1 <= outbox <= hooks_ok + 1 + cut:  # + the one checked by hand
+        by_hand = len(self.a.hook_workers)  # one body checked by hand per edge the bridge ran on
+        if self.state["hooks"] and not hooks_ok + by_hand <= outbox <= hooks_ok + by_hand + cut:
             problems.append(f"{hooks_ok:,} items answered [accepted] but {outbox:,} payment_notified outbox rows")
         v = {"orders": statuses, "payments": pay_statuses, "authorized_history": authorized_history,
              "psp_authorised": psp_authorised, "sums": {k: str(v) for k, v in sorted(pay_sums.items())},
@@ -596,16 +603,18 @@ def report(state: dict[str, Any], path: Path) -> str:
                         f"| {pb._verdict(p['latency_ms']['p99'], TARGETS['p99_ms'], False, ' ms', 1)}"
                         f"{' — **rate not reached**' if short else ''}"
                         f"{'' if p['non2xx'] == 0 else ' — **non-2xx answers**'}{pb._noise_note(p['cpu'])} |")
-    hooks = ["| items per body | items/s | bodies/s | p50 / p99 / p99.9 ms | non-2xx | edge cores (µs/item) "
-             "| MariaDB cores (µs/item) | outbox rows written | other load |",
-             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for batch, r in state["hooks"].items():
+    hooks = ["| items per body | edge workers | items/s | bodies/s | p50 / p99 / p99.9 ms | non-2xx "
+             "| edge cores (µs/item) | MariaDB cores (µs/item) | outbox rows written | other load |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in state["hooks"].values():
         c = r["cpu"]
-        hooks.append(f"| {batch} | {r['items_per_s']:,.0f} | {r['ok'] / r['duration_s']:,.0f} | {_lat(r)} | {r['non2xx']} "
+        batch, workers = r["batch"], r.get("workers", 1)
+        hooks.append(f"| {batch} | {workers} | {r['items_per_s']:,.0f} | {r['ok'] / r['duration_s']:,.0f} | {_lat(r)} | {r['non2xx']} "
                      f"| {_cores(c, 'edge')} ({r.get('edge_us_per_item', '—')}) "
                      f"| {_cores(c, 'mariadb')} ({r.get('mariadb_us_per_item', '—')}) | {r['outbox_rows']:,} "
                      f"| {pb._other(c)} |")
-        verdicts.append(f"| bridge, {batch} item(s) per body: items/s, HMAC checked | ≥ 1000 "
+        verdicts.append(f"| bridge, {batch} item(s) per body, {workers} edge worker{'s' if workers > 1 else ''}: "
+                        f"items/s, HMAC checked | ≥ 1000 "
                         f"| {r['items_per_s']:,.0f} items/s, {r['non2xx']} non-2xx "
                         f"| {pb._verdict(r['items_per_s'], TARGETS['items_per_s'], True, ' items/s', 0)}"
                         f"{pb._noise_note(c)} |")
@@ -658,7 +667,8 @@ def report(state: dict[str, Any], path: Path) -> str:
         f"- **Webhook bridge**: `POST /payment_callback/adyen`, bodies of {', '.join(map(str, a['batches']))} items, each "
         "item an AUTHORISATION (the payment's pspReference) or CAPTURE (originalReference = it) of a payment authorised "
         "above, in random order, HMAC-signed with the edge's key; `wrk -t1 "
-        f"-c{a['hook_conns']} -d{a['hook_seconds']}s` unpaced. A tampered item (amount + 1) is checked first: 401, "
+        f"-c{a['hook_conns']} -d{a['hook_seconds']}s` unpaced, against an edge of "
+        f"{' and then '.join(str(w) for w in a.get('hook_workers', [1]))} worker process(es) (nothing pinned). A tampered item (amount + 1) is checked first: 401, "
         "nothing stored. Per body: every item's HMAC, then one payments lookup per item and its outbox row, one "
         "transaction; the rows stay in the outbox (no relay).",
         "- **CPU** per process group from /proc during each run / wall time; \"other load\" = the rest of the box "
@@ -697,6 +707,7 @@ def main() -> None:
     p.add_argument("--max-rate-guess", type=float, default=900.0,
                    help="orders inserted for an unpaced run: this rate × its seconds (more is wasted, fewer runs out)")
     p.add_argument("--batches", default="1,10,50")
+    p.add_argument("--hook-workers", default="1,2", help="edge processes the bridge runs are made with, in turn")
     p.add_argument("--hook-conns", type=int, default=16)
     p.add_argument("--hook-seconds", type=int, default=15)
     p.add_argument("--profile", action="store_true", help="py-spy the edge under the paced rate in every scenario")
@@ -712,6 +723,7 @@ def main() -> None:
         print(report(json.loads((OUT / "results.json").read_text()), a.results_md))
         return
     a.batches = [int(b) for b in a.batches.split(",") if b]
+    a.hook_workers = [int(w) for w in a.hook_workers.split(",") if w]
     a.extra_rates = [int(r) for r in a.extra_rates.split(",") if r]
     OUT.mkdir(parents=True, exist_ok=True)
     for stale in OUT.glob("*.log"):

@@ -3,7 +3,7 @@
 The stack runs with a copy of routing.yaml and a real Prometheus scraping the edge every 5 s
 (prometheus/prometheus.yml). The checkout group is dialled to 50 % with edgectl, callers with many
 user ids price carts and read the cart for longer than the window, then both sources are asked for
-the last minute while the traffic goes on: Prometheus extrapolates its increase() to the window's
+the last 30 s (six of Prometheus's scrapes) while the traffic goes on: Prometheus extrapolates its increase() to the window's
 edges and the edge's ring answers up to one snapshot more, so rates agree within a tolerance.
 """
 
@@ -25,7 +25,7 @@ from tests.support.stack_process import ROOT, Stack, free_offset
 
 EDGECTL = Path(sys.executable).parent / "edgectl"  # the venv's console script
 PRICE_BODY = {"items": [{"sku_id": 1, "qty": 2}, {"sku_id": 3, "qty": 1}], "region": "DE", "currency": "EUR"}
-WINDOW = 60
+WINDOW = 30  # six scrapes: enough for rate(), and half the test's time of a minute's window
 _NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
