@@ -121,7 +121,9 @@ async def transition(
     if actor not in ACTORS:
         raise ValueError(f"unknown actor {actor!r}")
     move = _MOVE[rule.target == PAID]
-    guess = expected if expected in rule.sources else None
+    # Never guessed: a status this event cannot leave, and the target (partially_refunded is one of its own
+    # sources; as a compare-and-set it would match and write history for a no-op). The read judges those.
+    guess = expected if expected in rule.sources and expected != rule.target else None
     for _ in range(max_attempts):
         if guess is not None:
             seen, guess = guess, None

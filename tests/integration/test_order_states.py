@@ -131,6 +131,18 @@ async def test_an_out_of_date_expected_status_is_judged_by_what_the_row_says(
     assert await status_of(engine, order_id) == ("paid" if result[0] != "refused" else now_status)
 
 
+async def test_an_expected_status_that_is_already_the_target_is_a_no_op_without_history(engine) -> None:
+    # partially_refunded → partially_refunded (a second partial refund): the one rule whose target is one
+    # of its sources. Tried as a compare-and-set it would match and write a history row for nothing.
+    async with engine.begin() as conn:
+        await insert_order(conn, "PR1", status="partially_refunded")
+    async with engine.begin() as conn:
+        outcome = await transition(conn, "PR1", "partially_refunded", actor="consumer", now=NOW,
+                                   expected="partially_refunded")
+    assert (outcome.changed, outcome.status) == (False, "partially_refunded")
+    assert await history(engine, "PR1") == []
+
+
 @pytest.fixture
 async def maria(mariadb_url: str):
     engine = make_engine(mariadb_url)
