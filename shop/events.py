@@ -33,7 +33,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from types import MappingProxyType
 from typing import Any
@@ -285,6 +285,20 @@ async def _payment_already_at(uow: UnitOfWork, ev: PaymentNotified) -> bool:
     ).limit(1))).first() is not None
 
 
+OutboxRow = tuple[str, str | None, Mapping[str, Any]]
+
+
+def paid_rows(now: datetime, order_id: str, user_id: int, amount: Decimal, currency: str, provider: str) -> list[OutboxRow]:
+    """What every writer publishes when it moves an order to paid: ``purchased`` (keyed by the order, so
+    the consumers apply it once whichever writer published it) and the ``order_paid`` noti."""
+    return [
+        ("purchased", order_id, {"event_id": f"purchased:{order_id}", "order_id": order_id, "user_id": user_id,
+                                 "occurred_at": now.isoformat() + "Z"}),
+        ("noti", order_id, {"user_id": user_id, "template": "order_paid", "order_id": order_id,
+                            "vars": {"amount": str(amount), "currency": currency, "provider": provider}}),
+    ]
+
+
 async def apply_payment_notified(uow: UnitOfWork, ev: PaymentNotified, consumer: str) -> str:
     if not await uow.first_time(consumer, ev.event_id, unless_claimed_by=counterpart(consumer)):
         return "duplicate"
@@ -307,14 +321,7 @@ async def apply_payment_notified(uow: UnitOfWork, ev: PaymentNotified, consumer:
     outcome = await uow.transition(ev.order_id, "authorized" if ev.status == "authorized" else "captured",
                                    reason=f"{ev.provider}:{ev.psp_reference}", expected=order.status)
     if outcome.changed and outcome.status == st.PAID:
-        await uow.publish("purchased", ev.order_id, {
-            "event_id": f"purchased:{ev.order_id}", "order_id": ev.order_id, "user_id": order.user_id,
-            "occurred_at": uow.now.isoformat() + "Z",
-        })
-        await uow.publish("noti", ev.order_id, {
-            "user_id": order.user_id, "template": "order_paid", "order_id": ev.order_id,
-            "vars": {"amount": str(ev.amount), "currency": ev.currency, "provider": ev.provider},
-        })
+        await uow.publish_many(paid_rows(uow.now, ev.order_id, order.user_id, ev.amount, ev.currency, ev.provider))
     return "processed"
 
 
@@ -604,7 +611,7 @@ async def apply_payment_notified_batch(uow: UnitOfWork, evs: Sequence[PaymentNot
     if not todo:
         return outcomes
     payments = await _Payments.load(uow, [e for _, e in todo])
-    outbox: list[tuple[str, str | None, Mapping[str, Any]]] = []
+    outbox: list[OutboxRow] = []
     for i, ev in todo:
         try:
             order = orders.rows.get(ev.order_id)
@@ -624,14 +631,7 @@ async def apply_payment_notified_batch(uow: UnitOfWork, evs: Sequence[PaymentNot
         except (ShopError, NotYet) as exc:
             raise EventFailed(i, exc) from exc
         if moved and orders.status[ev.order_id] == st.PAID:
-            outbox.append(("purchased", ev.order_id, {
-                "event_id": f"purchased:{ev.order_id}", "order_id": ev.order_id, "user_id": order.user_id,
-                "occurred_at": uow.now.isoformat() + "Z",
-            }))
-            outbox.append(("noti", ev.order_id, {
-                "user_id": order.user_id, "template": "order_paid", "order_id": ev.order_id,
-                "vars": {"amount": str(ev.amount), "currency": ev.currency, "provider": ev.provider},
-            }))
+            outbox += paid_rows(uow.now, ev.order_id, order.user_id, ev.amount, ev.currency, ev.provider)
     await payments.write(uow)
     await orders.write(uow)
     await uow.publish_many(outbox)

@@ -69,6 +69,7 @@ from shop import schema as t
 from shop.bootstrap import Shop
 from shop.errors import (BadRequest, Conflict, LoginRequired, NotFound, ShopError, Unprocessable, UpstreamError,
                          UpstreamTimeout)
+from shop.events import paid_rows
 from shop.money import quantum
 from shop.order_views import order_not_found, well_formed_order_id
 from shop.reference import Forex
@@ -397,16 +398,9 @@ async def _order_paid(uow: UnitOfWork, attempt: Attempt, provider: str, referenc
         return seen
     outcome = await uow.transition(attempt.order_id, "captured", reason=f"{provider}:{reference}", expected=seen)
     if outcome.changed:
-        # The same rows shop/events.py writes for a captured payment_notified: `purchased` is keyed so the
-        # consumers apply it once whichever writer published it.
-        await uow.publish("purchased", attempt.order_id, {
-            "event_id": f"purchased:{attempt.order_id}", "order_id": attempt.order_id, "user_id": attempt.user_id,
-            "occurred_at": uow.now.isoformat() + "Z",
-        })
-        await uow.publish("noti", attempt.order_id, {
-            "user_id": attempt.user_id, "template": "order_paid", "order_id": attempt.order_id,
-            "vars": {"amount": str(attempt.amount), "currency": attempt.currency, "provider": provider},
-        })
+        # The same rows shop/events.py writes for a captured payment_notified, in one INSERT.
+        await uow.publish_many(paid_rows(uow.now, attempt.order_id, attempt.user_id, attempt.amount, attempt.currency,
+                                         provider))
     return outcome.status
 
 
