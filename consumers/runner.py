@@ -401,8 +401,12 @@ class ConsumerRunner:
                 continue
             except Exception as exc:
                 if not self._is_transient(exc):
-                    log.warning("event_batch_failed", topic=topic, partition=part.tp.partition, offset=run[0][0].offset,
-                                events=len(run), error=exc.__class__.__name__, then="one_by_one")
+                    # Not a domain refusal (BatchFailed above) and not the database being away: the batch code
+                    # failed where the one-by-one path may not. An error with its traceback, for a person: at
+                    # warning level with the class name only, a statement the batch path could not run went
+                    # unnoticed (every such batch simply ran one by one, slower).
+                    log.error("event_batch_failed", topic=topic, partition=part.tp.partition, offset=run[0][0].offset,
+                              events=len(run), error=exc.__class__.__name__, then="one_by_one", exc_info=exc)
                     for record, _ in run:
                         await self._apply_one(part, record)
                     return

@@ -93,7 +93,10 @@ def _begin_by_first_statement(engine: Engine) -> None:
     @event.listens_for(engine, "commit")
     @event.listens_for(engine, "rollback")
     def _done(conn: Connection) -> None:
-        conn.info.pop(_BEGIN_PENDING, None)  # a transaction that only read sent no BEGIN: nothing to end
+        # An invalidated connection (a statement cancelled mid-flight: a route's timeout) has no info to
+        # clear, and asking for it raised PendingRollbackError in place of the cancellation.
+        if not conn.invalidated:
+            conn.info.pop(_BEGIN_PENDING, None)  # a transaction that only read sent no BEGIN: nothing to end
 
 
 def _prepare_sqlite(url: URL) -> None:

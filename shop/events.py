@@ -39,7 +39,7 @@ from types import MappingProxyType
 from typing import Any
 
 import structlog
-from sqlalchemy import ColumnElement, bindparam, delete, func, insert, select, tuple_, update
+from sqlalchemy import ColumnElement, bindparam, delete, func, insert, or_, select, tuple_, update
 
 from common import envelope as codes
 from common.settings import DEFAULT_TOPICS
@@ -483,11 +483,13 @@ _P = t.payments.c
 _PAYMENTS_BY_REF = select(_P.id, _P.provider, _P.psp_reference).where(
     _P.psp_reference.in_(bindparam("refs", expanding=True))).order_by(_P.id)
 _PAYMENTS_BY_ID = select(_P.id, _P.order_id, _P.provider).where(_P.id.in_(bindparam("ids", expanding=True)))
-# Guarded like _record_payment: a payment row only moves forward.
+# Guarded like _record_payment: a payment row only moves forward. Run as an executemany (every row of a
+# batch moving to one status), so the guard is ORs of plain parameters: SQLAlchemy renders a literal IN
+# list as an expanding parameter, which executemany refuses (every such batch fell back to one by one).
 _PAYMENT_FORWARD = {
     status: update(t.payments).where(
         _P.id == bindparam("row_id"),
-        _P.status.in_([s for s, rank in _PAYMENT_RANK.items() if rank < _PAYMENT_RANK[status]]),
+        or_(*(_P.status == s for s, rank in _PAYMENT_RANK.items() if rank < _PAYMENT_RANK[status])),
     ).values(status=status, psp_reference=bindparam("psp"), updated_at=bindparam("now"))
     for status in ("authorized", "captured")
 }

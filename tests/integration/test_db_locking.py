@@ -69,3 +69,20 @@ async def test_a_transaction_begun_by_a_read_can_still_write_and_commits_atomica
         await conn.execute(update(t.orders).where(_O.id == "LOCK-3").values(status="paid"))
         await conn.rollback()
     assert await _locked_status(fresh_engine, "LOCK-3") == "pending_payment"
+
+
+async def test_a_transaction_cancelled_while_it_waits_for_the_lock_ends_cancelled(fresh_engine: AsyncEngine) -> None:
+    # A route's timeout cancels its handler mid-statement (the demo stack: a place_order queued behind a
+    # writer). SQLAlchemy then invalidates the connection; the rollback that follows must not turn the
+    # cancellation into another error (it was a PendingRollbackError from our commit/rollback listener:
+    # a 500 with a stack trace where asyncio.timeout would have given a 504).
+    async with fresh_engine.begin() as conn:
+        await insert_order(conn, "LOCK-4", status="pending_payment")
+    async with fresh_engine.begin() as first:
+        await first.execute(update(t.orders).where(_O.id == "LOCK-4").values(status="paid"))
+        second = asyncio.create_task(_locked_status(fresh_engine, "LOCK-4"))
+        await asyncio.sleep(0.3)
+        second.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await second
+    assert await _locked_status(fresh_engine, "LOCK-4") == "paid"  # and the engine goes on

@@ -47,7 +47,7 @@ from shop.events import (
     parse_refund_notified,
 )
 from common.settings import Settings
-from tests.builders import NOW, insert_order
+from tests.builders import NOW, insert_order, insert_payment
 from tests.support.shopdb import seed_database
 
 CONSUMER = "new:test"
@@ -355,6 +355,28 @@ async def test_a_batch_applies_two_events_of_one_order_in_turn_as_one_by_one_wou
     assert await one(shop, select(p.status).where(p.order_id == order_id)) == "captured"
     assert await outbox_topics(shop, order_id) == ["noti", "purchased", "noti"]
     assert await outbox_topics(shop, "B-2") == ["purchased", "noti"]
+
+
+async def test_a_batch_moves_the_pay_routes_rows_of_several_orders_forward_in_one_statement(shop: Shop) -> None:
+    # The usual case in production: the pay route wrote each payment row (authorized, its pspReference), the
+    # webhooks' captures arrive together. Several rows moving to one status is an executemany, which an
+    # expanding IN cannot take: the batch failed with StatementError and fell back to one by one (found on
+    # the demo stack: 66 batches in 75 s).
+    await more_orders(shop, "F-1", "F-2", "F-3")
+    rows = {}
+    async with shop.db.begin() as conn:
+        for n, order_id in enumerate(("F-1", "F-2", "F-3"), start=1):
+            await conn.execute(update(t.orders).where(t.orders.c.id == order_id).values(status="authorized"))
+            rows[order_id] = await insert_payment(conn, order_id, provider="adyen", status="authorized",
+                                                  psp_reference=f"PSPF{n}")
+    batch = [parse_payment_notified(notified(order_id, 10 + n, payment_id=str(rows[order_id]), psp_reference=f"PSPF{n}"))
+             for n, order_id in enumerate(("F-1", "F-2", "F-3"), start=1)]
+    assert await apply_batch(shop, apply_payment_notified_batch, batch) == ["processed"] * 3
+    p = t.payments.c
+    for order_id in ("F-1", "F-2", "F-3"):
+        assert await status_of(shop, order_id) == "paid"
+        assert await one(shop, select(p.status).where(p.id == rows[order_id])) == "captured"
+        assert await one(shop, select(func.count()).select_from(t.payments).where(p.order_id == order_id)) == 1
 
 
 async def test_a_batch_counts_a_repeated_id_and_an_already_applied_one_as_duplicates(shop: Shop) -> None:
