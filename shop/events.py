@@ -47,7 +47,7 @@ from shop import order_states as st
 from shop import schema as t
 from shop.errors import BadRequest, ShopError
 from shop.reservations import ZERO, settle_wallet, use_coupon
-from shop.uow import UnitOfWork
+from shop.uow import OutboxRow, UnitOfWork
 
 log = structlog.get_logger("shop.events")
 
@@ -283,9 +283,6 @@ async def _payment_already_at(uow: UnitOfWork, ev: PaymentNotified) -> bool:
         p.provider == ev.provider, p.psp_reference == ev.psp_reference, p.order_id == ev.order_id,
         p.amount == ev.amount, p.currency == ev.currency, p.status.in_(reached),
     ).limit(1))).first() is not None
-
-
-OutboxRow = tuple[str, str | None, Mapping[str, Any]]
 
 
 def paid_rows(now: datetime, order_id: str, user_id: int, amount: Decimal, currency: str, provider: str) -> list[OutboxRow]:

@@ -33,6 +33,9 @@ _PROCESSED_CLAIM = (
 )
 
 
+OutboxRow = tuple[str, str | None, Mapping[str, Any]]  # topic, key, payload: what publish_many writes
+
+
 @dataclass(slots=True)
 class UnitOfWork:
     conn: AsyncConnection
@@ -50,7 +53,7 @@ class UnitOfWork:
         """An outbox row: published by the relay after this transaction commits, never before."""
         await self.conn.execute(_OUTBOX_INSERT, {"topic": topic, "key": key, "payload": dict(payload), "created_at": self.now})
 
-    async def publish_many(self, rows: Iterable[tuple[str, str | None, Mapping[str, Any]]]) -> None:
+    async def publish_many(self, rows: Iterable[OutboxRow]) -> None:
         """Outbox rows (topic, key, payload) in one multi-row INSERT; their ids keep the given order."""
         params = [{"topic": topic, "key": key, "payload": dict(payload), "created_at": self.now} for topic, key, payload in rows]
         if params:
