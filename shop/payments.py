@@ -637,7 +637,8 @@ async def record_adyen_answer(uow: UnitOfWork, attempt: Attempt, result: AdyenPa
     if result.authorised:
         await _set_payment(uow, pay_id, ("created",), status="authorized", **named)
         try:
-            # Guarded by the status it reads itself (authorized already: no change), so no read of ours first.
+            # Guarded: it tries the status the attempt was opened in and reads the row only when that no longer
+            # holds (authorized already, by the webhook: no change).
             await uow.transition(attempt.order_id, "authorized", reason=f"adyen:{ref}", expected=attempt.order_status)
         except st.InvalidState as exc:
             seen = (exc.data or {}).get("status")
