@@ -20,8 +20,6 @@ reused for another body). Secrets never reach ``detail`` (adapters/http.py keeps
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import TYPE_CHECKING
@@ -91,13 +89,6 @@ class PspRefunds:
         except (AmountError, ValueError) as exc:  # nothing was sent: an amount or key the PSP cannot take
             return RefundAnswer(REJECTED, None, str(exc)[:200])
         return RefundAnswer(REJECTED, None, f"no refund client for provider {provider!r}")
-
-
-@contextlib.asynccontextmanager
-async def psp_refunds(settings: Settings, metrics: PspMetrics | None = None) -> AsyncIterator[PspRefunds]:
-    """Both PSP clients on one session of their own, for the life of a process (the consumers)."""
-    async with psp_session() as session:
-        yield refund_clients(session, settings, metrics)
 
 
 def psp_session() -> aiohttp.ClientSession:

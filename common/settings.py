@@ -212,6 +212,9 @@ class Settings:
     # How long one submission of a refund (the PSP call with all its attempts) is given before the retrier
     # may send it again (same key): a process that died mid-call leaves its refund pending this long.
     refund_inflight_seconds: float = setting("SHOP_REFUND_INFLIGHT_SECONDS", 120.0, number(1.0, 86400.0))
+    # The PayPal capture reconciler of the consumers process (consumers/capture_reconcile.py): how often it
+    # asks PayPal about captures paypal_finished left in doubt (older than shop.payments.IN_FLIGHT); 0 disables it.
+    capture_reconcile_seconds: float = setting("SHOP_CAPTURE_RECONCILE_SECONDS", 15.0, number(0.0, 3600.0))
     # The ROUTING_INTERPOLATION_VARS that are set; captured here so the loader never reads os.environ.
     interpolation_env: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
     # prometheus_client's own variable (it reads it at import): set by `shopping-edge --workers N`.

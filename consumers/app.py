@@ -2,7 +2,8 @@
 
 One shop (shop.bootstrap, the same resources the edge builds), one Kafka consumer in the group
 `SHOP_CONSUMER_GROUP` on every event type's topic, one producer (DLQ and outbox relay), the
-outbox relay, the expiry sweeper (consumers/expiry.py), the ownership watch (routing.yaml
+outbox relay, the singleton jobs (consumers/leased_job.py: the expiry sweeper, the refund retrier, the
+PayPal capture reconciler; the last two on one PSP session), the ownership watch (routing.yaml
 `consumers:`: each event applied here or delivered to old shopping's `/event/{name}`,
 consumers/events.py), and the admin port (`/metrics`, `/healthz`, `/readyz`, loopback by default).
 Nothing is created at import time. SIGTERM/SIGINT: every partition finishes the event it is on,
@@ -26,12 +27,17 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from common.admin_index import add_index
 from common.logs import flush_stdout_periodically
 from consumers.events import owned_handler
-from consumers.expiry import ExpiryMetrics, ExpirySweeper
+from adapters.paypal import PayPalClient
+from adapters.psp_metrics import PspMetrics
+from adapters.refunds import psp_session, refund_clients
+from consumers.capture_reconcile import capture_reconciler
+from consumers.expiry import expiry_sweeper
+from consumers.leased_job import running
 from consumers.legacy_delivery import LegacyDelivery, legacy_session
 from consumers.metrics import ConsumerMetrics, OutboxAge
 from consumers.outbox_relay import OutboxRelay, RelayMetrics
 from consumers.ownership import Ownership
-from consumers.refund_retry import refund_retrying
+from consumers.refund_retry import refund_retrier
 from consumers.runner import ConsumerRunner, RunnerOptions
 from shop.bootstrap import Shop, shop_resources
 from shop.db import is_unavailable
@@ -134,25 +140,6 @@ def lease_holder() -> str:
 
 
 @contextlib.asynccontextmanager
-async def _expiry_sweeping(
-    shop: Shop, settings: Settings, registry: CollectorRegistry, holder: str,
-) -> AsyncIterator[None]:
-    """The expiry sweeper (consumers/expiry.py) for the whole life of the process: it needs the database
-    only, so it sweeps while the broker is still away too. SHOP_EXPIRY_SWEEP_SECONDS=0 turns it off."""
-    metrics = ExpiryMetrics(registry)
-    if settings.expiry_sweep_seconds <= 0:
-        yield
-        return
-    sweeper = ExpirySweeper(shop, metrics, holder=holder, period=settings.expiry_sweep_seconds)
-    task = asyncio.create_task(sweeper.run(), name="expiry-sweeper")
-    try:
-        yield
-    finally:
-        sweeper.stop()
-        await _close("expiry sweeper", task)
-
-
-@contextlib.asynccontextmanager
 async def _outbox_age_watching(shop: Shop, registry: CollectorRegistry) -> AsyncIterator[None]:
     """outbox_oldest_unpublished_seconds for the whole life of the process (the database only, like the sweeper)."""
     age, stopping = OutboxAge(registry), asyncio.Event()
@@ -178,7 +165,8 @@ async def run(settings: Settings, *, admin_host: str = "127.0.0.1", registry: Co
     ownership = Ownership.for_settings(settings, registry)
     # No pre-ping: every unit of work here is retried on a lost connection (runner, relay, sweeper),
     # and at a steady 500 events/s the ping was a third of a batch's time (bench/RESULTS.md).
-    async with shop_resources(settings, pre_ping=False) as shop, legacy_session(settings.legacy_event_pool_size) as session:
+    async with shop_resources(settings, pre_ping=False) as shop, legacy_session(settings.legacy_event_pool_size) as session, \
+            psp_session() as psp:
         legacy = LegacyDelivery(session, lambda: ownership.legacy_url, timeout=settings.legacy_event_timeout_seconds)
         consumer, producer = _kafka_clients(settings)
         handlers = {topic: owned_handler(shop, et, ownership, legacy) for topic, et in topics.items()}
@@ -192,11 +180,15 @@ async def run(settings: Settings, *, admin_host: str = "127.0.0.1", registry: Co
         )
         relay = OutboxRelay(shop.db, producer, relay_metrics, holder=lease_holder(), clock=shop.clock)
         flushing = contextlib.asynccontextmanager(flush_stdout_periodically)(None)
-        sweeping = _expiry_sweeping(shop, settings, registry, lease_holder())
         outbox_age = _outbox_age_watching(shop, registry)
-        refunds = refund_retrying(shop, settings, registry, lease_holder())  # consumers/refund_retry.py
+        holder, psp_metrics = lease_holder(), PspMetrics(registry)
+        sweeper = expiry_sweeper(shop, settings, registry, holder)
+        refunds = refund_retrier(shop, settings, registry, holder, refund_clients(psp, settings, psp_metrics))
+        captures = capture_reconciler(shop, settings, registry, holder,
+                                      PayPalClient.from_settings(psp, settings, metrics=psp_metrics))
         async with flushing, _admin_site(admin_app(registry, shop, runner), admin_host, settings.consumer_admin_port), \
-                sweeping, outbox_age, refunds:
+                outbox_age, running(sweeper, "expiry-sweeper"), running(refunds, "refund-retrier"), \
+                running(captures, "capture-reconciler"):
             if not (await _start_until_up(producer, "producer", stopping) and await _start_until_up(consumer, "consumer", stopping)):
                 return
             log.info("consumers_started", group=settings.consumer_group, topics=sorted(topics))

@@ -2,8 +2,8 @@
 due again (shop.refunds.retry_due: `retrying` past `next_attempt_at`, or `pending` whose first submission's
 process died), each with its own idempotency key, the same one every time.
 
-One active retrier across instances: only the holder of the `refund_retrier` lease submits (shop/leases.py,
-as the expiry sweeper). Correctness does not hang on it: each submission is claimed by a guarded update, so
+One active retrier across instances: only the holder of the `refund_retrier` lease submits
+(consumers/leased_job.py). Correctness does not hang on it: each submission is claimed by a guarded update, so
 a second retrier loses the claim and skips; the lease saves N processes scanning and calling for nothing.
 
 Metrics (registered when the process starts, every child at 0, so the first failure is an increase
@@ -16,18 +16,13 @@ instance, the lease holder or not, so `failed` counts what any side or path fail
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-from collections.abc import AsyncIterator
 from datetime import timedelta
 
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from adapters.psp_metrics import PspMetrics
-from adapters.refunds import psp_refunds
 from common.settings import Settings
-from shop import leases
+from consumers.leased_job import LeasedJob
 from shop.bootstrap import Shop
 from shop.refunds import STATUSES, RefundGateway, count_by_status, retry_due
 
@@ -57,12 +52,7 @@ class RefundRetryMetrics:
             self.in_state.labels(status)
 
 
-def lease_ttl(period: float, inflight: timedelta) -> timedelta:
-    # A pass may wait on PSP calls (each up to the in-flight window); the lease must outlive it.
-    return max(timedelta(seconds=max(10.0, 3 * period)), inflight)
-
-
-class RefundRetrier:
+class RefundRetrier(LeasedJob):
     def __init__(
         self,
         shop: Shop,
@@ -73,29 +63,17 @@ class RefundRetrier:
         period: float,
         inflight: timedelta,
     ) -> None:
-        self._shop = shop
+        # A pass may wait on PSP calls (each up to the in-flight window); the lease must outlive it.
+        super().__init__(shop, lease=LEASE, holder=holder, period=period, leader=metrics.leader, longest_pass=inflight)
         self._gateway = gateway
         self._metrics = metrics
-        self._holder = holder
-        self._period = period
         self._inflight = inflight
-        self._ttl = lease_ttl(period, inflight)
-        self._stopping = asyncio.Event()
 
-    def stop(self) -> None:
-        self._stopping.set()
+    async def started(self) -> None:
+        await self.refresh_gauge()  # true counts from the first scrape, before the first period ends
 
-    async def run(self) -> None:
-        try:
-            await self.refresh_gauge()  # true counts from the first scrape, before the first period ends
-            while not self._stopping.is_set():
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stopping.wait(), self._period)
-                if not self._stopping.is_set():
-                    await self.retry_once()
-        finally:
-            self._metrics.leader.set(0)
-            await leases.release_quietly(self._shop.db, LEASE, self._holder)
+    async def pass_once(self) -> int:
+        return await self.retry_once()
 
     async def refresh_gauge(self) -> None:
         try:
@@ -111,10 +89,7 @@ class RefundRetrier:
         a DB outage is logged and counted, and the next period tries again."""
         submitted = 0
         try:
-            if not await leases.hold(self._shop.db, LEASE, self._holder, self._shop.clock(), self._ttl):
-                self._metrics.leader.set(0)
-            else:
-                self._metrics.leader.set(1)
+            if await self.lead():
                 for done in await retry_due(self._shop, self._gateway, inflight=self._inflight, actor=ACTOR):
                     if done.submitted:
                         submitted += 1
@@ -130,21 +105,13 @@ class RefundRetrier:
         return submitted
 
 
-@contextlib.asynccontextmanager
-async def refund_retrying(shop: Shop, settings: Settings, registry: CollectorRegistry, holder: str) -> AsyncIterator[None]:
-    """The refund retrier for the whole life of the consumers process (the database and the PSPs only, so it
-    runs while the broker is away too). SHOP_REFUND_RETRY_SECONDS=0 turns it off; its metrics stay."""
+def refund_retrier(shop: Shop, settings: Settings, registry: CollectorRegistry, holder: str,
+                   gateway: RefundGateway) -> RefundRetrier | None:
+    """The refund retrier of the consumers process (consumers/leased_job.running runs it: the database and the
+    PSPs only, so it runs while the broker is away too); None when SHOP_REFUND_RETRY_SECONDS=0 turns it off.
+    Its metrics are registered either way."""
     metrics = RefundRetryMetrics(registry)
     if settings.refund_retry_seconds <= 0:
-        yield
-        return
-    async with psp_refunds(settings, PspMetrics(registry)) as gateway:
-        retrier = RefundRetrier(shop, gateway, metrics, holder=holder, period=settings.refund_retry_seconds,
-                                inflight=timedelta(seconds=settings.refund_inflight_seconds))
-        task = asyncio.create_task(retrier.run(), name="refund-retrier")
-        try:
-            yield
-        finally:
-            retrier.stop()
-            with contextlib.suppress(Exception, asyncio.CancelledError):
-                await asyncio.wait_for(task, 10.0)
+        return None
+    return RefundRetrier(shop, gateway, metrics, holder=holder, period=settings.refund_retry_seconds,
+                         inflight=timedelta(seconds=settings.refund_inflight_seconds))

@@ -470,13 +470,13 @@ def consumers() -> dict[str, Any]:
          ("sum by (instance) (rate(outbox_publish_errors_total[$__rate_interval]))", "errors {{instance}}")],
     ))
     b.add(graph(
-        "Singletons: relay, expiry sweeper and refund retrier lease holders",
-        "1 on the process holding the lease. Exactly one outbox relay, one expiry sweeper and one refund retrier "
-        "should be 1 across instances; 0 everywhere means nobody publishes (or expires unpaid orders, or "
-        "resubmits refunds).",
+        "Singletons: relay, expiry sweeper, refund retrier and capture reconciler lease holders",
+        "1 on the process holding the lease. Exactly one outbox relay, one expiry sweeper, one refund retrier and "
+        "one PayPal capture reconciler should be 1 across instances; 0 everywhere means nobody publishes (or "
+        "expires unpaid orders, or resubmits refunds, or settles PayPal captures in doubt).",
         "short",
         [("sum(outbox_relay_leader)", "outbox relay"), ("sum(expiry_sweeper_leader)", "expiry sweeper"),
-         ("sum(refund_retrier_leader)", "refund retrier")],
+         ("sum(refund_retrier_leader)", "refund retrier"), ("sum(capture_reconciler_leader)", "capture reconciler")],
     ))
 
     b.row("Expiry sweeper and refund retrier")
@@ -497,6 +497,16 @@ def consumers() -> dict[str, Any]:
         [("sum by (provider) (increase(refunds_retried_total[$__rate_interval]))", "resubmitted {{provider}}"),
          ("sum by (provider) (increase(refunds_failed_total[$__rate_interval]))", "failed for good {{provider}}"),
          ("sum(increase(refund_retry_errors_total[$__rate_interval]))", "pass errors")],
+    ))
+    b.add(graph(
+        "PayPal capture reconciler: payments settled by outcome, pass errors",
+        "PayPal payments paypal_finished left in doubt that the reconciler settled, by outcome: captured (money "
+        "PayPal had; the order paid), declined / not_approved (the order payable again), pending (a PENDING "
+        "capture, read again), awaiting_payer (paid_from_client, never captured), settled (someone else did "
+        "first); and passes stopped by a PSP or database error. In doubt now: dashboard \"Shopping payments: PSPs\".",
+        "short",
+        [("sum by (outcome) (increase(paypal_captures_reconciled_total[$__rate_interval]))", "{{outcome}}"),
+         ("sum(increase(capture_reconcile_errors_total[$__rate_interval]))", "pass errors")],
     ))
     return b.build()
 
@@ -571,6 +581,16 @@ def payments() -> dict[str, Any]:
         "reqps",
         [(zero_if_none(f"sum by (provider, operation) ({rate('psp_retries_total' + prov())})",
                        f"sum by (provider, operation) ({rate(psp + prov())})"), "{{provider}} {{operation}}")],
+    ))
+
+    b.row("PayPal captures in doubt")
+    b.add(graph(
+        "PayPal payments in doubt",
+        "Orders in payment_confirming whose PayPal payment is still created, older than 30 s, found by the capture "
+        "reconciler's last pass (consumers process; 0 on instances not holding its lease). Settled within a period "
+        "or two unless PayPal fails, a capture is PENDING, or nobody finished an approved order (awaiting_payer). "
+        "Alert PayPalCapturesInDoubt after 30m.",
+        "short", [("max(paypal_captures_in_doubt)", "in doubt")],
     ))
 
     b.row("Refunds")

@@ -90,6 +90,8 @@ KEY_PREFIX: Mapping[str, str] = {"paypal": "new-pp-", "adyen": "new-ad-"}
 # How long another writer's unanswered attempt is taken to be in flight (a pay call with its retries takes
 # at most ~10 s on either side); after that it is abandoned (its process died) and a new attempt may start.
 IN_FLIGHT = timedelta(seconds=30)
+# A capture PayPal answered with one of these took no money: the order is payable again.
+CAPTURE_DECLINED = frozenset({"DECLINED", "FAILED"})
 _METHOD = re.compile(r"[A-Za-z0-9_.-]{1,32}")
 MAX_RETURN_URL = 1024  # Adyen takes up to 8 KB; an app's return URL is short
 
@@ -287,6 +289,8 @@ _UNANSWERED = {
     for provider in KEY_PREFIX
 }
 _PAYMENT_INSERT = insert(t.payments)
+_PAYPAL_ROW = select(_P.id, _P.status, _P.paypal_order_id, _P.idempotency_key).where(
+    _P.id == bindparam("pay_id"), _P.order_id == bindparam("order_id"), _P.provider == "paypal")
 # Of the same order: a row of another order that carries this pspReference is a data error for a person,
 # never a row to merge ours into (ours would be deleted and that order's payment taken over).
 _SAME_PSP_PAYMENT = select(_P.id).where(_P.provider == bindparam("provider"), _P.order_id == bindparam("order_id"),
@@ -507,11 +511,7 @@ async def _start_capture(uow: UnitOfWork, order_id: str, pay_id: int, user_id: i
     # right now commits first, so the payment and the order are read as that call left them, never an order
     # still payment_confirming beside a payment already captured (a stale answer, or a 409 for a paid order).
     order = await _owned_order(uow, order_id, user_id, lock=True)
-    p = t.payments.c
-    row = (await uow.conn.execute(
-        select(p.id, p.status, p.paypal_order_id, p.idempotency_key, p.amount, p.currency)
-        .where(p.id == pay_id, p.order_id == order.id, p.provider == "paypal")
-    )).first()
+    row = (await uow.conn.execute(_PAYPAL_ROW, {"pay_id": pay_id, "order_id": order.id})).first()
     if row is None:
         raise NotFound("payment_not_found")
     if row.status == "captured":
@@ -523,10 +523,36 @@ async def _start_capture(uow: UnitOfWork, order_id: str, pay_id: int, user_id: i
         raise st.InvalidState(data={"status": order.status, "payment_status": row.status, "reason": "not_created"})
     if order.status not in FINISHABLE:
         raise st.InvalidState(data={"status": order.status})
-    await uow.transition(order.id, "paid_from_client", reason=f"paypal_finished:{row.id}", expected=order.status)
-    attempt = Attempt(row.id, capture_key(row.idempotency_key, row.id), order.id, order.user_id, order.amount,
-                      order.currency, True, st.PAYMENT_CONFIRMING)
-    return _Capture(attempt, row.paypal_order_id)
+    await uow.transition(order.id, "paid_from_client", reason=finish_reason(row.id), expected=order.status)
+    return _Capture(_capture_attempt(order, row), row.paypal_order_id)
+
+
+def finish_reason(pay_id: int) -> str:
+    """The history reason of paypal_finished's move to payment_confirming (old shopping writes the same):
+    the payer asked for this payment's capture."""
+    return f"paypal_finished:{pay_id}"
+
+
+def _capture_attempt(order: _Order, row: Any) -> Attempt:
+    return Attempt(row.id, capture_key(row.idempotency_key, row.id), order.id, order.user_id, order.amount,
+                   order.currency, True, st.PAYMENT_CONFIRMING)
+
+
+async def capture_in_doubt(uow: UnitOfWork, order_id: str, user_id: int, pay_id: int) -> Attempt | None:
+    """The capture attempt of `pay_id` (its key the one paypal_finished sends, on either side), under the order's
+    lock, if it is still in doubt: the payment created with a PayPal order, the order payment_confirming.
+    None once anybody settled it (a paypal_finished retry, old shopping, a webhook)."""
+    order = await _owned_order(uow, order_id, user_id, lock=True)
+    row = (await uow.conn.execute(_PAYPAL_ROW, {"pay_id": pay_id, "order_id": order.id})).first()
+    if row is None or row.status != "created" or row.paypal_order_id is None or order.status != st.PAYMENT_CONFIRMING:
+        return None
+    return _capture_attempt(order, row)
+
+
+async def capture_refused(uow: UnitOfWork, attempt: Attempt, reason: str) -> str:
+    """PayPal captured nothing and will not (the order not approved, declined): the order is payable again,
+    the payment stays created so the payer may approve and finish it still."""
+    return await _order_failed(uow, attempt, "paypal", reason)
 
 
 async def paypal_finished(shop: Shop, gateways: Gateways, order_id: str, pay_id: str,
@@ -554,23 +580,30 @@ async def _paypal_finished(shop: Shop, gateways: Gateways, order_id: str, pay_id
             raise _psp_error("paypal", failure) from None
         # PayPal captured nothing (not approved, declined, our credentials): the order is payable again.
         reason = failure.code or failure.kind
-        status = await shop.run("new", lambda uow: _order_failed(uow, attempt, "paypal", reason))
+        status = await shop.run("new", lambda uow: capture_refused(uow, attempt, reason))
         if failure.kind != "rejected":
             raise _psp_error("paypal", failure) from None
         return {"order_id": attempt.order_id, "status": status}
     capture = result.capture
+    status = await shop.run("new", lambda uow: apply_capture(uow, attempt, result.paid, capture))
     if result.paid and capture is not None:
-        status = await shop.run("new", lambda uow: _captured(uow, attempt, capture.id))
         log.info("paypal_captured", order_id=attempt.order_id, pay_id=attempt.pay_id, capture_id=capture.id,
                  status=status)
-    elif capture is not None and capture.status in ("DECLINED", "FAILED"):
-        status = await shop.run("new", lambda uow: _capture_declined(uow, attempt, capture.id, capture.status))
-    else:
-        # PENDING (an eCheck, a review): not money yet; the order waits in payment_confirming.
-        ref = None if capture is None else capture.id
-        status = await shop.run("new", lambda uow: _capture_pending(uow, attempt, ref))
-        log.info("paypal_capture_pending", order_id=attempt.order_id, pay_id=attempt.pay_id, capture_id=ref)
+    elif capture is None or capture.status not in CAPTURE_DECLINED:
+        log.info("paypal_capture_pending", order_id=attempt.order_id, pay_id=attempt.pay_id,
+                 capture_id=None if capture is None else capture.id)
     return {"order_id": attempt.order_id, "status": status}
+
+
+async def apply_capture(uow: UnitOfWork, attempt: Attempt, paid: bool, capture: CaptureView | None) -> str:
+    """What PayPal says of a capture (the capture call's answer, or the order read back): COMPLETED → the
+    payment captured and the order paid; DECLINED / FAILED → the order payable again; PENDING (an eCheck,
+    a review: not money yet) or none → the order waits in payment_confirming. The order's status after."""
+    if paid and capture is not None:
+        return await _captured(uow, attempt, capture.id)
+    if capture is not None and capture.status in CAPTURE_DECLINED:
+        return await _capture_declined(uow, attempt, capture.id, capture.status)
+    return await _capture_pending(uow, attempt, None if capture is None else capture.id)
 
 
 async def _captured(uow: UnitOfWork, attempt: Attempt, capture_id: str) -> str:

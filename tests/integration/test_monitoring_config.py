@@ -10,10 +10,12 @@ Metric names are a contract (shared spec edge.md, "Metrics" table): dashboards a
 use only those names, so a renamed metric breaks this test instead of silently emptying a
 panel or muting an alert. The consumers process also exports metrics the table does not list
 (issue 10: `outbox_unpublished` and the relay's counters, the expiry sweeper's; issue 11: the
-refund retrier's `refund*`): the consumers dashboard and the consumers/outbox/refunds alerts may use
+refund retrier's `refund*`, the PayPal capture reconciler's `paypal_captures_*` and `capture_reconcile*`): the
+consumers dashboard and the consumers/outbox/refunds/paypal_captures alerts may use
 those too, and the live test checks every name they use against a scrape of the real process.
 The edge boards (migration overview, shadow diffs) may also use the edge's additions (EDGE_OWN_METRICS), the
-payments board the PSP metrics' contract (PAYMENTS_METRICS) and the refund retrier's. Beyond the names,
+payments board the PSP metrics' contract (PAYMENTS_METRICS), the refund retrier's and the reconciler's
+in-doubt gauge. Beyond the names,
 every one a dashboard or an alert selects must be registered by the code's metric classes
 (test_every_selected_metric_is_registered_by_the_code).
 """
@@ -30,6 +32,7 @@ import yaml
 from prometheus_client import CollectorRegistry
 
 from adapters.psp_metrics import PspMetrics
+from consumers.capture_reconcile import CaptureReconcileMetrics
 from consumers.expiry import ExpiryMetrics
 from consumers.metrics import ConsumerMetrics, OutboxAge
 from consumers.outbox_relay import RelayMetrics
@@ -77,7 +80,8 @@ CONTRACT_METRICS = CONTRACT_COUNTERS_AND_GAUGES | {
 }
 
 # The shopping-consumers process's own metrics, outside the spec's table (checked live, see above).
-CONSUMERS_OWN_PREFIXES = ("outbox_", "expiry_", "refund", "consumer_event_age_seconds")
+CONSUMERS_OWN_PREFIXES = ("outbox_", "expiry_", "refund", "consumer_event_age_seconds", "paypal_captures_",
+                          "capture_reconcile")
 # The edge's additions to the table (issue 12): the latest reload's result, which the counters can't give;
 # 409 price_changed, the shadow calls' duration, requests refused before routing (proxy/metrics.py).
 EDGE_OWN_METRICS = (
@@ -99,6 +103,7 @@ EXPECTED_ALERTS = frozenset({
     "OutboxRelayFailing",
     "RefundFailedForGood",
     "RefundsRetryingPiling",
+    "PayPalCapturesInDoubt",
 })
 
 
@@ -226,7 +231,7 @@ def _own(board_or_group: str) -> tuple[str, ...]:
     if board_or_group == "consumers" or board_or_group in CONSUMERS_ALERT_GROUPS:
         return CONSUMERS_OWN_PREFIXES
     if board_or_group == "payments":
-        return (*PAYMENTS_METRICS, "refund")
+        return (*PAYMENTS_METRICS, "refund", "paypal_captures_")
     return EDGE_OWN_METRICS  # edge, shadow
 
 
@@ -319,6 +324,7 @@ def _registered() -> set[str]:
     RelayMetrics(registry)
     ExpiryMetrics(registry)
     RefundRetryMetrics(registry)
+    CaptureReconcileMetrics(registry)
     PspMetrics(registry)
     PaymentMetrics(registry)
     # By family, not sample: a labelled metric has no sample before its first child exists.
@@ -370,7 +376,7 @@ def test_alerts_use_only_contract_metrics() -> None:
     exprs = {r["alert"]: r["expr"] for r in rules}
     assert all(metric_names(e) for e in exprs.values()), "an alert selects no metric at all"
     consumers = {r["alert"] for r in alert_rules(CONSUMERS_ALERT_GROUPS)}
-    assert consumers == {a for a in EXPECTED_ALERTS if a.startswith(("Consumer", "Outbox", "Refund"))}
+    assert consumers == {a for a in EXPECTED_ALERTS if a.startswith(("Consumer", "Outbox", "Refund", "PayPalCaptures"))}
     assert _off_contract({a: e for a, e in exprs.items() if a not in consumers}, EDGE_OWN_METRICS) == {}, \
         "metric names not in the spec's Metrics table"
     assert _off_contract({a: e for a, e in exprs.items() if a in consumers}, CONSUMERS_OWN_PREFIXES) == {}, \
@@ -385,6 +391,7 @@ LABEL_NAMED = {
     "OutboxUnpublishedOld": "$labels.job",  # every process reads the same database: one alert per job
     "RefundFailedForGood": "$labels.job",  # refunds_in_state too
     "RefundsRetryingPiling": "$labels.job",
+    "PayPalCapturesInDoubt": "$labels.job",  # the lease holder's count
 }
 
 

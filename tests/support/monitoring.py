@@ -30,7 +30,7 @@ DASHBOARDS = {
 # the payments board's, with the refund retrier's refund*.
 PAYMENTS_METRICS = ("psp_requests_total", "psp_request_seconds_bucket", "psp_retries_total", "payments_total")
 # alerts.yml groups about the shopping-consumers process (its consumers, its outbox relay, its refund retrier).
-CONSUMERS_ALERT_GROUPS = ("consumers", "outbox", "refunds")
+CONSUMERS_ALERT_GROUPS = ("consumers", "outbox", "refunds", "paypal_captures")
 
 
 # ---------------------------------------------------------------------------------- promtool

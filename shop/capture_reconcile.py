@@ -1,0 +1,146 @@
+"""PayPal captures in doubt: orders paypal_finished left in payment_confirming without knowing what PayPal did.
+
+A capture call that timed out after PayPal acted (or never reached it) leaves the order
+payment_confirming and its payment created; the app's retry of paypal_finished settles it with the
+same key (shop/payments.py). When nobody retries (the shopper closed the app), this settles it: the
+consumers process (consumers/capture_reconcile.py) asks PayPal about every such payment older than
+IN_FLIGHT, and records what PayPal says.
+
+In doubt: a PayPal payment still `created` with its PayPal order id, its order `payment_confirming`,
+untouched for IN_FLIGHT (a paypal_finished with all its retries is over by then). For each:
+
+1. **Read first**, always: ``GET /v2/checkout/orders/{id}``. A COMPLETED capture is money: recorded
+   (payment captured, order paid, purchased + noti) whoever made the order payment_confirming.
+2. Everything else acts only when **the payer asked for this capture**: the order's history holds
+   paypal_finished's move to payment_confirming for this payment (``paypal_finished:{pay_id}``, both
+   sides write it). The app's paid_from_client makes orders payment_confirming too, with no approval
+   behind it: those are left alone ("awaiting_payer"), counted in the in-doubt gauge for a person.
+   - a DECLINED / FAILED capture → the order payable again; a PENDING one → its capture id recorded,
+     the order waits (read again next pass);
+   - no capture, the PayPal order APPROVED → the capture the payer asked for, sent now with the key
+     paypal_finished sends (``capture_key``, the same on both sides): PayPal captures an order once,
+     and the same PayPal-Request-Id replays a capture already made;
+   - no capture, not approved (CREATED, PAYER_ACTION_REQUIRED) or VOIDED → what paypal_finished does
+     when PayPal answers ORDER_NOT_APPROVED: the order payable again, the payment left created.
+3. Applied in one unit of work under the order's lock, re-checked there (``capture_in_doubt``): a
+   paypal_finished retry, old shopping or a webhook that settled it meanwhile wins and nothing changes.
+
+A PSP error on a read or a capture raises: the caller stops its pass and tries again next period.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Protocol
+
+from sqlalchemy import bindparam, select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from shop import order_states as st
+from shop import schema as t
+from shop.bootstrap import Shop
+from shop.payments import (CAPTURE_DECLINED, IN_FLIGHT, Attempt, CaptureResultView, CaptureView, apply_capture, capture_in_doubt,
+                           capture_key, capture_refused, finish_reason)
+from shop.uow import UnitOfWork
+
+CAPTURED, DECLINED, PENDING, NOT_APPROVED, AWAITING_PAYER, SETTLED = (
+    "captured", "declined", "pending", "not_approved", "awaiting_payer", "settled")
+OUTCOMES = (CAPTURED, DECLINED, PENDING, NOT_APPROVED, AWAITING_PAYER, SETTLED)
+BATCH = 50  # payments looked at per pass, oldest first
+
+
+class PayPalOrderState(Protocol):
+    @property
+    def status(self) -> str: ...
+    @property
+    def captures(self) -> Sequence[CaptureView]: ...
+
+
+class PayPalReconcileGateway(Protocol):
+    async def get_order(self, order_id: str) -> PayPalOrderState: ...
+
+    async def capture_order(self, order_id: str, *, request_id: str) -> CaptureResultView: ...
+
+
+@dataclass(frozen=True, slots=True)
+class InDoubt:
+    pay_id: int
+    order_id: str
+    user_id: int
+    paypal_order_id: str
+    idempotency_key: str | None
+    finish_asked: bool  # the payer's paypal_finished moved the order to payment_confirming for this payment
+
+
+@dataclass(frozen=True, slots=True)
+class Reconciled:
+    pay_id: int
+    order_id: str
+    outcome: str  # one of OUTCOMES
+    status: str | None  # the order's status after, when this pass changed or re-read it
+
+
+_P, _O, _H = t.payments.c, t.orders.c, t.order_status_history.c
+_IN_DOUBT = (
+    select(_P.id, _P.order_id, _O.user_id, _P.paypal_order_id, _P.idempotency_key)
+    .join_from(t.payments, t.orders, _O.id == _P.order_id)
+    .where(_P.provider == "paypal", _P.status == "created", _P.paypal_order_id.is_not(None),
+           _O.status == st.PAYMENT_CONFIRMING, _O.updated_at <= bindparam("before"))
+    .order_by(_P.id).limit(bindparam("limit"))
+)
+_FINISH_REASONS = select(_H.order_id, _H.reason).where(
+    _H.order_id.in_(bindparam("order_ids", expanding=True)), _H.to_status == st.PAYMENT_CONFIRMING,
+    _H.reason.like("paypal_finished:%"))
+
+
+async def captures_in_doubt(db: AsyncEngine, now: datetime, *, older_than: timedelta = IN_FLIGHT,
+                            limit: int = BATCH) -> list[InDoubt]:
+    """The PayPal payments in doubt, oldest first (a replica will do: each is re-checked under the order's lock)."""
+    async with db.connect() as conn:
+        rows = (await conn.execute(_IN_DOUBT, {"before": now - older_than, "limit": limit})).all()
+        if not rows:
+            return []
+        asked = {(r.order_id, r.reason)
+                 for r in await conn.execute(_FINISH_REASONS, {"order_ids": [r.order_id for r in rows]})}
+    return [InDoubt(int(r.id), r.order_id, int(r.user_id), r.paypal_order_id, r.idempotency_key,
+                    (r.order_id, finish_reason(int(r.id))) in asked) for r in rows]
+
+
+async def reconcile(shop: Shop, paypal: PayPalReconcileGateway, doubt: InDoubt, *, actor: str) -> Reconciled:
+    """Settle one payment in doubt by what PayPal says (the module docstring's steps); PSP errors raise."""
+    order = await paypal.get_order(doubt.paypal_order_id)
+    completed = next((c for c in order.captures if c.status == "COMPLETED"), None)
+    if completed is not None:
+        return await _apply(shop, doubt, actor, CAPTURED, lambda uow, a: apply_capture(uow, a, True, completed))
+    if not doubt.finish_asked:
+        return Reconciled(doubt.pay_id, doubt.order_id, AWAITING_PAYER, None)
+    if order.captures:
+        last = order.captures[-1]
+        return await _apply(shop, doubt, actor, _outcome(False, last), lambda uow, a: apply_capture(uow, a, False, last))
+    if order.status != "APPROVED":
+        reason = f"paypal order {order.status}"[:64]
+        return await _apply(shop, doubt, actor, NOT_APPROVED, lambda uow, a: capture_refused(uow, a, reason))
+    result = await paypal.capture_order(doubt.paypal_order_id, request_id=capture_key(doubt.idempotency_key, doubt.pay_id))
+    capture = result.capture
+    return await _apply(shop, doubt, actor, _outcome(result.paid, capture),
+                        lambda uow, a: apply_capture(uow, a, result.paid, capture))
+
+
+def _outcome(paid: bool, capture: CaptureView | None) -> str:
+    """apply_capture's three answers, named."""
+    if paid and capture is not None:
+        return CAPTURED
+    return DECLINED if capture is not None and capture.status in CAPTURE_DECLINED else PENDING
+
+
+async def _apply(shop: Shop, doubt: InDoubt, actor: str, outcome: str,
+                 effect: Callable[[UnitOfWork, Attempt], Awaitable[str]]) -> Reconciled:
+    async def work(uow: UnitOfWork) -> Reconciled:
+        attempt = await capture_in_doubt(uow, doubt.order_id, doubt.user_id, doubt.pay_id)
+        if attempt is None:
+            return Reconciled(doubt.pay_id, doubt.order_id, SETTLED, None)
+        return Reconciled(doubt.pay_id, doubt.order_id, outcome, await effect(uow, attempt))
+
+    return await shop.run(actor, work)
