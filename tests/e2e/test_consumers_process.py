@@ -4,7 +4,9 @@ An order placed by the checkout service goes placed → paid → fulfilling thro
 `payment_notified_cm` applied by the consumer, `purchased` and `noti` written to the outbox in
 the same transaction, published by the relay, and `purchased` consumed back. The admin port's
 /metrics shows it. A SIGKILL after the DB commit but before the offset commit redelivers the
-event on restart as a counted duplicate with no second effect. SIGTERM leaves cleanly.
+event on restart as a counted duplicate with no second effect. SIGTERM leaves cleanly. A PayPal
+capture paypal_finished left in doubt is finished by the process's capture reconciler (against the PSP
+emulator), and the order goes on to fulfilling.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import json
 import signal
 import time
 from collections.abc import Iterator
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -23,14 +26,19 @@ from sqlalchemy import func, select
 
 from shop import schema as t
 from shop.db import make_engine
+from shop.payments import capture_key, finish_reason
 from common.settings import DEFAULT_TOPICS
+from tests.builders import NOW, insert_payment, shop_at
 from tests.support.broker import Broker, running_broker, wait_until
 from tests.support.consumers_process import Consumers
 from tests.support.consumers_process import captured as _captured
 from tests.support.consumers_process import order_status as _status
 from tests.support.consumers_process import placed_order as _placed
 from tests.support.consumers_process import produce as _produce
+from tests.support.psp import PAYPAL_CLIENT_ID, PAYPAL_SECRET, Psp
 from tests.support.shopdb import seed_database
+
+pytest_plugins = ["tests.support.psp_fixtures"]
 
 
 @pytest.fixture(scope="module")
@@ -96,6 +104,38 @@ async def test_an_order_goes_placed_paid_fulfilling_through_the_process(broker: 
 
 async def _equals(value: Any, want: Any) -> bool:
     return (await value) == want
+
+
+async def test_a_paypal_capture_left_in_doubt_is_finished_by_the_process_and_the_order_goes_on(
+    broker: Broker, db_url: str, tmp_path: Path, topics: None, psp: Psp,
+) -> None:
+    """The reconciler wired into the process: an order paypal_finished left payment_confirming (its capture never
+    reached PayPal, the shopper gone) is captured with paypal_finished's key, paid, and purchased takes it on."""
+    await seed_database(db_url)
+    order_id = await _placed(db_url, "e2e-pp")
+    paypal_order = await psp.paypal().create_order(reference=order_id, amount=Decimal("96.07"), currency="EUR",
+                                                   request_id="e2e-pp-create")
+    assert paypal_order.approve_url and await psp.approve(paypal_order.approve_url) == 200
+    engine = make_engine(db_url)
+    try:
+        async with engine.begin() as conn:
+            pay_id = await insert_payment(conn, order_id, status="created", paypal_order_id=paypal_order.id,
+                                          idempotency_key="new-pp-e2e")
+        async with shop_at(engine, NOW).tx("new") as uow:  # paypal_finished's first step, long ago
+            await uow.transition(order_id, "paid_from_client", reason=finish_reason(pay_id), expected="pending_payment")
+    finally:
+        await engine.dispose()
+    consumers = Consumers(broker, db_url, tmp_path / "consumers.log", SHOP_CAPTURE_RECONCILE_SECONDS="0.3",
+                          PAYPAL_BASE_URL=psp.url, PAYPAL_CLIENT_ID=PAYPAL_CLIENT_ID, PAYPAL_SECRET=PAYPAL_SECRET)
+    consumers.start()
+    try:
+        await wait_until(lambda: _equals(_status(db_url, order_id), "fulfilling"), timeout=30)
+        [capture] = await psp.calls("POST", "/capture")
+        assert (capture["key"], capture["status"]) == (capture_key("new-pp-e2e", pay_id), 201)
+        assert 'paypal_captures_reconciled_total{outcome="captured"} 1.0' in consumers.metrics()
+    finally:
+        assert consumers.stop() == 0, (tmp_path / "consumers.log").read_text()[-3000:]
+    assert "Traceback" not in (tmp_path / "consumers.log").read_text()
 
 
 async def test_sigkill_between_the_db_commit_and_the_offset_commit_redelivers_a_counted_duplicate(
