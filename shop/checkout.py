@@ -37,8 +37,8 @@ from shop import schema as t
 from shop.bootstrap import Shop
 from shop.errors import BadRequest, Conflict, LoginRequired, ShopError, Unprocessable
 from shop.json_input import has_lone_surrogate
-from shop.order_states import HISTORY_INSERT
 from shop.money import money_str
+from shop.order_states import HISTORY_INSERT
 from shop.price_view import price_view
 from shop.pricing import PriceResult
 from shop.quote import PriceRequest, Quote, parse_price_request, quote
