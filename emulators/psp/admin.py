@@ -11,6 +11,8 @@ closed even if the app is ever mounted on a wider listener.
 - ``GET /_psp/state``: PayPal orders, captures, refunds; Adyen payments, refunds
 - ``GET /_psp/webhooks``: deliveries (with attempts and whether ``[accepted]``), held, pending;
   ``POST /_psp/webhooks/flush``: deliver the held ones, newest first
+- ``POST /_psp/paypal/captures/{capture_id}/settle`` ``{"status": "COMPLETED" | "DECLINED"}``: a PENDING
+  capture ends, as PayPal's does when the eCheck clears or its review ends (GET of the order shows it)
 - ``GET /_psp/health``
 """
 
@@ -43,6 +45,7 @@ def create_admin_app(psp: web.Application) -> web.Application:
     r.add_get(ADMIN_PREFIX + "/state", get_state)
     r.add_get(ADMIN_PREFIX + "/webhooks", list_webhooks)
     r.add_post(ADMIN_PREFIX + "/webhooks/flush", flush_webhooks)
+    r.add_post(ADMIN_PREFIX + "/paypal/captures/{capture_id}/settle", settle_paypal_capture)
     r.add_get(ADMIN_PREFIX + "/health", health)
     return admin
 
@@ -123,6 +126,23 @@ async def list_webhooks(request: web.Request) -> web.Response:
 
 async def flush_webhooks(request: web.Request) -> web.Response:
     return web.json_response({"flushed": request.app[STATE].webhooks.flush()})
+
+
+async def settle_paypal_capture(request: web.Request) -> web.Response:
+    try:
+        body = orjson.loads(await request.read())
+    except orjson.JSONDecodeError:
+        return bad("body", "not JSON")
+    status = body.get("status") if isinstance(body, dict) else None
+    if status not in paypal.PENDING_ENDS:
+        return bad("status", f"one of {', '.join(paypal.PENDING_ENDS)}")
+    try:
+        capture = paypal.settle_pending_capture(request.app[STATE], request.match_info["capture_id"], status)
+    except KeyError:
+        return web.json_response({"error": "no such capture"}, status=404)
+    except ValueError as exc:
+        return web.json_response({"error": str(exc)}, status=409)
+    return web.json_response(capture)
 
 
 async def health(request: web.Request) -> web.Response:

@@ -285,6 +285,18 @@ async def capture_order(request: web.Request) -> web.Response:
     return await respond(request, body, act)
 
 
+PENDING_ENDS = ("COMPLETED", "DECLINED")
+
+
+def settle_pending_capture(state: PspState, capture_id: str, status: str) -> dict[str, Any]:
+    """A PENDING capture's end (the control API's knob): KeyError for an unknown capture, ValueError if not PENDING."""
+    capture = state.captures[capture_id]
+    if capture["status"] != "PENDING":
+        raise ValueError(f"capture {capture_id} is {capture['status']}, not PENDING")
+    capture["status"] = status
+    return {"id": capture_id, "status": status}
+
+
 async def refund_capture(request: web.Request) -> web.Response:
     state, body, origin = await api_request(request)
     cid = request.match_info["capture_id"]

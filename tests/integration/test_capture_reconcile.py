@@ -9,7 +9,7 @@ never approved makes the order payable again; an order the app's paid_from_clien
 (no paypal_finished for the payment) is only read, never captured, and counted as in doubt; nothing is
 looked at before IN_FLIGHT; a PSP error stops the pass, counted, and the next pass settles it; a payment
 settled by the app's retry between the scan and the apply changes nothing; only the lease holder asks PayPal;
-the metrics exist at 0 from the start; old shopping's finish in doubt is settled the same way, with its key.
+the metrics exist at 0 from the start; a PENDING capture is read again each pass and recorded once PayPal completes it; old shopping's finish in doubt is settled the same way, with its key.
 """
 
 from __future__ import annotations
@@ -271,5 +271,30 @@ async def test_old_shoppings_finish_in_doubt_is_settled_with_the_key_old_shoppin
         history = [(h["to_status"], h["actor"]) for h in await w.shopper.rows(t.order_status_history, "RC-10")]
         assert history == [("payment_confirming", "legacy"), ("paid", "consumer")]
         assert [o[0] for o in await w.shopper.outbox("RC-10")] == ["purchased", "noti"]
+    finally:
+        await w.engine.dispose()
+
+
+async def test_a_pending_capture_is_read_again_until_paypal_completes_it(aiohttp_client, tmp_path: Path, db_url: str,
+                                                                         psp: Psp) -> None:
+    w = await world(aiohttp_client, tmp_path, db_url, psp)
+    try:
+        pay_id = await w.approved_order("RC-11")
+        await psp.fault(path=CAPTURE, paypal_capture_status="PENDING", times=1)
+        status, body = await w.shopper.paypal_finished("RC-11", pay_id)
+        assert (status, body["data"]["status"]) == (200, "payment_confirming")  # an eCheck: not money yet
+        [capture_id] = (await psp.state())["paypal"]["captures"]
+
+        assert await w.reconciler.reconcile_once() == {"pending": 1}
+        assert await w.shopper.status("RC-11") == "payment_confirming"
+
+        resp = await psp.admin.post(f"/_psp/paypal/captures/{capture_id}/settle", json={"status": "COMPLETED"})
+        assert resp.status == 200, await resp.text()
+        assert await w.reconciler.reconcile_once() == {"captured": 1}
+
+        assert await w.shopper.status("RC-11") == "paid"
+        assert await w.shopper.payments("RC-11") == [("paypal", "captured", Decimal("96.07"))]
+        assert len(await psp.calls("POST", "/capture")) == 1
+        assert [o[0] for o in await w.shopper.outbox("RC-11")] == ["purchased", "noti"]
     finally:
         await w.engine.dispose()

@@ -143,6 +143,22 @@ async def test_the_approve_link_approves_and_sends_the_payer_back_to_the_return_
     assert (await client.get_order(order.id)).status == "APPROVED"
 
 
+async def test_a_pending_capture_ends_by_the_knob_and_only_a_pending_one(psp: Psp) -> None:
+    client = psp.paypal()
+    order = await client.create_order(reference="O-2", amount=Decimal("5.00"), currency="USD", request_id="c-2")
+    assert order.approve_url and await psp.approve(order.approve_url) == 200
+    await psp.fault(path="/v2/checkout/orders/*/capture", paypal_capture_status="PENDING", times=1)
+    result = await client.capture_order(order.id, request_id="c-2:capture")
+    assert not result.paid and result.capture is not None and result.capture.status == "PENDING"
+    settle = f"/_psp/paypal/captures/{result.capture.id}/settle"
+    assert (await psp.admin.post(settle, json={"status": "PAID"})).status == 400
+    assert (await psp.admin.post("/_psp/paypal/captures/NOPE/settle", json={"status": "COMPLETED"})).status == 404
+    assert (await psp.admin.post(settle, json={"status": "COMPLETED"})).status == 200
+    read = await client.get_order(order.id)
+    assert [(c.id, c.status) for c in read.captures] == [(result.capture.id, "COMPLETED")]
+    assert (await psp.admin.post(settle, json={"status": "DECLINED"})).status == 409  # ended already
+
+
 async def test_the_public_port_has_no_control_paths(psp: Psp) -> None:
     for method in ("GET", "POST", "DELETE"):
         async with psp.session.request(method, psp.url + "/_psp/faults", json={"path": "*", "error_status": 500}) as resp:
