@@ -11,10 +11,12 @@ untouched for IN_FLIGHT (a paypal_finished with all its retries is over by then)
 
 1. **Read first**, always: ``GET /v2/checkout/orders/{id}``. A COMPLETED capture is money: recorded
    (payment captured, order paid, purchased + noti) whoever made the order payment_confirming.
-2. Everything else acts only when **the payer asked for this capture**: the order's history holds
-   paypal_finished's move to payment_confirming for this payment (``paypal_finished:{pay_id}``, both
-   sides write it). The app's paid_from_client makes orders payment_confirming too, with no approval
-   behind it: those are left alone ("awaiting_payer"), counted in the in-doubt gauge for a person.
+2. Everything else acts only when **the payer asked for this capture**: the order is payment_confirming
+   because of paypal_finished for this payment (its latest move into that state has the reason
+   ``paypal_finished:{pay_id}``, which both sides write). The app's paid_from_client makes orders
+   payment_confirming too, with no approval behind it, and so does a finish of another payment; an
+   earlier finish of this one does not count once the order left the state (failed, then another way
+   of paying): those are left alone ("awaiting_payer"), counted in the in-doubt gauge for a person.
    - a DECLINED / FAILED capture → the order payable again; a PENDING one → its capture id recorded,
      the order waits (read again next pass);
    - no capture, the PayPal order APPROVED → the capture the payer asked for, sent now with the key
@@ -71,7 +73,7 @@ class InDoubt:
     user_id: int
     paypal_order_id: str
     idempotency_key: str | None
-    finish_asked: bool  # the payer's paypal_finished moved the order to payment_confirming for this payment
+    finish_asked: bool  # the order is payment_confirming because the payer's paypal_finished of this payment put it there
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,9 +92,9 @@ _IN_DOUBT = (
            _O.status == st.PAYMENT_CONFIRMING, _O.updated_at <= bindparam("before"))
     .order_by(_P.id).limit(bindparam("limit"))
 )
-_FINISH_REASONS = select(_H.order_id, _H.reason).where(
-    _H.order_id.in_(bindparam("order_ids", expanding=True)), _H.to_status == st.PAYMENT_CONFIRMING,
-    _H.reason.like("paypal_finished:%"))
+# Every move into payment_confirming of the orders, in order: the last one is why each is there now.
+_CONFIRMING_MOVES = select(_H.order_id, _H.reason).where(
+    _H.order_id.in_(bindparam("order_ids", expanding=True)), _H.to_status == st.PAYMENT_CONFIRMING).order_by(_H.id)
 
 
 async def captures_in_doubt(db: AsyncEngine, now: datetime, *, older_than: timedelta = IN_FLIGHT,
@@ -102,10 +104,10 @@ async def captures_in_doubt(db: AsyncEngine, now: datetime, *, older_than: timed
         rows = (await conn.execute(_IN_DOUBT, {"before": now - older_than, "limit": limit})).all()
         if not rows:
             return []
-        asked = {(r.order_id, r.reason)
-                 for r in await conn.execute(_FINISH_REASONS, {"order_ids": [r.order_id for r in rows]})}
+        why = {m.order_id: m.reason
+               for m in await conn.execute(_CONFIRMING_MOVES, {"order_ids": sorted({r.order_id for r in rows})})}
     return [InDoubt(int(r.id), r.order_id, int(r.user_id), r.paypal_order_id, r.idempotency_key,
-                    (r.order_id, finish_reason(int(r.id))) in asked) for r in rows]
+                    why.get(r.order_id) == finish_reason(int(r.id))) for r in rows]
 
 
 async def reconcile(shop: Shop, paypal: PayPalReconcileGateway, doubt: InDoubt, *, actor: str) -> Reconciled:

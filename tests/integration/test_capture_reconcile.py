@@ -298,3 +298,28 @@ async def test_a_pending_capture_is_read_again_until_paypal_completes_it(aiohttp
         assert [o[0] for o in await w.shopper.outbox("RC-11")] == ["purchased", "noti"]
     finally:
         await w.engine.dispose()
+
+
+async def test_an_old_finish_does_not_count_once_the_order_left_and_came_back_by_paid_from_client(
+    aiohttp_client, tmp_path: Path, db_url: str, psp: Psp,
+) -> None:
+    """The payer finished a PayPal order they had not approved (payment_failed), approved it later, but then paid
+    another way and the app said paid_from_client: the earlier paypal_finished is not a capture request now."""
+    w = await world(aiohttp_client, tmp_path, db_url, psp)
+    try:
+        await w.shopper.order("RC-12")
+        status, made = await w.shopper.paypal_pay("RC-12")
+        assert status == 200, made
+        status, body = await w.shopper.paypal_finished("RC-12", made["data"]["pay_id"])
+        assert (status, body["data"]["status"]) == (200, "payment_failed"), body  # ORDER_NOT_APPROVED
+        assert await psp.approve(made["data"]["approve_url"]) == 200
+        app_side = Shop(w.engine, w.engine, ReferenceCache(w.engine, 0.0), clock=t.utcnow)
+        async with app_side.tx("new") as uow:  # the app's paid_from_client (a card payment under way)
+            await uow.transition("RC-12", "paid_from_client", reason="paid_from_client", expected="payment_failed")
+
+        assert await w.reconciler.reconcile_once() == {"awaiting_payer": 1}
+
+        assert len(await psp.calls("POST", "/capture")) == 1  # the refused one; no capture taken
+        assert await w.shopper.status("RC-12") == "payment_confirming"
+    finally:
+        await w.engine.dispose()
