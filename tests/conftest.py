@@ -17,9 +17,10 @@ from shop.db import create_all, drop_all, make_engine
 # SHOP_TEST_MARIADB_DB gives a second suite running on the same server (another checkout, a
 # developer's helper) its own database; `make test` and CI use `test`, the brief's database.
 # Under pytest-xdist (`make test` runs two workers, each taking whole modules) the first worker keeps `test`
-# and every other one gets `test_<worker>`, which tests/support/legacydb.py's private databases then prefix.
+# and every other one gets `test_<worker>` (`<SHOP_TEST_MARIADB_DB>_<worker>`), which tests/support/legacydb.py's private databases then prefix.
 _WORKER = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
-MARIADB_DATABASE = os.environ.get("SHOP_TEST_MARIADB_DB") or ("test" if _WORKER == "gw0" else f"test_{_WORKER}")
+_BASE = os.environ.get("SHOP_TEST_MARIADB_DB") or "test"
+MARIADB_DATABASE = _BASE if _WORKER == "gw0" else f"{_BASE}_{_WORKER}"
 MARIADB_URL = f"mysql+aiomysql://root@127.0.0.1:3306/{MARIADB_DATABASE}"
 
 
