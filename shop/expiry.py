@@ -8,7 +8,11 @@ has passed (the ``(status, expires_at)`` index) and expires each in its own unit
    payment_failed) AND expires_at <= now`` claims the row (a row lock on MySQL, the write lock
    on SQLite) only while it is still unpaid and due, so an order that got authorized or paid
    between the scan and now is left alone (the state machine would allow ``expire`` from
-   ``authorized``; the sweeper must not cancel an order whose payment just arrived);
+   ``authorized``; the sweeper must not cancel an order whose payment just arrived), and only
+   while no pay call is in flight (an attempt of either side younger than IN_FLIGHT whose PSP
+   answer has not come: the PSP may be charging it right now, and the money would arrive for a
+   cancelled order whose stock went back; the pay routes insert the attempt under this same row
+   lock, so one of the two waits for the other);
 2. ``uow.transition(id, "expire")``, the guarded compare-and-set of shop/order_states.py;
 3. only when that transition changed the status, ``release_all``: stock, coupon, wallet, in the
    same transaction.
@@ -29,6 +33,7 @@ from shop import schema as t
 from shop.bootstrap import Shop
 from shop.errors import NotFound
 from shop.order_states import PAYMENT_FAILED, PENDING_PAYMENT, InvalidState
+from shop.payments import IN_FLIGHT, attempt_in_flight
 from shop.reservations import release_all
 from shop.uow import UnitOfWork
 
@@ -39,7 +44,8 @@ async def _due(db: AsyncEngine, now: datetime, batch: int) -> list[str]:
     o = t.orders.c
     async with db.connect() as conn:
         rows = await conn.execute(
-            select(o.id).where(o.status.in_(UNPAID), o.expires_at <= now).order_by(o.expires_at, o.id).limit(batch)
+            select(o.id).where(o.status.in_(UNPAID), o.expires_at <= now, ~attempt_in_flight(o.id, now - IN_FLIGHT))
+            .order_by(o.expires_at, o.id).limit(batch)
         )
         return [r.id for r in rows]
 
@@ -49,7 +55,8 @@ async def expire_one(uow: UnitOfWork, order_id: str) -> bool:
     o = t.orders.c
     claimed = await uow.conn.execute(
         update(t.orders)
-        .where(o.id == order_id, o.status.in_(UNPAID), o.expires_at <= uow.now)
+        .where(o.id == order_id, o.status.in_(UNPAID), o.expires_at <= uow.now,
+               ~attempt_in_flight(o.id, uow.now - IN_FLIGHT))
         .values(updated_at=o.updated_at)
     )
     if claimed.rowcount != 1:

@@ -62,7 +62,7 @@ from functools import lru_cache
 from typing import Any, Literal, Protocol, TypeVar
 
 import structlog
-from sqlalchemy import Update, bindparam, delete, func, insert, select, update
+from sqlalchemy import ColumnElement, Exists, Update, and_, bindparam, delete, exists, func, insert, or_, select, update
 
 from shop import order_states as st
 from shop import schema as t
@@ -289,6 +289,14 @@ _UNANSWERED = {
     for provider in KEY_PREFIX
 }
 _PAYMENT_INSERT = insert(t.payments)
+
+
+def attempt_in_flight(order_id: ColumnElement[Any], since: datetime) -> Exists:
+    """EXISTS an attempt for the order, by either writer and either PSP, started after `since` whose PSP answer
+    has not come (the rows _UNANSWERED finds): the PSP may be charging right now."""
+    return exists().where(_P.order_id == order_id, _P.status == "created", _P.created_at > since, or_(
+        and_(_P.provider == "adyen", _P.psp_reference.is_(None)),
+        and_(_P.provider == "paypal", _P.paypal_order_id.is_(None))))
 _PAYPAL_ROW = select(_P.id, _P.status, _P.paypal_order_id, _P.idempotency_key).where(
     _P.id == bindparam("pay_id"), _P.order_id == bindparam("order_id"), _P.provider == "paypal")
 # Of the same order: a row of another order that carries this pspReference is a data error for a person,

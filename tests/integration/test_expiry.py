@@ -32,9 +32,10 @@ from shop import schema as t
 from shop.db import create_all, drop_all, make_engine
 from shop.bootstrap import Shop
 from shop.expiry import expire_due, expire_one
+from shop.payments import IN_FLIGHT
 from shop.reference import ReferenceCache
 from common.settings import Settings, SettingsError
-from tests.builders import insert_order, shop_at
+from tests.builders import insert_order, insert_payment, shop_at
 from tests.support.edge import dead_url, edge_settings, routing_doc, sample, write_routing
 from tests.support.net import free_port
 
@@ -242,6 +243,37 @@ async def test_an_order_paid_between_the_scan_and_the_expiry_is_left_alone(engin
     assert await shop_at(engine, now).run("new", lambda uow: expire_one(uow, "LATE")) is False
     await assert_untouched(engine, p, "authorized")
     assert await shop_at(engine, now).run("new", lambda uow: expire_one(uow, "NO-SUCH-ORDER")) is False
+
+
+async def test_an_order_with_a_psp_call_in_flight_is_not_expired_until_the_call_is_over(engine: AsyncEngine) -> None:
+    """adyen_pay started a second before the deadline and the PSP has not answered yet (or answered and the answer
+    was lost): cancelling now could take money for a cancelled order whose stock went back. An attempt answered,
+    or older than IN_FLIGHT (its process died), holds nothing."""
+    now = t.utcnow()
+    async with engine.begin() as conn:
+        flying = await place(conn, "FLY", user_id=801, expires_at=now - timedelta(seconds=1))
+        await insert_payment(conn, "FLY", provider="adyen", status="created", idempotency_key="new-ad-fly",
+                             created_at=now - timedelta(seconds=2))
+        paypal = await place(conn, "PPFLY", user_id=802, expires_at=now - timedelta(seconds=1))
+        await insert_payment(conn, "PPFLY", provider="paypal", status="created", idempotency_key="new-pp-fly",
+                             created_at=now - timedelta(seconds=2))
+        answered = await place(conn, "ANS", user_id=803, expires_at=now - timedelta(seconds=1))
+        await insert_payment(conn, "ANS", provider="adyen", status="created", psp_reference="RDR-1",
+                             created_at=now - timedelta(seconds=2))
+        refused = await place(conn, "REF", user_id=804, expires_at=now - timedelta(seconds=1), status="payment_failed")
+        await insert_payment(conn, "REF", provider="adyen", status="failed", created_at=now - timedelta(seconds=2))
+
+    assert await expire_due(shop_at(engine, now)) == 2
+    assert await shop_at(engine, now).run("new", lambda uow: expire_one(uow, "FLY")) is False  # the claim too
+
+    for p in (answered, refused):
+        await assert_released_once(engine, p)
+    await assert_untouched(engine, flying, "pending_payment")
+    await assert_untouched(engine, paypal, "pending_payment")
+    later = now + IN_FLIGHT
+    assert await expire_due(shop_at(engine, later)) == 2
+    for p in (flying, paypal):
+        await assert_released_once(engine, p)
 
 
 async def test_batches_cover_every_due_order(engine: AsyncEngine) -> None:
