@@ -4,12 +4,12 @@ COMPLETED capture, finish a capture the payer asked for with the key paypal_fini
 
 One active reconciler across instances: only the holder of the `capture_reconciler` lease asks PayPal
 (consumers/leased_job.py). A pass stops at the first PSP error (PayPal down: one failed call a period,
-not fifty) and the next period starts again from the oldest.
+not fifty) and the next period starts again from the least recently looked at.
 
 Metrics (every child at 0 from the start): `paypal_captures_reconciled_total{outcome}` (captured, declined,
 pending, not_approved, awaiting_payer, settled: what each payment looked at came to),
-`paypal_captures_in_doubt` (payments in doubt found by the lease holder's last pass, 0 on the other
-instances; the awaiting_payer ones stay there for a person: alert PayPalCapturesInDoubt), `capture_reconciler_leader`,
+`paypal_captures_in_doubt` (payments in doubt when the lease holder's last pass began, all of them, not
+only the batch it looked at; 0 on the other instances; the awaiting_payer ones stay there for a person: alert PayPalCapturesInDoubt), `capture_reconciler_leader`,
 `capture_reconcile_errors_total`.
 """
 
@@ -21,7 +21,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from common.settings import Settings
 from consumers.leased_job import LeasedJob
 from shop.bootstrap import Shop
-from shop.capture_reconcile import OUTCOMES, PayPalReconcileGateway, captures_in_doubt, reconcile
+from shop.capture_reconcile import (BATCH, OUTCOMES, PayPalReconcileGateway, captures_in_doubt, count_in_doubt,
+                                    reconcile)
 from shop.payments import IN_FLIGHT
 
 log = structlog.get_logger("consumers.capture_reconcile")
@@ -47,10 +48,11 @@ class CaptureReconcileMetrics:
 
 class CaptureReconciler(LeasedJob):
     def __init__(self, shop: Shop, paypal: PayPalReconcileGateway, metrics: CaptureReconcileMetrics, *,
-                 holder: str, period: float) -> None:
+                 holder: str, period: float, batch: int = BATCH) -> None:
         super().__init__(shop, lease=LEASE, holder=holder, period=period, leader=metrics.leader)
         self._paypal = paypal
         self._metrics = metrics
+        self._batch = batch
 
     async def pass_once(self) -> dict[str, int]:
         return await self.reconcile_once()
@@ -62,9 +64,9 @@ class CaptureReconciler(LeasedJob):
             if not await self.lead():
                 self._metrics.in_doubt.set(0)  # the holder's count is the one: max across instances reads it
                 return counts
-            doubts = await captures_in_doubt(self._shop.db_read, self._shop.clock(), older_than=IN_FLIGHT)
-            self._metrics.in_doubt.set(len(doubts))
-            for doubt in doubts:
+            now = self._shop.clock()
+            self._metrics.in_doubt.set(await count_in_doubt(self._shop.db_read, now, older_than=IN_FLIGHT))
+            for doubt in await captures_in_doubt(self._shop.db_read, now, older_than=IN_FLIGHT, limit=self._batch):
                 done = await reconcile(self._shop, self._paypal, doubt, actor=ACTOR)
                 counts[done.outcome] = counts.get(done.outcome, 0) + 1
                 self._metrics.reconciled.labels(done.outcome).inc()

@@ -27,7 +27,9 @@ untouched for IN_FLIGHT (a paypal_finished with all its retries is over by then)
 3. Applied in one unit of work under the order's lock, re-checked there (``capture_in_doubt``): a
    paypal_finished retry, old shopping or a webhook that settled it meanwhile wins and nothing changes.
 
-A PSP error on a read or a capture raises: the caller stops its pass and tries again next period.
+A pass looks at BATCH payments, least recently looked at first (each one left in doubt is touched), so
+payments that stay in doubt for a person never starve a newer one. A PSP error on a read or a capture
+raises: the caller stops its pass and tries again next period.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Protocol
 
-from sqlalchemy import bindparam, select
+from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shop import order_states as st
@@ -50,7 +52,7 @@ from shop.uow import UnitOfWork
 CAPTURED, DECLINED, PENDING, NOT_APPROVED, AWAITING_PAYER, SETTLED = (
     "captured", "declined", "pending", "not_approved", "awaiting_payer", "settled")
 OUTCOMES = (CAPTURED, DECLINED, PENDING, NOT_APPROVED, AWAITING_PAYER, SETTLED)
-BATCH = 50  # payments looked at per pass, oldest first
+BATCH = 50  # payments looked at per pass, least recently looked at first
 
 
 class PayPalOrderState(Protocol):
@@ -85,13 +87,19 @@ class Reconciled:
 
 
 _P, _O, _H = t.payments.c, t.orders.c, t.order_status_history.c
+_IN_DOUBT_WHERE = (_P.provider == "paypal", _P.status == "created", _P.paypal_order_id.is_not(None),
+                   _O.status == st.PAYMENT_CONFIRMING, _O.updated_at <= bindparam("before"))
+# Least recently looked at first: a payment a pass leaves in doubt is touched (updated_at), so ones that stay
+# for a person (awaiting_payer, a long PENDING) go to the back and never starve a newer one.
 _IN_DOUBT = (
     select(_P.id, _P.order_id, _O.user_id, _P.paypal_order_id, _P.idempotency_key)
-    .join_from(t.payments, t.orders, _O.id == _P.order_id)
-    .where(_P.provider == "paypal", _P.status == "created", _P.paypal_order_id.is_not(None),
-           _O.status == st.PAYMENT_CONFIRMING, _O.updated_at <= bindparam("before"))
-    .order_by(_P.id).limit(bindparam("limit"))
+    .join_from(t.payments, t.orders, _O.id == _P.order_id).where(*_IN_DOUBT_WHERE)
+    .order_by(_P.updated_at, _P.id).limit(bindparam("limit"))
 )
+_COUNT_IN_DOUBT = select(func.count()).select_from(t.payments).join(t.orders, _O.id == _P.order_id) \
+    .where(*_IN_DOUBT_WHERE)
+_LOOKED_AT = update(t.payments).where(_P.id == bindparam("pay_id"), _P.status == "created") \
+    .values(updated_at=bindparam("looked_at"))
 # Every move into payment_confirming of the orders, in order: the last one is why each is there now.
 _CONFIRMING_MOVES = select(_H.order_id, _H.reason).where(
     _H.order_id.in_(bindparam("order_ids", expanding=True)), _H.to_status == st.PAYMENT_CONFIRMING).order_by(_H.id)
@@ -110,6 +118,11 @@ async def captures_in_doubt(db: AsyncEngine, now: datetime, *, older_than: timed
                     why.get(r.order_id) == finish_reason(int(r.id))) for r in rows]
 
 
+async def count_in_doubt(db: AsyncEngine, now: datetime, *, older_than: timedelta = IN_FLIGHT) -> int:
+    async with db.connect() as conn:
+        return int((await conn.execute(_COUNT_IN_DOUBT, {"before": now - older_than})).scalar() or 0)
+
+
 async def reconcile(shop: Shop, paypal: PayPalReconcileGateway, doubt: InDoubt, *, actor: str) -> Reconciled:
     """Settle one payment in doubt by what PayPal says (the module docstring's steps); PSP errors raise."""
     order = await paypal.get_order(doubt.paypal_order_id)
@@ -117,6 +130,10 @@ async def reconcile(shop: Shop, paypal: PayPalReconcileGateway, doubt: InDoubt, 
     if completed is not None:
         return await _apply(shop, doubt, actor, CAPTURED, lambda uow, a: apply_capture(uow, a, True, completed))
     if not doubt.finish_asked:
+        async def looked_at(uow: UnitOfWork) -> None:
+            await uow.conn.execute(_LOOKED_AT, {"pay_id": doubt.pay_id, "looked_at": uow.now})
+
+        await shop.run(actor, looked_at)  # to the back of the queue
         return Reconciled(doubt.pay_id, doubt.order_id, AWAITING_PAYER, None)
     if order.captures:
         last = order.captures[-1]

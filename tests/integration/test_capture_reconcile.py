@@ -323,3 +323,27 @@ async def test_an_old_finish_does_not_count_once_the_order_left_and_came_back_by
         assert await w.shopper.status("RC-12") == "payment_confirming"
     finally:
         await w.engine.dispose()
+
+
+async def test_payments_left_in_doubt_for_a_person_do_not_starve_a_newer_one(aiohttp_client, tmp_path: Path,
+                                                                              db_url: str, psp: Psp) -> None:
+    """A pass looks at `batch` payments, least recently looked at first: orders stuck awaiting the payer (forever,
+    maybe) go to the back of the queue, and a capture in doubt behind them is still settled."""
+    w = await world(aiohttp_client, tmp_path, db_url, psp)
+    small = CaptureReconciler(w.shop, psp.paypal(retry=ONCE), CaptureReconcileMetrics(CollectorRegistry()),
+                              holder="c1", period=1.0, batch=2)
+    try:
+        for n in range(3):  # approved PayPal orders nobody finished; the app said paid_from_client
+            await w.approved_order(f"RC-S{n}")
+            async with w.engine.begin() as conn:
+                await conn.execute(update(t.orders).where(t.orders.c.id == f"RC-S{n}").values(
+                    status="payment_confirming", updated_at=t.utcnow()))
+        await w.finished_in_doubt("RC-S9", {"act_then_timeout": True})
+
+        assert await small.reconcile_once() == {"awaiting_payer": 2}
+        assert await small.reconcile_once() == {"awaiting_payer": 1, "captured": 1}
+
+        assert await w.shopper.status("RC-S9") == "paid"
+        assert await small.reconcile_once() == {"awaiting_payer": 2}  # the stuck ones, still looked at in turn
+    finally:
+        await w.engine.dispose()
