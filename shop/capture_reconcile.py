@@ -45,8 +45,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from shop import order_states as st
 from shop import schema as t
 from shop.bootstrap import Shop
-from shop.payments import (CAPTURE_DECLINED, IN_FLIGHT, Attempt, CaptureResultView, CaptureView, apply_capture, capture_in_doubt,
-                           capture_key, capture_refused, finish_reason)
+from shop.payments import (CAPTURE_DECLINED, IN_FLIGHT, Attempt, CaptureResultView, CaptureView, apply_capture,
+                           capture_in_doubt, capture_key, capture_refused, finish_reason)
 from shop.uow import UnitOfWork
 
 CAPTURED, DECLINED, PENDING, NOT_APPROVED, AWAITING_PAYER, SETTLED = (
@@ -107,7 +107,8 @@ _CONFIRMING_MOVES = select(_H.order_id, _H.reason).where(
 
 async def captures_in_doubt(db: AsyncEngine, now: datetime, *, older_than: timedelta = IN_FLIGHT,
                             limit: int = BATCH) -> list[InDoubt]:
-    """The PayPal payments in doubt, oldest first (a replica will do: each is re-checked under the order's lock)."""
+    """`limit` PayPal payments in doubt, least recently looked at first (a replica will do: each is re-checked
+    under the order's lock before anything is written)."""
     async with db.connect() as conn:
         rows = (await conn.execute(_IN_DOUBT, {"before": now - older_than, "limit": limit})).all()
         if not rows:
