@@ -258,7 +258,7 @@ class Attempt:
     amount: Decimal  # the order's total at its currency's exponent
     currency: str
     reused: bool  # the key was sent before: the PSP may hold an answer for it
-    order_status: str | None = None  # when the attempt was opened: the first guess of the answer's transition
+    order_status: str | None = None  # the order's status when the attempt was opened: the answer's transition tries it first
 
 
 @dataclass(frozen=True, slots=True)
@@ -399,16 +399,19 @@ async def _adopt_recorded(uow: UnitOfWork, attempt: Attempt, provider: str, psp_
 
 
 async def _order_paid(uow: UnitOfWork, attempt: Attempt, provider: str, reference: str) -> str:
-    """The guarded captured transition; outbox purchased + noti only when this call moved the order."""
-    seen = await st.current_status(uow.conn, attempt.order_id)
-    if seen in _PAID_OR_LATER:
-        return seen  # a racing call, the webhook or old shopping got there first
-    if seen not in st.TRANSITIONS["captured"].sources:
-        # Money for an order that can't take it (cancelled): recorded, and for a person to refund.
-        log.error("payment_captured_for_unpayable_order", order_id=attempt.order_id, payment_id=attempt.pay_id,
-                  provider=provider, status=seen)
+    """The guarded captured transition; outbox purchased + noti only when this call moved the order.
+
+    It tries the status the attempt was opened in first and reads the row only when that no longer holds."""
+    try:
+        outcome = await uow.transition(attempt.order_id, "captured", reason=f"{provider}:{reference}",
+                                       expected=attempt.order_status)
+    except st.InvalidState as exc:
+        seen = str((exc.data or {}).get("status"))
+        if seen not in _PAID_OR_LATER:  # paid and gone on already (a racing call, the webhook, old shopping)
+            # Money for an order that can't take it (cancelled): recorded, and for a person to refund.
+            log.error("payment_captured_for_unpayable_order", order_id=attempt.order_id, payment_id=attempt.pay_id,
+                      provider=provider, status=seen)
         return seen
-    outcome = await uow.transition(attempt.order_id, "captured", reason=f"{provider}:{reference}", expected=seen)
     if outcome.changed:
         # The same rows shop/events.py writes for a captured payment_notified, in one INSERT.
         await uow.publish_many(paid_rows(uow.now, attempt.order_id, attempt.user_id, attempt.amount, attempt.currency,
@@ -417,10 +420,11 @@ async def _order_paid(uow: UnitOfWork, attempt: Attempt, provider: str, referenc
 
 
 async def _order_failed(uow: UnitOfWork, attempt: Attempt, provider: str, reason: str) -> str:
-    seen = await st.current_status(uow.conn, attempt.order_id)
-    if seen not in st.TRANSITIONS["payment_failed"].sources:
-        return seen  # failed already, or another payment got through: a failure changes nothing
-    outcome = await uow.transition(attempt.order_id, "payment_failed", reason=f"{provider}:{reason}"[:255], expected=seen)
+    try:
+        outcome = await uow.transition(attempt.order_id, "payment_failed", reason=f"{provider}:{reason}"[:255],
+                                       expected=attempt.order_status)
+    except st.InvalidState as exc:
+        return str((exc.data or {}).get("status"))  # another payment got through: a failure changes nothing
     if outcome.changed:
         await uow.publish("noti", attempt.order_id, {
             "user_id": attempt.user_id, "template": "payment_failed", "order_id": attempt.order_id,
