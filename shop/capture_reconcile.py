@@ -45,10 +45,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from shop import order_states as st
 from shop import schema as t
 from shop.bootstrap import Shop
-from shop.payments import (CAPTURE_DECLINED, IN_FLIGHT, Attempt, CaptureResultView, CaptureView, apply_capture,
-                           capture_in_doubt, capture_key, capture_refused, finish_reason)
+from shop.payments import (IN_FLIGHT, Attempt, CaptureResultView, CaptureView, apply_capture, capture_in_doubt,
+                           capture_key, capture_outcome, capture_refused, finish_reason)
 from shop.uow import UnitOfWork
 
+# captured / declined / pending are shop.payments.capture_outcome's answers.
 CAPTURED, DECLINED, PENDING, NOT_APPROVED, AWAITING_PAYER, SETTLED = (
     "captured", "declined", "pending", "not_approved", "awaiting_payer", "settled")
 OUTCOMES = (CAPTURED, DECLINED, PENDING, NOT_APPROVED, AWAITING_PAYER, SETTLED)
@@ -138,21 +139,14 @@ async def reconcile(shop: Shop, paypal: PayPalReconcileGateway, doubt: InDoubt, 
         return Reconciled(doubt.pay_id, doubt.order_id, AWAITING_PAYER, None)
     if order.captures:
         last = order.captures[-1]
-        return await _apply(shop, doubt, actor, _outcome(False, last), lambda uow, a: apply_capture(uow, a, False, last))
+        return await _apply(shop, doubt, actor, capture_outcome(False, last), lambda uow, a: apply_capture(uow, a, False, last))
     if order.status != "APPROVED":
         reason = f"paypal order {order.status}"[:64]
         return await _apply(shop, doubt, actor, NOT_APPROVED, lambda uow, a: capture_refused(uow, a, reason))
     result = await paypal.capture_order(doubt.paypal_order_id, request_id=capture_key(doubt.idempotency_key, doubt.pay_id))
     capture = result.capture
-    return await _apply(shop, doubt, actor, _outcome(result.paid, capture),
+    return await _apply(shop, doubt, actor, capture_outcome(result.paid, capture),
                         lambda uow, a: apply_capture(uow, a, result.paid, capture))
-
-
-def _outcome(paid: bool, capture: CaptureView | None) -> str:
-    """apply_capture's three answers, named."""
-    if paid and capture is not None:
-        return CAPTURED
-    return DECLINED if capture is not None and capture.status in CAPTURE_DECLINED else PENDING
 
 
 async def _apply(shop: Shop, doubt: InDoubt, actor: str, outcome: str,

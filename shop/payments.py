@@ -279,30 +279,30 @@ _ORDER = select(_O.id, _O.user_id, _O.status, _O.total, _O.currency, _O.expires_
 # The order row alone: a lock on its forex row would queue every payment in that currency.
 _ORDER_LOCKED = _ORDER.with_for_update()
 _EXPONENT = select(t.forex_rates.c.exponent).where(t.forex_rates.c.currency == bindparam("currency"))
+# An attempt whose PSP answer never arrived: no PayPal order id, no Adyen pspReference yet.
+_NO_ANSWER = {"paypal": _P.paypal_order_id.is_(None), "adyen": _P.psp_reference.is_(None)}
 # Every writer's unanswered attempts (ours to reuse, old shopping's to wait for), newest first.
 _UNANSWERED = {
     provider: select(_P.id, _P.idempotency_key, _P.created_at).where(
-        _P.order_id == bindparam("order_id"), _P.provider == provider, _P.status == "created",
-        (_P.paypal_order_id if provider == "paypal" else _P.psp_reference).is_(None),
+        _P.order_id == bindparam("order_id"), _P.provider == provider, _P.status == "created", _NO_ANSWER[provider],
         _P.amount == bindparam("amount"), _P.currency == bindparam("currency"),
     ).order_by(_P.id.desc()).limit(8)
     for provider in KEY_PREFIX
 }
 _PAYMENT_INSERT = insert(t.payments)
-
-
-def attempt_in_flight(order_id: ColumnElement[Any], since: datetime) -> Exists:
-    """EXISTS an attempt for the order, by either writer and either PSP, started after `since` whose PSP answer
-    has not come (the rows _UNANSWERED finds): the PSP may be charging right now."""
-    return exists().where(_P.order_id == order_id, _P.status == "created", _P.created_at > since, or_(
-        and_(_P.provider == "adyen", _P.psp_reference.is_(None)),
-        and_(_P.provider == "paypal", _P.paypal_order_id.is_(None))))
 _PAYPAL_ROW = select(_P.id, _P.status, _P.paypal_order_id, _P.idempotency_key).where(
     _P.id == bindparam("pay_id"), _P.order_id == bindparam("order_id"), _P.provider == "paypal")
 # Of the same order: a row of another order that carries this pspReference is a data error for a person,
 # never a row to merge ours into (ours would be deleted and that order's payment taken over).
 _SAME_PSP_PAYMENT = select(_P.id).where(_P.provider == bindparam("provider"), _P.order_id == bindparam("order_id"),
                                         _P.psp_reference == bindparam("psp_reference"), _P.id != bindparam("pay_id"))
+
+
+def attempt_in_flight(order_id: ColumnElement[Any], since: datetime) -> Exists:
+    """EXISTS an unanswered attempt (the rows _UNANSWERED finds) for the order, by either writer and either PSP,
+    started after `since`: the PSP may be charging it right now."""
+    return exists().where(_P.order_id == order_id, _P.status == "created", _P.created_at > since,
+                          or_(*(and_(_P.provider == provider, no_answer) for provider, no_answer in _NO_ANSWER.items())))
 
 
 @lru_cache(maxsize=32)
@@ -598,22 +598,35 @@ async def _paypal_finished(shop: Shop, gateways: Gateways, order_id: str, pay_id
         return {"order_id": attempt.order_id, "status": status}
     capture = result.capture
     status = await shop.run("new", lambda uow: apply_capture(uow, attempt, result.paid, capture))
-    if result.paid and capture is not None:
-        log.info("paypal_captured", order_id=attempt.order_id, pay_id=attempt.pay_id, capture_id=capture.id,
+    outcome, capture_id = capture_outcome(result.paid, capture), None if capture is None else capture.id
+    if outcome == "captured":
+        log.info("paypal_captured", order_id=attempt.order_id, pay_id=attempt.pay_id, capture_id=capture_id,
                  status=status)
-    elif capture is None or capture.status not in CAPTURE_DECLINED:
-        log.info("paypal_capture_pending", order_id=attempt.order_id, pay_id=attempt.pay_id,
-                 capture_id=None if capture is None else capture.id)
+    elif outcome == "pending":
+        log.info("paypal_capture_pending", order_id=attempt.order_id, pay_id=attempt.pay_id, capture_id=capture_id)
     return {"order_id": attempt.order_id, "status": status}
 
 
-async def apply_capture(uow: UnitOfWork, attempt: Attempt, paid: bool, capture: CaptureView | None) -> str:
-    """What PayPal says of a capture (the capture call's answer, or the order read back): COMPLETED → the
-    payment captured and the order paid; DECLINED / FAILED → the order payable again; PENDING (an eCheck,
-    a review: not money yet) or none → the order waits in payment_confirming. The order's status after."""
+CaptureOutcome = Literal["captured", "declined", "pending"]
+
+
+def capture_outcome(paid: bool, capture: CaptureView | None) -> CaptureOutcome:
+    """What PayPal says of a capture (the capture call's answer, or the order read back): COMPLETED → captured
+    (money); DECLINED / FAILED → declined (none taken, the order payable again); PENDING (an eCheck, a review:
+    not money yet) or no capture → pending (the order waits in payment_confirming)."""
     if paid and capture is not None:
+        return "captured"
+    return "declined" if capture is not None and capture.status in CAPTURE_DECLINED else "pending"
+
+
+async def apply_capture(uow: UnitOfWork, attempt: Attempt, paid: bool, capture: CaptureView | None) -> str:
+    """`capture_outcome`'s answer on the payment row and the order; the order's status after."""
+    outcome = capture_outcome(paid, capture)
+    if outcome == "captured":
+        assert capture is not None
         return await _captured(uow, attempt, capture.id)
-    if capture is not None and capture.status in CAPTURE_DECLINED:
+    if outcome == "declined":
+        assert capture is not None
         return await _capture_declined(uow, attempt, capture.id, capture.status)
     return await _capture_pending(uow, attempt, None if capture is None else capture.id)
 
