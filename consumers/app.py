@@ -24,15 +24,15 @@ from aiohttp import web
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from common.admin_index import add_index
-from common.logs import flush_stdout_periodically
-from consumers.events import owned_handler
 from adapters.paypal import PayPalClient
 from adapters.psp_metrics import PspMetrics
 from adapters.refunds import psp_session, refund_clients
+from common.admin_index import add_index
+from common.logs import flush_stdout_periodically
 from consumers.capture_reconcile import capture_reconciler
+from consumers.events import owned_handler
 from consumers.expiry import expiry_sweeper
-from consumers.leased_job import running
+from consumers.leased_job import LeasedJob
 from consumers.legacy_delivery import LegacyDelivery, legacy_session
 from consumers.metrics import ConsumerMetrics, OutboxAge
 from consumers.outbox_relay import OutboxRelay, RelayMetrics
@@ -140,6 +140,21 @@ def lease_holder() -> str:
 
 
 @contextlib.asynccontextmanager
+async def _running(job: LeasedJob | None, name: str) -> AsyncIterator[None]:
+    """A singleton job (consumers/leased_job.py) for the life of the block: the database (and the PSPs) only, so
+    it runs while the broker is away too; None: switched off by its setting. Stopped as every step of the shutdown."""
+    if job is None:
+        yield
+        return
+    task = asyncio.create_task(job.run(), name=name)
+    try:
+        yield
+    finally:
+        job.stop()
+        await _close(name, task)
+
+
+@contextlib.asynccontextmanager
 async def _outbox_age_watching(shop: Shop, registry: CollectorRegistry) -> AsyncIterator[None]:
     """outbox_oldest_unpublished_seconds for the whole life of the process (the database only, like the sweeper)."""
     age, stopping = OutboxAge(registry), asyncio.Event()
@@ -187,8 +202,8 @@ async def run(settings: Settings, *, admin_host: str = "127.0.0.1", registry: Co
         captures = capture_reconciler(shop, settings, registry, holder,
                                       PayPalClient.from_settings(psp, settings, metrics=psp_metrics))
         async with flushing, _admin_site(admin_app(registry, shop, runner), admin_host, settings.consumer_admin_port), \
-                outbox_age, running(sweeper, "expiry-sweeper"), running(refunds, "refund-retrier"), \
-                running(captures, "capture-reconciler"):
+                outbox_age, _running(sweeper, "expiry-sweeper"), _running(refunds, "refund-retrier"), \
+                _running(captures, "capture-reconciler"):
             if not (await _start_until_up(producer, "producer", stopping) and await _start_until_up(consumer, "consumer", stopping)):
                 return
             log.info("consumers_started", group=settings.consumer_group, topics=sorted(topics))

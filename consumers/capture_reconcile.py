@@ -9,8 +9,8 @@ not fifty) and the next period starts again from the least recently looked at.
 Metrics (every child at 0 from the start): `paypal_captures_reconciled_total{outcome}` (captured, declined,
 pending, not_approved, awaiting_payer, settled: what each payment looked at came to),
 `paypal_captures_in_doubt` (payments in doubt when the lease holder's last pass began, all of them, not
-only the batch it looked at; 0 on the other instances; the awaiting_payer ones stay there for a person: alert PayPalCapturesInDoubt), `capture_reconciler_leader`,
-`capture_reconcile_errors_total`.
+only the batch it looked at; 0 on the other instances; the awaiting_payer ones stay there for a person:
+alert PayPalCapturesInDoubt), `capture_reconciler_leader`, `capture_reconcile_errors_total`.
 """
 
 from __future__ import annotations
@@ -65,8 +65,11 @@ class CaptureReconciler(LeasedJob):
                 self._metrics.in_doubt.set(0)  # the holder's count is the one: max across instances reads it
                 return counts
             now = self._shop.clock()
-            self._metrics.in_doubt.set(await count_in_doubt(self._shop.db_read, now, older_than=IN_FLIGHT))
-            for doubt in await captures_in_doubt(self._shop.db_read, now, older_than=IN_FLIGHT, limit=self._batch):
+            doubts = await captures_in_doubt(self._shop.db_read, now, older_than=IN_FLIGHT, limit=self._batch)
+            # A batch that is not full is all of them; only a full one needs the count.
+            in_doubt = len(doubts) if len(doubts) < self._batch else await count_in_doubt(self._shop.db_read, now)
+            self._metrics.in_doubt.set(in_doubt)
+            for doubt in doubts:
                 done = await reconcile(self._shop, self._paypal, doubt, actor=ACTOR)
                 counts[done.outcome] = counts.get(done.outcome, 0) + 1
                 self._metrics.reconciled.labels(done.outcome).inc()
@@ -80,7 +83,7 @@ class CaptureReconciler(LeasedJob):
 
 def capture_reconciler(shop: Shop, settings: Settings, registry: CollectorRegistry, holder: str,
                        paypal: PayPalReconcileGateway) -> CaptureReconciler | None:
-    """The reconciler of the consumers process (consumers/leased_job.running runs it); None when
+    """The reconciler of the consumers process (consumers/app.py runs it); None when
     SHOP_CAPTURE_RECONCILE_SECONDS=0 turns it off. Its metrics are registered either way."""
     metrics = CaptureReconcileMetrics(registry)
     if settings.capture_reconcile_seconds <= 0:

@@ -58,7 +58,7 @@ class ExpirySweeper(LeasedJob):
 
 
 def expiry_sweeper(shop: Shop, settings: Settings, registry: CollectorRegistry, holder: str) -> ExpirySweeper | None:
-    """The sweeper of the consumers process (consumers/leased_job.running runs it: the database only, so it
+    """The sweeper of the consumers process (consumers/app.py runs it: the database only, so it
     sweeps while the broker is still away too); None when SHOP_EXPIRY_SWEEP_SECONDS=0 turns it off."""
     metrics = ExpiryMetrics(registry)
     if settings.expiry_sweep_seconds <= 0:

@@ -12,17 +12,12 @@ The loop waits a period before the first pass: a process that just started (or a
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator
 from datetime import timedelta
 
 from prometheus_client import Gauge
 
 from shop import leases
 from shop.bootstrap import Shop
-
-
-STOP_SECONDS = 10.0  # a pass may be waiting on a PSP call; it is not waited for longer
 
 
 def lease_ttl(period: float, longest_pass: timedelta = timedelta(0)) -> timedelta:
@@ -74,18 +69,3 @@ class LeasedJob:
             return False
         return True
 
-
-@contextlib.asynccontextmanager
-async def running(job: LeasedJob | None, name: str) -> AsyncIterator[None]:
-    """`job` running for the life of the block (None: switched off by its setting), stopped at its end: the pass
-    under way finishes (bounded), the lease is released."""
-    if job is None:
-        yield
-        return
-    task = asyncio.create_task(job.run(), name=name)
-    try:
-        yield
-    finally:
-        job.stop()
-        with contextlib.suppress(Exception, asyncio.CancelledError):
-            await asyncio.wait_for(task, STOP_SECONDS)

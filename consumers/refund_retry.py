@@ -107,7 +107,7 @@ class RefundRetrier(LeasedJob):
 
 def refund_retrier(shop: Shop, settings: Settings, registry: CollectorRegistry, holder: str,
                    gateway: RefundGateway) -> RefundRetrier | None:
-    """The refund retrier of the consumers process (consumers/leased_job.running runs it: the database and the
+    """The refund retrier of the consumers process (consumers/app.py runs it: the database and the
     PSPs only, so it runs while the broker is away too); None when SHOP_REFUND_RETRY_SECONDS=0 turns it off.
     Its metrics are registered either way."""
     metrics = RefundRetryMetrics(registry)
