@@ -39,14 +39,14 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Protocol
 
-from sqlalchemy import bindparam, func, select, update
+from sqlalchemy import bindparam, func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shop import order_states as st
 from shop import schema as t
 from shop.bootstrap import Shop
 from shop.payments import (IN_FLIGHT, Attempt, CaptureResultView, CaptureView, apply_capture, capture_in_doubt,
-                           capture_key, capture_outcome, capture_refused, finish_reason)
+                           capture_key, capture_outcome, capture_refused, finish_reason, touch_created)
 from shop.uow import UnitOfWork
 
 # captured / declined / pending are shop.payments.capture_outcome's answers.
@@ -99,8 +99,6 @@ _IN_DOUBT = (
 )
 _COUNT_IN_DOUBT = select(func.count()).select_from(t.payments).join(t.orders, _O.id == _P.order_id) \
     .where(*_IN_DOUBT_WHERE)
-_LOOKED_AT = update(t.payments).where(_P.id == bindparam("pay_id"), _P.status == "created") \
-    .values(updated_at=bindparam("looked_at"))
 # Every move into payment_confirming of the orders, in order: the last one is why each is there now.
 _CONFIRMING_MOVES = select(_H.order_id, _H.reason).where(
     _H.order_id.in_(bindparam("order_ids", expanding=True)), _H.to_status == st.PAYMENT_CONFIRMING).order_by(_H.id)
@@ -132,10 +130,7 @@ async def reconcile(shop: Shop, paypal: PayPalReconcileGateway, doubt: InDoubt, 
     if completed is not None:
         return await _apply(shop, doubt, actor, CAPTURED, lambda uow, a: apply_capture(uow, a, True, completed))
     if not doubt.finish_asked:
-        async def looked_at(uow: UnitOfWork) -> None:
-            await uow.conn.execute(_LOOKED_AT, {"pay_id": doubt.pay_id, "looked_at": uow.now})
-
-        await shop.run(actor, looked_at)  # to the back of the queue
+        await shop.run(actor, lambda uow: touch_created(uow, doubt.pay_id))  # to the back of the queue
         return Reconciled(doubt.pay_id, doubt.order_id, AWAITING_PAYER, None)
     if order.captures:
         last = order.captures[-1]

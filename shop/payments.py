@@ -381,6 +381,11 @@ async def _set_payment(uow: UnitOfWork, pay_id: int, sources: tuple[str, ...], *
     return result.rowcount == 1
 
 
+async def touch_created(uow: UnitOfWork, pay_id: int) -> None:
+    """Only `updated_at` of a payment still created: it was looked at (the capture reconciler's queue order)."""
+    await _set_payment(uow, pay_id, ("created",))
+
+
 async def _adopt_recorded(uow: UnitOfWork, attempt: Attempt, provider: str, psp_reference: str) -> int:
     """The row of this PSP payment: the attempt's, or the one a webhook's consumer already inserted for it."""
     p = t.payments.c
